@@ -1,0 +1,313 @@
+"""``train_and_evaluate``: the training loop, evaluation and checkpoints.
+
+Data lives on the device as uint8 arrays; every epoch is a device-side
+permutation, every step gathers its batch and makes both views inside the
+jitted step. The data order is a function of (seed, step) alone, so resuming
+from a checkpoint at step s replays exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from maskcon_jax import configuration
+from maskcon_jax import evaluation
+from maskcon_jax import input_pipeline
+from maskcon_jax import models
+from maskcon_jax import train_state as train_state_lib
+from maskcon_jax import train_step as steps
+from maskcon_jax.errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+  """Full batches per epoch (the official loader drops the last one)."""
+  return num_train // batch_size
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over all devices.
+
+  Auto axes: the compiler propagates shardings (state replicated, batch
+  split), so the step's code is the same on one device and on many.
+  """
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
+  """The order of the training set in ``epoch``: a function of (seed, epoch)."""
+  rng = jax.random.fold_in(jax.random.key(seed), epoch)
+  return jax.random.permutation(rng, num_examples)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _gather_batch(images, coarse, permutation, index, *, batch_size):
+  ids = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size,
+                                     batch_size)
+  return {"image": images[ids], "coarse_label": coarse[ids]}
+
+
+class _Data:
+  """Training set resident on the devices, replicated."""
+
+  def __init__(self, dataset: input_pipeline.Dataset, mesh, batch_size: int,
+               seed: int):
+    replicated = NamedSharding(mesh, P())
+    self.images = jax.device_put(dataset.train_images, replicated)
+    self.coarse = jax.device_put(dataset.train_coarse.astype(np.int32),
+                                 replicated)
+    self.num = dataset.num_train
+    self.batch_size = batch_size
+    self.seed = seed
+    self.batch_sharding = NamedSharding(mesh, P("data"))
+    self._epoch, self._perm = None, None
+
+  def batch(self, step: int, spe: int) -> dict[str, jax.Array]:
+    epoch, index = divmod(step, spe)
+    if epoch != self._epoch:
+      self._epoch, self._perm = epoch, epoch_permutation(self.seed, epoch,
+                                                         self.num)
+    batch = _gather_batch(self.images, self.coarse, self._perm, index,
+                          batch_size=self.batch_size)
+    return jax.device_put(batch, self.batch_sharding)
+
+
+def embed_dataset(state, images: np.ndarray, config, dataset, mesh,
+                  ) -> dict[str, np.ndarray]:
+  """Backbone features and projections of ``images`` by the query encoder."""
+  bs = config.eval_batch_size
+  embed = jax.jit(functools.partial(
+      steps.embed_step, apply_fn=state.apply_fn, image_size=config.image_size,
+      mean=tuple(dataset.mean), std=tuple(dataset.std)))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  sharding = NamedSharding(mesh, P("data"))
+  out = {"features": [], "projection": []}
+  n = len(images)
+  bs = int(math.ceil(min(bs, n) / mesh.size) * mesh.size)
+  for start in range(0, n, bs):
+    chunk = images[start:start + bs]
+    valid = len(chunk)
+    if valid < bs:  # Pad the last batch so only one program is compiled.
+      chunk = np.concatenate([chunk, np.zeros((bs - valid, *chunk.shape[1:]),
+                                              chunk.dtype)])
+    result = embed(variables, jax.device_put(chunk, sharding))
+    for key in out:
+      out[key].append(np.asarray(result[key])[:valid])
+  return {key: np.concatenate(v) for key, v in out.items()}
+
+
+def evaluate(state, dataset, config, mesh) -> dict[str, float]:
+  """Fine and coarse Recall@K on the test split's backbone features."""
+  emb = embed_dataset(state, dataset.test_images, config, dataset, mesh)
+  ks = tuple(config.retrieval_ks)
+  metrics = {}
+  for level, labels in (("fine", dataset.test_fine),
+                        ("coarse", dataset.test_coarse)):
+    recalls = evaluation.recall_at_k(emb["features"], labels, ks)
+    metrics.update({f"{level}_recall@{k}": v for k, v in recalls.items()})
+  return metrics
+
+
+def _make_state(config, model, tx, dataset, mesh):
+  """Creates the state directly on the devices, replicated."""
+  create = functools.partial(
+      train_state_lib.create_train_state, model=model, tx=tx,
+      image_shape=(config.image_size, config.image_size,
+                   dataset.image_shape[-1]),
+      queue_size=config.queue_size, embed_dim=config.embed_dim,
+      num_coarse=dataset.hierarchy.num_coarse)
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(create, rng)
+  shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
+  state = jax.jit(create, out_shardings=shardings)(rng)
+  return state, abstract, shardings
+
+
+def _prefill_queue(state, data: _Data, config, dataset):
+  prefill = jax.jit(functools.partial(
+      steps.prefill_step, image_size=config.image_size,
+      mean=tuple(dataset.mean), std=tuple(dataset.std),
+      weak_policy=config.weak_policy), donate_argnums=0)
+  num_batches = math.ceil(config.queue_size / config.batch_size)
+  spe = steps_per_epoch(data.num, data.batch_size)
+  for i in range(num_batches):
+    # Like the official loop over the training loader: epoch 0's batches
+    # (the views differ from training's: prefill_step has its own keys).
+    state = prefill(state, data.batch(i % spe, spe), jnp.asarray(i, jnp.int32))
+  return state
+
+
+def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=str)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains ``config.mode`` on ``config.dataset``, evaluates and checkpoints.
+
+  Resumes from the latest checkpoint in ``workdir``; if the run is already
+  complete, only evaluates again.
+
+  Returns:
+    The flat results dict also written to ``workdir/results.json``.
+  """
+  # Every check that can fail runs before anything is written to workdir.
+  configuration.validate_config(config)
+  configuration.check_workdir_writable(workdir)
+  dataset = input_pipeline.load_dataset(config)
+  spe = steps_per_epoch(dataset.num_train, config.batch_size)
+  if spe == 0:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} exceeds the "
+        f"{dataset.num_train} training examples; use a smaller batch.")
+  num_devices = jax.device_count()
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by the "
+        f"{num_devices} devices; use a multiple of {num_devices}.")
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      configuration.check_compatible(json.load(f), config)
+
+  total_steps = config.num_epochs * spe
+  mesh = make_mesh()
+  model = models.build_encoder(config, dataset.hierarchy.num_coarse)
+  schedule = train_state_lib.learning_rate_schedule(config, spe)
+  tx = train_state_lib.make_optimizer(config, schedule)
+  state, abstract_state, _ = _make_state(config, model, tx, dataset, mesh)
+
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    _write_json_atomic(config_path, config.to_dict())
+  from clu import metric_writers  # TF-backed; kept out of the step modules.
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main, asynchronous=True)
+  mngr = _checkpoint_manager(workdir)
+  data = _Data(dataset, mesh, config.batch_size, config.seed)
+
+  start_step = mngr.latest_step()
+  if start_step is not None:
+    state = mngr.restore(start_step,
+                         args=ocp.args.StandardRestore(abstract_state))
+    state = state.replace(apply_fn=model.apply, tx=tx)
+    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  else:
+    start_step = 0
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+    if config.queue_init == "prefill":
+      state = _prefill_queue(state, data, config, dataset)
+  start_step = int(state.step)
+
+  step_fn = jax.jit(functools.partial(
+      steps.train_step, mode=config.mode, t0=config.t0, t=config.t, w=config.w,
+      ema_momentum=config.ema_momentum, image_size=config.image_size,
+      mean=tuple(dataset.mean), std=tuple(dataset.std),
+      strong_policy=config.strong_policy, weak_policy=config.weak_policy,
+      schedule=schedule), donate_argnums=0)
+
+  last_step = total_steps
+  if config.get("stop_after_steps") is not None:
+    last_step = min(total_steps, config.stop_after_steps)
+  eval_every = config.eval_every_epochs * spe
+  pending = []  # Device metrics not yet fetched: the host never waits on them.
+  train_start = time.time()
+  interval_start, interval_steps = time.time(), 0
+  results: dict[str, Any] = {}
+
+  def flush_train_metrics(step):
+    nonlocal interval_start, interval_steps, pending
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    pending = []
+    summary = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
+               for k in fetched[0]}
+    elapsed = time.time() - interval_start
+    rate = interval_steps / max(elapsed, 1e-9)
+    summary["train/steps_per_sec"] = rate
+    if not np.isfinite(summary["train/loss"]):
+      raise FloatingPointError(
+          f"non-finite loss at step {step}; the last checkpoint is step "
+          f"{mngr.latest_step()}.")
+    writer.write_scalars(step, summary)
+    logging.info("step %d/%d loss %.4f lr %.5f %.2f steps/s ETA %s", step,
+                 total_steps, summary["train/loss"],
+                 summary.get("train/learning_rate", float("nan")), rate,
+                 _format_eta((last_step - step) / max(rate, 1e-9)))
+    interval_start, interval_steps = time.time(), 0
+
+  for step in range(start_step, last_step):
+    state, metrics = step_fn(state, data.batch(step, spe))
+    pending.append(metrics)
+    interval_steps += 1
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == last_step:
+      flush_train_metrics(done)
+    if done % config.checkpoint_every_steps == 0 or done == last_step:
+      mngr.save(done, args=ocp.args.StandardSave(state))
+    if done % eval_every == 0 and done != total_steps:
+      eval_metrics = evaluate(state, dataset, config, mesh)
+      writer.write_scalars(done, {f"eval/{k}": v for k, v in
+                                  eval_metrics.items()})
+      logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
+  train_time = time.time() - train_start
+  mngr.wait_until_finished()
+
+  final_step = int(state.step)
+  if final_step == total_steps or final_step == last_step:
+    eval_metrics = evaluate(state, dataset, config, mesh)
+    writer.write_scalars(final_step, {f"eval/{k}": v for k, v in
+                                      eval_metrics.items()})
+    results = {**eval_metrics, "step": final_step, "mode": config.mode,
+               "dataset": config.dataset, "complete": final_step == total_steps,
+               "train_seconds_this_run": round(train_time, 2)}
+    if is_main:
+      _write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    logging.info("Final (step %d): %s", final_step, _summary_line(eval_metrics))
+    print(f"step {final_step}: {_summary_line(eval_metrics)}", flush=True)
+  writer.flush()
+  writer.close()
+  mngr.close()
+  return results
+
+
+def _summary_line(metrics: dict[str, float]) -> str:
+  return " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                  if k.startswith("fine_recall"))

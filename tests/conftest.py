@@ -1,0 +1,27 @@
+"""Shared pytest fixtures and environment.
+
+Eight fake CPU devices let the data-parallel tests run anywhere; the flag must
+be set before jax is imported, which is why it lives here.
+"""
+
+import os
+import pathlib
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests train the same tiny programs in several processes (CLI runs); a
+# persistent compilation cache shared by them saves most of the compile time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="maskcon_jax_test_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN_DIR = REPO_ROOT.parent / "shared" / "golden"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO_ROOT

@@ -1,0 +1,581 @@
+"""Tests for maskcon_jax.augment against independent references."""
+
+import colorsys
+import functools
+import itertools
+import math
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maskcon_jax import augment
+
+_SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
+_SETTINGS = hypothesis.settings(max_examples=10, deadline=None)
+
+# (height, width, channels, output size): Fashion-MNIST up- and downscaled,
+# 8x8 digits, CIFAR-sized RGB and a non-square RGB image.
+_VIEW_SHAPES = [
+    (28, 28, 1, 16),
+    (28, 28, 1, 32),
+    (8, 8, 1, 16),
+    (32, 32, 3, 32),
+    (20, 30, 3, 24),
+]
+
+
+# Eager JAX compiles every primitive separately for each new shape, so the
+# tests call jitted wrappers: one compilation per function and shape.
+_resized_crop = jax.jit(augment.resized_crop, static_argnames='size')
+_brightness = jax.jit(augment.adjust_brightness)
+_contrast = jax.jit(augment.adjust_contrast)
+_saturation = jax.jit(augment.adjust_saturation)
+_hue = jax.jit(augment.adjust_hue)
+
+
+def _stats(channels):
+  return (0.5,) * channels, (0.25,) * channels
+
+
+def _random_image(seed, shape):
+  return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def _random_uint8(seed, shape):
+  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# resized_crop
+# ---------------------------------------------------------------------------
+
+
+def _pil_resized_crop(image, box, size):
+  """Crop and resize each channel with PIL's bilinear filter in 'F' mode."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  top, left, height, width = box
+  channels = []
+  for c in range(image.shape[-1]):
+    pil = Image.fromarray(np.ascontiguousarray(image[..., c]))
+    pil = pil.crop((left, top, left + width, top + height))
+    channels.append(np.asarray(pil.resize((size, size), Image.BILINEAR)))
+  return np.stack(channels, axis=-1)
+
+
+def _half_pixel_resize(crop, size):
+  """Bilinear resize written from tf.image.resize's half-pixel kernel."""
+  in_h, in_w, _ = crop.shape
+
+  def axis(in_size):
+    scale = in_size / size
+    lower, upper, lerp = [], [], []
+    for o in range(size):
+      src = (o + 0.5) * scale - 0.5
+      src_floor = math.floor(src)
+      lower.append(max(src_floor, 0))
+      upper.append(min(math.ceil(src), in_size - 1))
+      lerp.append(src - src_floor)
+    return lower, upper, lerp
+
+  ylo, yhi, ylerp = axis(in_h)
+  xlo, xhi, xlerp = axis(in_w)
+  out = np.zeros((size, size, crop.shape[-1]), np.float64)
+  for y in range(size):
+    for x in range(size):
+      top = crop[ylo[y], xlo[x]] + (crop[ylo[y], xhi[x]] - crop[ylo[y], xlo[x]]) * xlerp[x]
+      bot = crop[yhi[y], xlo[x]] + (crop[yhi[y], xhi[x]] - crop[yhi[y], xlo[x]]) * xlerp[x]
+      out[y, x] = top + (bot - top) * ylerp[y]
+  return out
+
+
+# Boxes that only upscale (box height and width <= size), including boxes on
+# the image border, so PIL's bilinear filter has no antialiasing to add.
+@pytest.mark.parametrize(
+    'box, size',
+    [
+        ((2, 3, 5, 7), 16),
+        ((0, 0, 13, 17), 20),
+        ((4, 1, 9, 6), 9),
+        ((8, 12, 5, 5), 11),
+        ((0, 10, 13, 7), 32),
+        ((3, 3, 1, 1), 4),
+    ],
+)
+def test_resized_crop_matches_pil_when_upscaling(box, size):
+  image = _random_image(0, (13, 17, 3))
+  got = np.asarray(_resized_crop(image, box, size=size))
+  want = _pil_resized_crop(image, box, size)
+  assert got.shape == (size, size, 3)
+  # PIL weights in double precision; float32 coordinates differ by ~1e-7.
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+# Downscaling cases against a NumPy transcription of the half-pixel kernel
+# (the tf.image.resize(..., 'bilinear', antialias=False) convention). Both
+# sides are float32-exact interpolations; 1e-5 covers float32 coordinates.
+@pytest.mark.parametrize(
+    'box, size',
+    [
+        ((0, 0, 13, 17), 5),
+        ((2, 3, 10, 12), 4),
+        ((1, 0, 12, 17), 7),
+        ((0, 4, 13, 8), 3),
+        ((5, 5, 8, 3), 6),  # Downscales rows, upscales columns.
+    ],
+)
+def test_resized_crop_matches_half_pixel_reference_when_downscaling(box, size):
+  image = _random_image(1, (13, 17, 2))
+  top, left, height, width = box
+  got = np.asarray(_resized_crop(image, box, size=size))
+  want = _half_pixel_resize(
+      image[top:top + height, left:left + width].astype(np.float64), size
+  )
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_resized_crop_full_box_same_size_is_identity():
+  image = _random_image(2, (24, 24, 3))
+  got = _resized_crop(image, (0, 0, 24, 24), size=24)
+  np.testing.assert_allclose(np.asarray(got), image, atol=1e-6, rtol=0)
+
+
+def test_resized_crop_accepts_traced_box_under_jit_and_vmap():
+  images = _random_image(3, (3, 13, 17, 1))
+  boxes = tuple(jnp.asarray(v) for v in zip((2, 3, 5, 7), (0, 0, 9, 9),
+                                             (4, 1, 9, 6)))
+  got = jax.jit(jax.vmap(functools.partial(augment.resized_crop, size=9)))(
+      images, boxes
+  )
+  for i in range(3):
+    box = tuple(int(b[i]) for b in boxes)
+    want = _pil_resized_crop(images[i], box, 9)
+    np.testing.assert_allclose(np.asarray(got[i]), want, atol=1e-4, rtol=0)
+
+
+def test_random_resized_crop_full_scale_square_ratio_is_identity():
+  image = _random_image(4, (20, 20, 3))
+  crop = jax.jit(jax.vmap(functools.partial(
+      augment.random_resized_crop, size=20, scale=(1.0, 1.0), ratio=(1.0, 1.0)
+  ), in_axes=(0, None)))
+  got = np.asarray(crop(jax.random.split(jax.random.PRNGKey(0), 5), image))
+  np.testing.assert_allclose(got, np.broadcast_to(image, got.shape),
+                             atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------
+# sample_crop_box
+# ---------------------------------------------------------------------------
+
+
+# Shared by the tests below so each image shape compiles once.
+_NUM_BOXES = 4000
+
+
+@functools.cache
+def _boxes_fn(height, width, scale, ratio):
+  sample = functools.partial(
+      augment.sample_crop_box, height=height, width=width, scale=scale,
+      ratio=ratio,
+  )
+  return jax.jit(jax.vmap(sample))
+
+
+def _sample_boxes(num, height, width, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
+  keys = jax.random.split(jax.random.PRNGKey(height * 1000 + width), num)
+  boxes = _boxes_fn(height, width, scale, ratio)(keys)
+  return tuple(np.asarray(b) for b in boxes)
+
+
+def _torchvision_area_fractions(num, height, width, scale, ratio, seed=0):
+  """NumPy transcription of RandomResizedCrop.get_params (areas only)."""
+  rng = np.random.default_rng(seed)
+  area = height * width
+  fractions = []
+  for _ in range(num):
+    for _ in range(10):
+      target_area = area * rng.uniform(*scale)
+      aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+      w = int(round(math.sqrt(target_area * aspect)))
+      h = int(round(math.sqrt(target_area / aspect)))
+      if 0 < w <= width and 0 < h <= height:
+        fractions.append(w * h / area)
+        break
+    else:
+      fractions.append(1.0)
+  return np.asarray(fractions)
+
+
+@pytest.mark.parametrize('height, width', [(32, 32), (20, 40)])
+def test_sample_crop_box_is_inside_image_with_valid_area_and_ratio(
+    height, width
+):
+  scale, ratio = (0.2, 1.0), (3 / 4, 4 / 3)
+  top, left, h, w = _sample_boxes(_NUM_BOXES, height, width, scale, ratio)
+  assert np.all(top >= 0) and np.all(left >= 0)
+  assert np.all(h >= 1) and np.all(w >= 1)
+  assert np.all(top + h <= height) and np.all(left + w <= width)
+  # Width and height are rounded, so check the bounds the unrounded values
+  # satisfy: each rounded side is within 0.5 of the real one.
+  area = height * width
+  assert np.all((h + 0.5) * (w + 0.5) >= scale[0] * area)
+  assert np.all((h - 0.5) * (w - 0.5) <= scale[1] * area)
+  assert np.all((w + 0.5) / (h - 0.5) >= ratio[0])
+  assert np.all((w - 0.5) / (h + 0.5) <= ratio[1])
+  # Offsets are spread over the whole valid range, not pinned to a corner.
+  slack_y, slack_x = height - h, width - w
+  movable = slack_y > 0
+  assert 0.4 < np.mean(top[movable] / slack_y[movable]) < 0.6
+  movable = slack_x > 0
+  assert 0.4 < np.mean(left[movable] / slack_x[movable]) < 0.6
+
+
+@pytest.mark.parametrize('height, width', [(32, 32), (20, 40)])
+def test_sample_crop_box_area_distribution_matches_torchvision(height, width):
+  scale, ratio = (0.2, 1.0), (3 / 4, 4 / 3)
+  top, left, h, w = _sample_boxes(_NUM_BOXES, height, width, scale, ratio)
+  del top, left
+  fractions = h * w / (height * width)
+  want = _torchvision_area_fractions(20000, height, width, scale, ratio)
+  # The fraction has std ~0.23, so the 4000-sample mean has std ~0.004; the
+  # bounds are about five standard errors wide.
+  assert abs(fractions.mean() - want.mean()) < 0.02
+  assert abs(np.median(fractions) - np.median(want)) < 0.03
+  if height == width:
+    # Fitting attempts are biased towards small areas but still centre around
+    # (0.2 + 1) / 2. (A 1:2 image cannot hold large crops of ratio <= 4/3.)
+    assert 0.45 < fractions.mean() < 0.65
+
+
+@pytest.mark.parametrize(
+    'height, width, want',
+    [
+        # Wider than ratio allows: full height, width = round(10 * 4 / 3).
+        (10, 40, (0, 13, 10, 13)),
+        # Taller than ratio allows: full width, height = round(10 / (3 / 4)).
+        (40, 10, (13, 0, 13, 10)),
+        # Ratio already in range: the whole image.
+        (30, 36, (0, 0, 30, 36)),
+    ],
+)
+def test_sample_crop_box_falls_back_to_central_crop(height, width, want):
+  # An area of 2-3 times the image never fits, so every key falls back.
+  sample = jax.jit(functools.partial(
+      augment.sample_crop_box, height=height, width=width, scale=(2.0, 3.0)))
+  for seed in range(3):
+    got = tuple(int(v) for v in sample(jax.random.PRNGKey(seed)))
+    assert got == want
+
+
+# ---------------------------------------------------------------------------
+# Flip and colour.
+# ---------------------------------------------------------------------------
+
+
+def test_random_flip():
+  image = _random_image(5, (6, 7, 3))
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def variants(key, image):
+    return (augment.random_flip(key, image),
+            augment.random_flip(key, image, p=1.0),
+            augment.random_flip(key, image, p=0.0))
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 400)
+  default, always, never = (np.asarray(x) for x in variants(keys, image))
+  np.testing.assert_array_equal(
+      always, np.broadcast_to(image[:, ::-1], always.shape))
+  np.testing.assert_array_equal(never, np.broadcast_to(image, never.shape))
+  flipped = np.all(default == image[:, ::-1], axis=(1, 2, 3))
+  assert np.all(flipped | np.all(default == image, axis=(1, 2, 3)))
+  # 400 draws with p=0.5: the bounds are about four standard deviations.
+  assert 0.4 < flipped.mean() < 0.6
+
+
+def _colour_image(seed, channels=3):
+  image = _random_image(seed, (9, 11, channels))
+  # Exercise the HSV edge cases: grey pixels, black, white, saturated primaries
+  # and ties between the maximal channels.
+  image[0, :6] = np.asarray(
+      [[0.3] * 3, [0.0] * 3, [1.0] * 3, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+       [0.6, 0.6, 0.1]]
+  )[:, :channels]
+  return image
+
+
+def _np_gray(image):
+  return (0.2989 * image[..., 0] + 0.587 * image[..., 1]
+          + 0.114 * image[..., 2])[..., None]
+
+
+def _np_blend(image, other, factor):
+  return np.clip(factor * image + (1 - factor) * other, 0, 1)
+
+
+def _np_brightness(image, factor):
+  return np.clip(image * factor, 0, 1)
+
+
+def _np_contrast(image, factor):
+  mean = _np_gray(image).mean() if image.shape[-1] == 3 else image.mean()
+  return _np_blend(image, mean, factor)
+
+
+def _np_saturation(image, factor):
+  if image.shape[-1] == 1:
+    return image
+  return _np_blend(image, _np_gray(image), factor)
+
+
+def _np_hue(image, factor):
+  if image.shape[-1] == 1:
+    return image
+  out = np.empty_like(image)
+  for idx in np.ndindex(image.shape[:-1]):
+    h, s, v = colorsys.rgb_to_hsv(*image[idx].astype(np.float64))
+    out[idx] = colorsys.hsv_to_rgb((h + factor) % 1.0, s, v)
+  return out
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_colour_adjustments_at_neutral_factor_are_identity(channels):
+  image = _colour_image(7, channels)
+  for fn in (_brightness, _contrast, _saturation):
+    np.testing.assert_allclose(np.asarray(fn(image, 1.0)), image, atol=1e-6)
+  # The hue goes through an HSV round trip, which rounds.
+  np.testing.assert_allclose(np.asarray(_hue(image, 0.0)), image, atol=1e-5)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('factor', [0.0, 0.35, 0.8, 1.3, 2.5])
+def test_blend_adjustments_match_torchvision_formulas(channels, factor):
+  image = _colour_image(8, channels)
+  for fn, ref in ((_brightness, _np_brightness),
+                  (_contrast, _np_contrast),
+                  (_saturation, _np_saturation)):
+    np.testing.assert_allclose(
+        np.asarray(fn(image, factor)), ref(image, factor), atol=1e-5,
+        err_msg=ref.__name__,
+    )
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('factor', [-0.5, -0.1, 0.07, 0.25, 0.5])
+def test_adjust_hue_matches_colorsys(channels, factor):
+  image = _colour_image(9, channels)
+  got = np.asarray(_hue(image, factor))
+  np.testing.assert_allclose(got, _np_hue(image, factor), atol=1e-4)
+
+
+def test_apply_color_jitter_follows_the_given_order():
+  image = _colour_image(10)
+  factors = np.asarray([1.3, 0.6, 1.7, 0.2], np.float32)
+  refs = (_np_brightness, _np_contrast, _np_saturation, _np_hue)
+  orders = list(itertools.permutations(range(4)))
+  apply = jax.jit(jax.vmap(augment.apply_color_jitter, in_axes=(None, 0, None)))
+  outputs = np.asarray(apply(image, jnp.asarray(orders), factors))
+  for order, got in zip(orders, outputs):
+    want = image
+    for op in order:
+      want = refs[op](want, factors[op])
+    np.testing.assert_allclose(got, want, atol=1e-4, err_msg=str(order))
+  # The order matters for these factors, so a fixed order would be caught.
+  assert len({o.tobytes() for o in outputs}) > 12
+
+
+def test_color_jitter_params_are_random_permutations_in_range():
+  keys = jax.random.split(jax.random.PRNGKey(1), 500)
+  orders, factors = jax.jit(jax.vmap(augment.sample_color_jitter_params))(keys)
+  orders, factors = np.asarray(orders), np.asarray(factors)
+  np.testing.assert_array_equal(np.sort(orders, axis=1), [[0, 1, 2, 3]] * 500)
+  assert len({tuple(o) for o in orders}) == 24
+  lo, hi = np.asarray([0.6, 0.6, 0.6, -0.1]), np.asarray([1.4, 1.4, 1.4, 0.1])
+  assert np.all(factors >= lo) and np.all(factors <= hi)
+  # Uniform draws spread over the whole range.
+  assert np.all(factors.min(axis=0) < lo + 0.05)
+  assert np.all(factors.max(axis=0) > hi - 0.05)
+
+
+def test_color_jitter_probability_and_params():
+  image = _colour_image(11)
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def variants(key, image):
+    default = augment.color_jitter(key, image)
+    never = augment.color_jitter(key, image, p=0.0)
+    always = augment.color_jitter(key, image, p=1.0)
+    order, factors = augment.sample_color_jitter_params(key)
+    return default, never, always, augment.apply_color_jitter(
+        image, order, factors)
+
+  keys = jax.random.split(jax.random.PRNGKey(2), 300)
+  default, never, always, from_params = (
+      np.asarray(x) for x in variants(keys, image))
+  changed = np.any(default != image, axis=(1, 2, 3))
+  # 300 draws with p=0.8: the bounds are about four standard deviations.
+  assert 0.72 < changed.mean() < 0.88
+  np.testing.assert_array_equal(never, np.broadcast_to(image, never.shape))
+  # color_jitter applies exactly the order and factors sampled from its key.
+  np.testing.assert_array_equal(always, from_params)
+  # When applied, the default output is the always-applied one.
+  np.testing.assert_array_equal(default[changed], always[changed])
+
+
+def test_random_grayscale():
+  image = _colour_image(13)
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def variants(key, image):
+    return (augment.random_grayscale(key, image),
+            augment.random_grayscale(key, image, p=1.0),
+            augment.random_grayscale(key, image, p=0.0),
+            augment.random_grayscale(key, image[..., :1], p=1.0))
+
+  keys = jax.random.split(jax.random.PRNGKey(4), 400)
+  default, always, never, mono = (np.asarray(x) for x in variants(keys, image))
+  want = np.repeat(_np_gray(image), 3, axis=-1)
+  np.testing.assert_allclose(always, np.broadcast_to(want, always.shape),
+                             atol=1e-6)
+  np.testing.assert_array_equal(never, np.broadcast_to(image, never.shape))
+  np.testing.assert_array_equal(
+      mono, np.broadcast_to(image[..., :1], mono.shape))
+  grey = np.all(default == always, axis=(1, 2, 3))
+  assert np.all(grey | np.all(default == image, axis=(1, 2, 3)))
+  # 400 draws with p=0.2: the bounds are about three standard deviations.
+  assert 0.14 < grey.mean() < 0.26
+
+
+def test_normalize():
+  image = np.asarray([[[0.0, 0.5, 1.0]]], np.float32)
+  got = augment.normalize(image, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
+  np.testing.assert_allclose(np.asarray(got), [[[-1.0, 0.0, 1.0]]], atol=1e-6)
+  got = augment.normalize(image, (0.5,), (0.5,))
+  np.testing.assert_allclose(np.asarray(got), [[[-1.0, 0.0, 1.0]]], atol=1e-6)
+  with pytest.raises(ValueError, match='mean has 2 entries'):
+    augment.normalize(image, (0.5, 0.5), (0.5,))
+  with pytest.raises(ValueError, match='std has 2 entries'):
+    augment.normalize(image[..., :1], (0.5,), (0.5, 0.5))
+
+
+# ---------------------------------------------------------------------------
+# Views.
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _view_fn(policy, size, channels):
+  """Jitted `(rng, image) -> (view in [0, 1], normalised view)`."""
+  augment_fn = {'weak': augment.weak_augment,
+                'strong': augment.strong_augment}[policy]
+  view_fn = augment.VIEW_POLICIES[policy]
+  mean, std = _stats(channels)
+
+  @jax.jit
+  def fn(rng, image):
+    return (augment_fn(rng, image, size=size),
+            view_fn(rng, image, size=size, mean=mean, std=std))
+
+  return fn
+
+
+# The weak policy is a prefix of the strong one, so one shape covers it.
+@pytest.mark.parametrize(
+    'policy, height, width, channels, size',
+    [('strong', *shape) for shape in _VIEW_SHAPES if shape != (28, 28, 1, 32)]
+    + [('weak', 28, 28, 1, 32)],
+)
+def test_views_shape_range_determinism_and_normalisation(
+    policy, height, width, channels, size
+):
+  mean, std = _stats(channels)
+  fn = _view_fn(policy, size, channels)
+
+  @_SETTINGS
+  @hypothesis.given(seed=_SEEDS, image_seed=_SEEDS)
+  def check(seed, image_seed):
+    image = _random_uint8(image_seed, (height, width, channels))
+    key = jax.random.PRNGKey(seed)
+    raw, view = (np.asarray(x) for x in fn(key, image))
+    assert raw.shape == view.shape == (size, size, channels)
+    assert raw.dtype == view.dtype == np.float32
+    assert np.all(np.isfinite(raw))
+    assert raw.min() >= 0.0 and raw.max() <= 1.0
+    np.testing.assert_allclose(view, (raw - mean) / std, atol=1e-5)
+    # Same key, same view; another key, another view.
+    np.testing.assert_array_equal(np.asarray(fn(key, image)[1]), view)
+    other = np.asarray(fn(jax.random.fold_in(key, 1), image)[1])
+    assert not np.array_equal(other, view)
+
+  check()
+
+
+@pytest.mark.parametrize(
+    'policy, make_key',
+    [('weak', jax.random.PRNGKey), ('strong', jax.random.PRNGKey),
+     ('strong', jax.random.key)],
+)
+def test_batch_views_match_single_views_with_split_keys(policy, make_key):
+  batch_fn = {'weak': augment.weak_view_batch,
+              'strong': augment.strong_view_batch}[policy]
+  mean, std = _stats(1)
+  # One image repeated: any difference between examples comes from the
+  # per-example keys.
+  images = np.repeat(_random_uint8(15, (1, 28, 28, 1)), 6, axis=0)
+  key = make_key(7)
+  out = np.asarray(jax.jit(functools.partial(
+      batch_fn, size=16, mean=mean, std=std))(key, images))
+  assert out.shape == (6, 16, 16, 1) and out.dtype == np.float32
+  assert len({o.tobytes() for o in out}) == 6
+  single = _view_fn(policy, 16, 1)
+  for i, k in enumerate(jax.random.split(key, 6)):
+    np.testing.assert_allclose(out[i], np.asarray(single(k, images[i])[1]),
+                               atol=1e-6)
+
+
+def test_test_view_resizes_and_normalises_deterministically():
+  mean, std = _stats(3)
+  images = _random_uint8(16, (4, 13, 17, 3))
+  out = np.asarray(jax.jit(functools.partial(
+      augment.test_view_batch, size=20, mean=mean, std=std))(images))
+  assert out.shape == (4, 20, 20, 3) and out.dtype == np.float32
+  single = jax.jit(functools.partial(
+      augment.test_view, size=20, mean=mean, std=std))
+  for i in range(4):
+    want = _pil_resized_crop(images[i].astype(np.float32) / 255,
+                             (0, 0, 13, 17), 20)
+    np.testing.assert_allclose(out[i], (want - mean) / std, atol=1e-4)
+    np.testing.assert_allclose(out[i], np.asarray(single(images[i])),
+                               atol=1e-6)
+
+
+def test_view_policies_registry():
+  assert augment.VIEW_POLICIES['weak'] is augment.weak_view
+  assert augment.VIEW_POLICIES['strong'] is augment.strong_view
+
+
+def test_jitted_batch_view_compiles_once():
+  traces = []
+  mean, std = _stats(3)
+
+  @jax.jit
+  def step(key, images):
+    traces.append(None)
+    strong = augment.strong_view_batch(key, images, size=32, mean=mean,
+                                       std=std)
+    return strong, augment.test_view_batch(images, size=32, mean=mean, std=std)
+
+  for seed in range(3):
+    images = _random_uint8(seed, (8, 32, 32, 3))
+    strong, test = step(jax.random.PRNGKey(seed), images)
+    assert strong.shape == test.shape == (8, 32, 32, 3)
+    assert np.all(np.isfinite(np.asarray(strong)))
+    np.testing.assert_allclose(np.asarray(test), (images / 255 - mean) / std,
+                               atol=1e-5)
+  assert len(traces) == 1
