@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimisation.
   config.batch_size = 128
-  config.num_epochs = 4
+  config.num_epochs = 3
   config.learning_rate = 0.02
   config.momentum = 0.9
   config.weight_decay = 5e-4
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Evaluation, logging, checkpoints.
   config.retrieval_ks = (1, 2, 5, 10, 50, 100)
-  config.eval_every_epochs = 2
+  config.eval_every_epochs = 1
   config.eval_batch_size = 500
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500

@@ -8,6 +8,7 @@ from a checkpoint at step s replays exactly what an uninterrupted run does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -29,7 +30,7 @@ from maskcon_jax import input_pipeline
 from maskcon_jax import models
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
-from maskcon_jax.errors import ConfigError
+from maskcon_jax.errors import ConfigError, UserError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -154,10 +155,12 @@ def _prefill_queue(state, data: _Data, config, dataset):
   return state
 
 
-def _checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+def _checkpoint_manager(workdir: str, create: bool = True
+                        ) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create,
+                                           read_only=not create))
 
 
 def _write_json_atomic(path: str, payload: Any) -> None:
@@ -175,6 +178,99 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before training: data, model, optimizer."""
+  config: ml_collections.ConfigDict
+  dataset: input_pipeline.Dataset
+  model: models.Encoder
+  schedule: Any
+  tx: Any
+  mesh: jax.sharding.Mesh
+  steps_per_epoch: int
+  state: train_state_lib.TrainState
+  abstract_state: Any
+
+  @property
+  def total_steps(self) -> int:
+    return self.config.num_epochs * self.steps_per_epoch
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates ``config``, loads the data and creates a fresh state.
+
+  Raises ``UserError`` (one line) for a bad config or missing data.
+  """
+  configuration.validate_config(config)
+  dataset = input_pipeline.load_dataset(config)
+  spe = steps_per_epoch(dataset.num_train, config.batch_size)
+  if spe == 0:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} exceeds the "
+        f"{dataset.num_train} training examples; use a smaller batch.")
+  num_devices = jax.device_count()
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by the "
+        f"{num_devices} devices; use a multiple of {num_devices}.")
+  mesh = make_mesh()
+  model = models.build_encoder(config, dataset.hierarchy.num_coarse)
+  schedule = train_state_lib.learning_rate_schedule(config, spe)
+  tx = train_state_lib.make_optimizer(config, schedule)
+  state, abstract_state, _ = _make_state(config, model, tx, dataset, mesh)
+  return Experiment(config=config, dataset=dataset, model=model,
+                    schedule=schedule, tx=tx, mesh=mesh, steps_per_epoch=spe,
+                    state=state, abstract_state=abstract_state)
+
+
+def restore_state(exp: Experiment, mngr: ocp.CheckpointManager,
+                  step: int) -> train_state_lib.TrainState:
+  """The checkpointed state at ``step``, with ``exp``'s static fields."""
+  state = mngr.restore(step, args=ocp.args.StandardRestore(exp.abstract_state))
+  return state.replace(apply_fn=exp.model.apply, tx=exp.tx)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in ``workdir``."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{path} not found: --workdir must be a directory written "
+                    "by maskcon_jax.train.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_trained(workdir: str, step: int | None = None,
+                 config_overrides: dict[str, Any] | None = None):
+  """Restores a trained run for evaluation or export.
+
+  Args:
+    workdir: a directory written by ``maskcon_jax.train``.
+    step: the checkpoint step; the latest if None.
+    config_overrides: e.g. ``{"data_dir": ...}`` where data moved.
+
+  Returns:
+    ``(experiment, state)``.
+  """
+  config = load_config(workdir)
+  if config_overrides:
+    config.update(config_overrides)
+  exp = build_experiment(config)
+  mngr = _checkpoint_manager(workdir, create=False)
+  available = list(mngr.all_steps())
+  if not available:
+    raise UserError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}: train first "
+                    "with maskcon_jax.train.")
+  if step is None:
+    step = max(available)
+  elif step not in available:
+    raise UserError(f"no checkpoint for step {step} in {workdir}; available: "
+                    f"{', '.join(map(str, sorted(available)))}.")
+  state = restore_state(exp, mngr, step)
+  mngr.close()
+  return exp, state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains ``config.mode`` on ``config.dataset``, evaluates and checkpoints.
@@ -188,28 +284,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Every check that can fail runs before anything is written to workdir.
   configuration.validate_config(config)
   configuration.check_workdir_writable(workdir)
-  dataset = input_pipeline.load_dataset(config)
-  spe = steps_per_epoch(dataset.num_train, config.batch_size)
-  if spe == 0:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} exceeds the "
-        f"{dataset.num_train} training examples; use a smaller batch.")
-  num_devices = jax.device_count()
-  if config.batch_size % num_devices:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} is not divisible by the "
-        f"{num_devices} devices; use a multiple of {num_devices}.")
   config_path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(config_path):
     with open(config_path) as f:
       configuration.check_compatible(json.load(f), config)
-
-  total_steps = config.num_epochs * spe
-  mesh = make_mesh()
-  model = models.build_encoder(config, dataset.hierarchy.num_coarse)
-  schedule = train_state_lib.learning_rate_schedule(config, spe)
-  tx = train_state_lib.make_optimizer(config, schedule)
-  state, abstract_state, _ = _make_state(config, model, tx, dataset, mesh)
+  exp = build_experiment(config)
+  dataset, mesh, schedule = exp.dataset, exp.mesh, exp.schedule
+  spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
 
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -223,9 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   start_step = mngr.latest_step()
   if start_step is not None:
-    state = mngr.restore(start_step,
-                         args=ocp.args.StandardRestore(abstract_state))
-    state = state.replace(apply_fn=model.apply, tx=tx)
+    state = restore_state(exp, mngr, start_step)
     logging.info("Resumed from step %d in %s.", start_step, workdir)
   else:
     start_step = 0
