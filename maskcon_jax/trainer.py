@@ -163,6 +163,36 @@ def _checkpoint_manager(workdir: str, create: bool = True
                                            read_only=not create))
 
 
+class _LogOnlyWriter:
+  """Logs scalars when clu's TensorBoard writer (which needs TF) is missing."""
+
+  def write_scalars(self, step, scalars):
+    logging.info("[%d] %s", step, ", ".join(
+        f"{k}={v:.6g}" for k, v in sorted(scalars.items())))
+
+  def write_hparams(self, hparams):
+    logging.info("[hparams] %s", hparams)
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def _create_writer(workdir: str, is_main: bool):
+  """clu's console + TensorBoard writer (console only off process 0)."""
+  try:
+    # TF-backed, so imported here and kept out of the step modules.
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    logging.warning("No TensorBoard events (%s); metrics go to the log only.",
+                    e)
+    return _LogOnlyWriter()
+  return metric_writers.create_default_writer(
+      workdir, just_logging=not is_main, asynchronous=True)
+
+
 def _write_json_atomic(path: str, payload: Any) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -296,9 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     _write_json_atomic(config_path, config.to_dict())
-  from clu import metric_writers  # TF-backed; kept out of the step modules.
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=True)
+  writer = _create_writer(workdir, is_main)
   mngr = _checkpoint_manager(workdir)
   data = _Data(dataset, mesh, config.batch_size, config.seed)
 

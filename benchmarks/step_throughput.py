@@ -1,0 +1,182 @@
+r"""Train-step throughput of the full MaskCon step (augmentation included).
+
+Times the jitted, donated train step on synthetic uint8 images for a grid of
+architecture, width, image size, batch, queue size, precision and device
+count, and prints one table (and writes JSON with --json). Needs jax, flax and
+optax only, so it runs on a bare accelerator image.
+
+  python benchmarks/step_throughput.py                       # reference config
+  python benchmarks/step_throughput.py --batch_sizes=256,512 \
+      --precisions=bfloat16 --peak_tflops=989                 # one H100 (dense bf16)
+  python benchmarks/step_throughput.py --smoke                # seconds; for CI
+
+Columns: compile_s (first call), step_ms (median over --steps after
+--warmup), img_s (batch / median), img_s_dev (per device), gflop_img (XLA's
+cost analysis of the whole step divided by the batch), tflop_s (achieved) and
+mfu (achieved / --peak_tflops x devices) when a peak is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import numpy as np  # noqa: E402
+
+from maskcon_jax import models  # noqa: E402
+from maskcon_jax import train_state as train_state_lib  # noqa: E402
+from maskcon_jax import train_step as steps  # noqa: E402
+
+
+class _Config(dict):
+  """Just enough of an ml_collections.ConfigDict for the optimizer helpers."""
+  __getattr__ = dict.__getitem__
+
+
+def _ints(text):
+  return [int(x) for x in text.split(",") if x]
+
+
+def _strs(text):
+  return [x for x in text.split(",") if x]
+
+
+def measure(arch, width, image_size, batch_size, queue_size, precision,
+            num_devices, *, mode, steps_timed, warmup, num_coarse=20,
+            embed_dim=256, channels=3):
+  devices = jax.devices()[:num_devices]
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  model = models.Encoder(
+      backbone=models.build_backbone(arch, width, image_size),
+      embed_dim=embed_dim, proj_hidden_dim=512, num_coarse=num_coarse,
+      dtype=models.DTYPES[precision])
+  config = _Config(num_epochs=200, warmup_epochs=5, learning_rate=0.02,
+                   weight_decay=5e-4, momentum=0.9)
+  schedule = train_state_lib.learning_rate_schedule(config, 390)
+  tx = train_state_lib.make_optimizer(config, schedule)
+  create = functools.partial(
+      train_state_lib.create_train_state, model=model, tx=tx,
+      image_shape=(image_size, image_size, channels), queue_size=queue_size,
+      embed_dim=embed_dim, num_coarse=num_coarse)
+  abstract = jax.eval_shape(create, jax.random.key(0))
+  state = jax.jit(create, out_shardings=jax.tree.map(lambda _: replicated,
+                                                     abstract))(
+                                                         jax.random.key(0))
+  step_fn = jax.jit(functools.partial(
+      steps.train_step, mode=mode, t0=0.1, t=0.05, w=0.5, ema_momentum=0.99,
+      image_size=image_size, mean=(0.5,) * channels, std=(0.25,) * channels),
+      donate_argnums=0)
+  rng = np.random.default_rng(0)
+  batch = {
+      "image": jax.device_put(rng.integers(
+          0, 256, (batch_size, image_size, image_size, channels), np.uint8),
+          sharded),
+      "coarse_label": jax.device_put(rng.integers(
+          0, num_coarse, (batch_size,), np.int32), sharded),
+  }
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = float((cost or {}).get("flops", float("nan")))
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps_timed):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  if not np.isfinite(float(metrics["loss"])):
+    raise FloatingPointError("non-finite loss in benchmark")
+  return dict(arch=arch, width=width, image_size=image_size, batch=batch_size,
+              queue=queue_size, precision=precision, devices=num_devices,
+              compile_s=compile_s, step_ms=1e3 * step_s,
+              img_s=batch_size / step_s,
+              img_s_dev=batch_size / step_s / num_devices,
+              gflop_img=flops / batch_size / 1e9 if flops == flops else None,
+              tflop_s=flops / step_s / 1e12 if flops == flops else None)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--archs", type=_strs, default=["resnet18"])
+  parser.add_argument("--widths", type=_ints, default=[64])
+  parser.add_argument("--image_sizes", type=_ints, default=[32])
+  parser.add_argument("--batch_sizes", type=_ints, default=[128])
+  parser.add_argument("--queue_sizes", type=_ints, default=[8192])
+  parser.add_argument("--precisions", type=_strs, default=["float32"])
+  parser.add_argument("--device_counts", type=_ints, default=None,
+                      help="default: all devices")
+  parser.add_argument("--mode", default="maskcon")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="per-device peak for MFU, e.g. 989 (H100 bf16)")
+  parser.add_argument("--json", default=None, help="write results here")
+  parser.add_argument("--smoke", action="store_true",
+                      help="one tiny configuration, for CI")
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.archs, args.widths, args.image_sizes = ["resnet10"], [4], [8]
+    args.batch_sizes, args.queue_sizes, args.steps, args.warmup = [8], [16], 2, 1
+  device_counts = args.device_counts or [jax.device_count()]
+
+  header = (f"{'arch':9} {'width':>5} {'px':>4} {'batch':>6} {'queue':>6} "
+            f"{'precision':>9} {'dev':>3} {'compile_s':>9} {'step_ms':>9} "
+            f"{'img_s':>9} {'img_s_dev':>9} {'gflop_img':>9} {'tflop_s':>8} "
+            f"{'mfu':>6} {'scaling':>7}")
+  device = jax.devices()[0]
+  print(f"# device: {device.platform} {getattr(device, 'device_kind', '')} x"
+        f"{jax.device_count()}; host {platform.node()} ({os.cpu_count()} cpus); "
+        f"jax {jax.__version__}")
+  print(header)
+  rows, single = [], {}
+  for combo in itertools.product(args.archs, args.widths, args.image_sizes,
+                                 args.batch_sizes, args.queue_sizes,
+                                 args.precisions, device_counts):
+    row = measure(*combo, mode=args.mode, steps_timed=args.steps,
+                  warmup=args.warmup)
+    key = combo[:-1]
+    if row["devices"] == 1:
+      single[key] = row["img_s"]
+    row["scaling"] = (row["img_s_dev"] / single[key] if key in single
+                      else None)
+    row["mfu"] = (row["tflop_s"] / (args.peak_tflops * row["devices"])
+                  if args.peak_tflops and row["tflop_s"] else None)
+    rows.append(row)
+    fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+    print(f"{row['arch']:9} {row['width']:>5} {row['image_size']:>4} "
+          f"{row['batch']:>6} {row['queue']:>6} {row['precision']:>9} "
+          f"{row['devices']:>3} {row['compile_s']:>9.1f} {row['step_ms']:>9.2f} "
+          f"{row['img_s']:>9.0f} {row['img_s_dev']:>9.0f} "
+          f"{fmt(row['gflop_img'], '9.3f'):>9} {fmt(row['tflop_s'], '8.2f'):>8} "
+          f"{fmt(row['mfu'], '6.1%'):>6} {fmt(row['scaling'], '7.2f'):>7}",
+          flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"device": str(device), "jax": jax.__version__, "rows": rows},
+                f, indent=2)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
