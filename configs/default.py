@@ -43,6 +43,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.proj_hidden_dim = 512
   config.precision = "float32"  # float32 | bfloat16
 
+  # Devices and BatchNorm. MoCo's shuffle-BN for the key encoder (on one
+  # device it is the same as global BN); per-device BN for the query encoder,
+  # as MoCo on several GPUs. See the README's multi-device section.
+  config.num_devices = config_dict.placeholder(int)  # None: all devices.
+  # Multi-host: call jax.distributed.initialize() (also done whenever
+  # JAX_COORDINATOR_ADDRESS is set).
+  config.distributed = False
+  config.key_bn = "shuffle"  # shuffle | global | split
+  config.bn_splits = 1  # sub-batches for key_bn="split"
+  config.query_bn = "per_device"  # per_device | global
+
   # Optimisation.
   config.batch_size = 128
   config.num_epochs = 3

@@ -16,6 +16,13 @@ simplifications:
   applied, the order of the colour-jitter operations) are made with `where` /
   `switch` instead of Python control flow, so they trace once and vectorise.
 
+Where torchvision treats PIL images and tensors differently (the border of a
+perspective warp), the PIL behaviour is followed, since MaskCon's data
+loaders hand PIL images to the transforms. The per-dataset views of the paper
+(`cifar_strong`, `cars_strong`, `cars_weak`, `sop`) are registered in
+`VIEW_POLICIES` next to the MoCo v2 `weak` / `strong` pair; AutoAugment lives
+in `maskcon_jax.autoaugment`.
+
 Each random op has a public form that takes a key and a private form that
 takes uniforms drawn in advance. The views draw all their uniforms with a
 single `jax.random.uniform` call: every separate PRNG call adds a Threefry
@@ -34,6 +41,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from maskcon_jax import autoaugment
+
 # ITU-R 601-2 luma weights, as used by PIL's `convert('L')` and torchvision's
 # `rgb_to_grayscale`.
 _LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -44,6 +53,11 @@ _CROP_ATTEMPTS = 10
 _CROP_UNIFORMS = 4 * _CROP_ATTEMPTS
 # Four factors, four sort keys for the op order and one apply decision.
 _JITTER_UNIFORMS = 9
+_JITTER_APPLY = 8
+
+# MoCo v2 / MaskCon crop parameters for both views.
+_VIEW_CROP_SCALE = (0.2, 1.0)
+_VIEW_CROP_RATIO = (3 / 4, 4 / 3)
 
 Box = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
@@ -227,6 +241,275 @@ def random_flip(rng: jax.Array, image: jax.Array, p: float = 0.5) -> jax.Array:
 
 def _flip(u: jax.Array, image: jax.Array, p: float) -> jax.Array:
   return jnp.where(u < p, image[:, ::-1, :], image)
+
+
+def _square_to_quad(corners: jax.Array) -> jax.Array:
+  """Homography taking the unit square's corners to `corners`.
+
+  Closed form (Heckbert, 1989) instead of solving torchvision's 8x8 system:
+  it is exact for any non-degenerate quadrilateral and, unlike an 8x8 solve
+  on pixel coordinates, well conditioned in float32.
+
+  Args:
+    corners: `(4, 2)` points (x, y) for the unit-square corners (0, 0),
+      (1, 0), (1, 1), (0, 1), in that order.
+
+  Returns:
+    `(3, 3)` matrix `M` with `M @ (u, v, 1)` proportional to the image of
+    `(u, v)`.
+  """
+  x, y = corners[:, 0], corners[:, 1]
+  sum_x = x[0] - x[1] + x[2] - x[3]
+  sum_y = y[0] - y[1] + y[2] - y[3]
+  dx1, dx2 = x[1] - x[2], x[3] - x[2]
+  dy1, dy2 = y[1] - y[2], y[3] - y[2]
+  det = dx1 * dy2 - dx2 * dy1
+  g = (sum_x * dy2 - dx2 * sum_y) / det
+  h = (dx1 * sum_y - sum_x * dy1) / det
+  return jnp.stack([
+      jnp.stack([x[1] - x[0] + g * x[1], x[3] - x[0] + h * x[3], x[0]]),
+      jnp.stack([y[1] - y[0] + g * y[1], y[3] - y[0] + h * y[3], y[0]]),
+      jnp.stack([g, h, jnp.ones_like(g)]),
+  ])
+
+
+def _adjugate3(m: jax.Array) -> jax.Array:
+  """Adjugate of a 3x3 matrix: its inverse times the determinant."""
+  cols = [m[:, i] for i in range(3)]
+  # Rows of the adjugate are cross products of the matrix's columns.
+  return jnp.stack([jnp.cross(cols[1], cols[2]), jnp.cross(cols[2], cols[0]),
+                    jnp.cross(cols[0], cols[1])])
+
+
+def perspective_coeffs(
+    startpoints: jax.Array, endpoints: jax.Array
+) -> jax.Array:
+  """The 8 coefficients torchvision's `_get_perspective_coeffs` returns.
+
+  `(a, b, c, d, e, f, g, h)` such that the homography
+  `(x, y) -> ((a x + b y + c) / (g x + h y + 1), (d x + e y + f) / (...))`
+  takes each of the four `endpoints` to the matching `startpoints` point,
+  i.e. it maps output coordinates to input coordinates.
+
+  Args:
+    startpoints: `(4, 2)` corners (x, y) in the input image: top-left,
+      top-right, bottom-right, bottom-left.
+    endpoints: `(4, 2)` matching corners in the output image.
+
+  Returns:
+    Float32 array of shape `(8,)`.
+  """
+  start = _square_to_quad(jnp.asarray(startpoints, jnp.float32))
+  end = _square_to_quad(jnp.asarray(endpoints, jnp.float32))
+  # end^-1 up to scale; the overall scale is removed below.
+  matrix = start @ _adjugate3(end)
+  return (matrix / matrix[2, 2]).reshape(9)[:8]
+
+
+def _coeffs_to_matrix(coeffs: jax.Array) -> jax.Array:
+  coeffs = jnp.asarray(coeffs, jnp.float32)
+  return jnp.concatenate([coeffs, jnp.ones((1,), jnp.float32)]).reshape(3, 3)
+
+
+def perspective_transform(
+    image: jax.Array, coeffs: jax.Array, fill: float = 0.0
+) -> jax.Array:
+  """Bilinear perspective warp, as PIL's `Image.transform(PERSPECTIVE)`.
+
+  Output pixel `(x, y)` samples the input at the homography image `(u, v)`
+  of its centre `(x + 0.5, y + 0.5)`. Points outside `[0, W) x [0, H)` give
+  `fill`; inside, the four nearest pixel centres are interpolated, with
+  indices clamped at the border. (torchvision's tensor path instead blends
+  border samples with the fill; PIL's, used for PIL images, is followed.)
+
+  Args:
+    image: Float image `(H, W, C)`.
+    coeffs: `(8,)` output-to-input coefficients (see `perspective_coeffs`).
+    fill: Value for pixels that map outside the image.
+
+  Returns:
+    Float32 image, same shape.
+  """
+  return _homography_warp(image, _coeffs_to_matrix(coeffs), fill)
+
+
+def _homography_warp(
+    image: jax.Array, matrix: jax.Array, fill: float = 0.0
+) -> jax.Array:
+  """`perspective_transform` with a 3x3 output-to-input matrix."""
+  image = jnp.asarray(image, jnp.float32)
+  height, width, channels = image.shape
+  ys = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
+  xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
+  (a, b, c), (d, e, f), (g, h, i) = (
+      [matrix[r, k] for k in range(3)] for r in range(3))
+  den = g * xs + h * ys + i
+  # Points on or behind the homography's vanishing line have no image; with
+  # RandomPerspective's corner offsets (at most a quarter of the side) that
+  # line never crosses the output, so this only guards the division.
+  ahead = den > 1e-6
+  safe_den = jnp.where(ahead, den, 1.0)
+  src_x = (a * xs + b * ys + c) / safe_den
+  src_y = (d * xs + e * ys + f) / safe_den
+  inside = (ahead & (src_x >= 0.0) & (src_x < width) & (src_y >= 0.0)
+            & (src_y < height))
+  # Pixel centres are at integer + 0.5.
+  src_x = jnp.clip(src_x, 0.0, float(width)) - 0.5
+  src_y = jnp.clip(src_y, 0.0, float(height)) - 0.5
+  x0f, y0f = jnp.floor(src_x), jnp.floor(src_y)
+  fx = (src_x - x0f)[..., None]
+  fy = (src_y - y0f)[..., None]
+  x0 = jnp.clip(x0f.astype(jnp.int32), 0, width - 1)
+  x1 = jnp.clip(x0f.astype(jnp.int32) + 1, 0, width - 1)
+  y0 = jnp.clip(y0f.astype(jnp.int32), 0, height - 1)
+  y1 = jnp.clip(y0f.astype(jnp.int32) + 1, 0, height - 1)
+  flat = image.reshape(height * width, channels)
+
+  def at(yi: jax.Array, xi: jax.Array) -> jax.Array:
+    return jnp.take(flat, yi * width + xi, axis=0)
+
+  top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * fx
+  bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * fx
+  return jnp.where(inside[..., None], top + (bottom - top) * fy,
+                   jnp.float32(fill))
+
+
+def _perspective_endpoints(
+    uniforms: jax.Array, height: int, width: int, distortion_scale: float
+) -> jax.Array:
+  """`RandomPerspective.get_params` endpoints from 8 uniforms, `(4, 2)`."""
+  # Each corner moves inwards by an integer uniform in [0, k] per axis.
+  kx = int(distortion_scale * (width // 2))
+  ky = int(distortion_scale * (height // 2))
+  limit = jnp.asarray([kx, ky] * 4, jnp.float32)
+  offsets = jnp.minimum(jnp.floor(uniforms * (limit + 1.0)), limit)
+  dx, dy = offsets[0::2], offsets[1::2]
+  right, bottom = float(width - 1), float(height - 1)
+  return jnp.stack([
+      jnp.stack([dx[0], dy[0]]),
+      jnp.stack([right - dx[1], dy[1]]),
+      jnp.stack([right - dx[2], bottom - dy[2]]),
+      jnp.stack([dx[3], bottom - dy[3]]),
+  ])
+
+
+def _image_corners(height: int, width: int) -> jax.Array:
+  right, bottom = float(width - 1), float(height - 1)
+  return jnp.asarray(
+      [[0.0, 0.0], [right, 0.0], [right, bottom], [0.0, bottom]], jnp.float32)
+
+
+# Eight corner offsets and one apply decision.
+_PERSPECTIVE_UNIFORMS = 9
+
+
+def sample_perspective_coeffs(
+    rng: jax.Array, height: int, width: int, distortion_scale: float = 0.5
+) -> jax.Array:
+  """Coefficients of a `RandomPerspective(distortion_scale)` draw, `(8,)`.
+
+  The same key gives the same warp in `random_perspective` (when applied).
+
+  Args:
+    rng: PRNG key.
+    height: Image height (static).
+    width: Image width (static).
+    distortion_scale: Corners move inwards by up to this fraction of half
+      the side.
+
+  Returns:
+    Output-to-input coefficients for `perspective_transform`.
+  """
+  uniforms = jax.random.uniform(rng, (_PERSPECTIVE_UNIFORMS,))
+  endpoints = _perspective_endpoints(uniforms[:8], height, width,
+                                     distortion_scale)
+  return perspective_coeffs(_image_corners(height, width), endpoints)
+
+
+def random_perspective(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    distortion_scale: float = 0.5,
+    p: float = 0.5,
+    fill: float = 0.0,
+) -> jax.Array:
+  """`torchvision.transforms.RandomPerspective(distortion_scale, p)`.
+
+  With probability `p`, each image corner moves inwards by a random whole
+  number of pixels (up to `distortion_scale` times half the side, per axis)
+  and the image is warped bilinearly so that the corners land there.
+
+  Args:
+    rng: PRNG key.
+    image: Float image `(H, W, C)`.
+    distortion_scale: Distortion strength in [0, 1].
+    p: Probability of warping.
+    fill: Value outside the warped image.
+
+  Returns:
+    Float32 image, same shape.
+  """
+  uniforms = jax.random.uniform(rng, (_PERSPECTIVE_UNIFORMS,))
+  return _perspective(uniforms, image, distortion_scale, p, fill)
+
+
+def _perspective_matrix(
+    uniforms: jax.Array,
+    height: int,
+    width: int,
+    distortion_scale: float,
+    p: float,
+) -> jax.Array:
+  """Output-to-input 3x3 matrix of a `RandomPerspective` draw.
+
+  Args:
+    uniforms: `_PERSPECTIVE_UNIFORMS` uniforms: 8 corner offsets, then the
+      apply decision.
+    height: Image height (static).
+    width: Image width (static).
+    distortion_scale: Distortion strength in [0, 1].
+    p: Probability of warping.
+
+  Returns:
+    The homography, or the identity where the warp is not applied.
+  """
+  endpoints = _perspective_endpoints(uniforms[:8], height, width,
+                                     distortion_scale)
+  coeffs = perspective_coeffs(_image_corners(height, width), endpoints)
+  return jnp.where(uniforms[8] < p, _coeffs_to_matrix(coeffs),
+                   jnp.eye(3, dtype=jnp.float32))
+
+
+def _flip_matrix(u: jax.Array, width: int, p: float) -> jax.Array:
+  """3x3 matrix of a horizontal flip with probability `p` (else identity).
+
+  In PIL's continuous coordinates a flip is `x -> W - x`, which maps pixel
+  centres onto pixel centres, so a warp composed with it samples exactly
+  what flipping the pixels before or after the warp would.
+  """
+  flip = jnp.asarray([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+                     jnp.float32)
+  return jnp.where(u < p, flip, jnp.eye(3, dtype=jnp.float32))
+
+
+def _perspective(
+    uniforms: jax.Array,
+    image: jax.Array,
+    distortion_scale: float,
+    p: float,
+    fill: float = 0.0,
+) -> jax.Array:
+  """`random_perspective` from `_PERSPECTIVE_UNIFORMS` uniforms.
+
+  The image is always resampled; without a warp the matrix is the identity,
+  for which bilinear sampling at pixel centres returns the input exactly.
+  Selecting with `where` between warped and input images instead would, once
+  XLA fuses the warp into its consumers, evaluate the warp several times.
+  """
+  height, width = image.shape[0], image.shape[1]
+  matrix = _perspective_matrix(uniforms, height, width, distortion_scale, p)
+  return _homography_warp(image, matrix, fill)
 
 
 # ---------------------------------------------------------------------------
@@ -441,7 +724,7 @@ def _color_jitter(
       uniforms, brightness, contrast, saturation, hue
   )
   jittered = apply_color_jitter(image, order, factors)
-  return jnp.where(uniforms[8] < p, jittered, image)
+  return jnp.where(uniforms[_JITTER_APPLY] < p, jittered, image)
 
 
 def random_grayscale(
@@ -456,6 +739,114 @@ def _grayscale(u: jax.Array, image: jax.Array, p: float) -> jax.Array:
     return image
   gray = jnp.broadcast_to(rgb_to_grayscale(image), image.shape)
   return jnp.where(u < p, gray, image)
+
+
+# ---------------------------------------------------------------------------
+# Blur.
+# ---------------------------------------------------------------------------
+
+
+def blur_kernel_size(size: int) -> int:
+  """Odd Gaussian kernel size of about 10% of `size`, at least 3.
+
+  The SimCLR / BYOL convention (23 taps at 224 px). MaskCon blurs with PIL's
+  `GaussianBlur(radius=sigma)`, which has no kernel size; at 224 px and
+  sigma <= 2 a 23-tap kernel reaches 5.5 sigma, so truncation is negligible.
+  Small images get small kernels (3 taps at 32 px), which truncate large
+  sigmas; pass `kernel_size` explicitly where that matters.
+
+  Args:
+    size: Image side in pixels.
+
+  Returns:
+    `2 * int(0.05 * size) + 1`, at least 3.
+  """
+  return max(3, 2 * int(0.05 * size) + 1)
+
+
+def gaussian_kernel1d(sigma: jax.Array, kernel_size: int) -> jax.Array:
+  """torchvision's `_get_gaussian_kernel1d`: normalised samples at integers."""
+  half = (kernel_size - 1) * 0.5
+  x = jnp.linspace(-half, half, kernel_size, dtype=jnp.float32)
+  pdf = jnp.exp(-0.5 * jnp.square(x / jnp.asarray(sigma, jnp.float32)))
+  return pdf / jnp.sum(pdf)
+
+
+def gaussian_blur(
+    image: jax.Array, sigma: jax.Array | float, kernel_size: int
+) -> jax.Array:
+  """torchvision `F.gaussian_blur(image, kernel_size, sigma)` on float HWC.
+
+  Separable blur with reflect padding (edge pixel not repeated). Each axis is
+  a weighted sum of `kernel_size` shifted slices, so a per-example `sigma`
+  under `vmap` costs elementwise work only, with no batched convolution.
+
+  Args:
+    image: Float image `(H, W, C)`.
+    sigma: Standard deviation in pixels (may be traced), the same for both
+      axes.
+    kernel_size: Odd number of taps (static).
+
+  Returns:
+    Float32 image, same shape.
+
+  Raises:
+    ValueError: If `kernel_size` is not a positive odd number.
+  """
+  if kernel_size <= 0 or kernel_size % 2 == 0:
+    raise ValueError(
+        f'kernel_size must be odd and positive, got {kernel_size}.')
+  image = jnp.asarray(image, jnp.float32)
+  height, width = image.shape[0], image.shape[1]
+  weights = gaussian_kernel1d(sigma, kernel_size)
+  pad = kernel_size // 2
+  padded = jnp.pad(image, ((pad, pad), (0, 0), (0, 0)), mode='reflect')
+  rows = sum(weights[k] * padded[k:k + height] for k in range(kernel_size))
+  padded = jnp.pad(rows, ((0, 0), (pad, pad), (0, 0)), mode='reflect')
+  return sum(weights[k] * padded[:, k:k + width] for k in range(kernel_size))
+
+
+# sigma and the apply decision.
+_BLUR_UNIFORMS = 2
+
+
+def random_gaussian_blur(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    kernel_size: int | None = None,
+    p: float = 0.5,
+) -> jax.Array:
+  """`RandomApply([GaussianBlur(kernel_size, sigma)], p)`.
+
+  Args:
+    rng: PRNG key.
+    image: Float image `(H, W, C)`.
+    sigma: Range of the standard deviation, drawn uniformly per call.
+    kernel_size: Odd kernel size; `blur_kernel_size(H)` if None.
+    p: Probability of blurring.
+
+  Returns:
+    Float32 image, same shape.
+  """
+  uniforms = jax.random.uniform(rng, (_BLUR_UNIFORMS,))
+  return _gaussian_blur(uniforms, image, sigma, kernel_size, p)
+
+
+def _gaussian_blur(
+    uniforms: jax.Array,
+    image: jax.Array,
+    sigma: tuple[float, float],
+    kernel_size: int | None,
+    p: float,
+) -> jax.Array:
+  """`random_gaussian_blur` from `_BLUR_UNIFORMS` uniforms."""
+  if kernel_size is None:
+    kernel_size = blur_kernel_size(image.shape[0])
+  std = sigma[0] + (sigma[1] - sigma[0]) * uniforms[0]
+  blurred = gaussian_blur(image, std, kernel_size)
+  return jnp.where(uniforms[1] < p, blurred, image)
 
 
 def normalize(
@@ -502,10 +893,16 @@ _WEAK_UNIFORMS = _CROP_UNIFORMS + 1
 _STRONG_UNIFORMS = _WEAK_UNIFORMS + _JITTER_UNIFORMS + 1
 
 
-def _weak_augment(uniforms: jax.Array, image: jax.Array, size: int) -> jax.Array:
+def _weak_augment(
+    uniforms: jax.Array, image: jax.Array, size: int
+) -> jax.Array:
   x = to_float(image)
   box = _crop_box(
-      uniforms[:_CROP_UNIFORMS], x.shape[0], x.shape[1], scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
+      uniforms[:_CROP_UNIFORMS],
+      x.shape[0],
+      x.shape[1],
+      _VIEW_CROP_SCALE,
+      _VIEW_CROP_RATIO,
   )
   x = resized_crop(x, box, size)
   return _flip(uniforms[_CROP_UNIFORMS], x, 0.5)
@@ -557,7 +954,7 @@ def weak_view(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> jax.Array:
-  """Key-encoder view: `weak_augment` then `normalize`; float32 `(size, size, C)`."""
+  """Key-encoder view: `weak_augment` then `normalize`; float32."""
   return normalize(weak_augment(rng, image, size=size), mean, std)
 
 
@@ -573,6 +970,207 @@ def strong_view(
   return normalize(strong_augment(rng, image, size=size), mean, std)
 
 
+# ---------------------------------------------------------------------------
+# MaskCon's per-dataset policies (utils.get_augment in the paper's code).
+# ---------------------------------------------------------------------------
+
+# Per-dataset (mean, std) used by `normalize` in the paper's code; Cars196,
+# SOP and ImageNet32 use the ImageNet statistics.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    'cifar100': ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+_CIFAR_STRONG_UNIFORMS = _WEAK_UNIFORMS + autoaugment.AUTOAUGMENT_UNIFORMS
+_CARS_STRONG_UNIFORMS = (_WEAK_UNIFORMS + _PERSPECTIVE_UNIFORMS
+                         + _JITTER_UNIFORMS + 1 + _BLUR_UNIFORMS)
+_CARS_WEAK_UNIFORMS = _CROP_UNIFORMS + _PERSPECTIVE_UNIFORMS + 1
+_SOP_UNIFORMS = _WEAK_UNIFORMS + _PERSPECTIVE_UNIFORMS
+
+
+def _split_uniforms(uniforms: jax.Array, *sizes: int) -> list[jax.Array]:
+  """Consecutive slices of `uniforms` with the given sizes."""
+  if sum(sizes) != uniforms.shape[0]:
+    raise ValueError(f'{uniforms.shape[0]} uniforms for parts {sizes}.')
+  parts, start = [], 0
+  for size in sizes:
+    parts.append(uniforms[start:start + size])
+    start += size
+  return parts
+
+
+def _view_crop(uniforms: jax.Array, image: jax.Array, size: int) -> jax.Array:
+  """The views' random resized crop (scale 0.2-1) of a uint8/float image."""
+  x = to_float(image)
+  box = _crop_box(uniforms, x.shape[0], x.shape[1], _VIEW_CROP_SCALE,
+                  _VIEW_CROP_RATIO)
+  return resized_crop(x, box, size)
+
+
+def _flip_then_perspective(
+    weak_u: jax.Array, persp_u: jax.Array, image: jax.Array, size: int
+) -> jax.Array:
+  """Crop, flip (p=0.5) and `RandomPerspective(0.5, p=0.5)`, in that order.
+
+  Draws like `_weak_augment` followed by `_perspective`, but resamples once:
+  the flip is folded into the warp's matrix.
+  """
+  x = _view_crop(weak_u[:_CROP_UNIFORMS], image, size)
+  # Warping the flipped image: the warp's source point is flipped.
+  matrix = (_flip_matrix(weak_u[_CROP_UNIFORMS], size, 0.5)
+            @ _perspective_matrix(persp_u, size, size, 0.5, 0.5))
+  return _homography_warp(x, matrix)
+
+
+def cifar_strong_augment(
+    rng: jax.Array, image: jax.Array, *, size: int
+) -> jax.Array:
+  """Crop (0.2-1) + flip + AutoAugment CIFAR-10 policy, in [0, 1].
+
+  The query view for CIFAR-10/100 and ImageNet32. AutoAugment follows
+  torchvision's `AutoAugment(AutoAugmentPolicy.CIFAR10)` (fill 0); see
+  `maskcon_jax.autoaugment`.
+
+  Args:
+    rng: PRNG key.
+    image: `(H, W, C)` image, `uint8` or float in [0, 1].
+    size: Output height and width (static).
+
+  Returns:
+    Float32 `(size, size, C)` in [0, 1].
+  """
+  uniforms = jax.random.uniform(rng, (_CIFAR_STRONG_UNIFORMS,))
+  weak_u, policy_u = _split_uniforms(
+      uniforms, _WEAK_UNIFORMS, autoaugment.AUTOAUGMENT_UNIFORMS)
+  x = _weak_augment(weak_u, image, size)
+  return autoaugment.apply_autoaugment(policy_u, x)
+
+
+def cars_strong_augment(
+    rng: jax.Array, image: jax.Array, *, size: int
+) -> jax.Array:
+  """The Cars196 query view, in [0, 1].
+
+  Crop (0.2-1) + flip + `RandomPerspective(0.5, p=0.5)` + colour jitter
+  (0.4, 0.4, 0.4, 0.1; p=0.8) + grayscale (p=0.2) + Gaussian blur (sigma in
+  [0.1, 2], p=0.5, `blur_kernel_size(size)` taps), in that order.
+
+  Args:
+    rng: PRNG key.
+    image: `(H, W, C)` image, `uint8` or float in [0, 1].
+    size: Output height and width (static).
+
+  Returns:
+    Float32 `(size, size, C)` in [0, 1].
+  """
+  uniforms = jax.random.uniform(rng, (_CARS_STRONG_UNIFORMS,))
+  weak_u, persp_u, jitter_u, gray_u, blur_u = _split_uniforms(
+      uniforms, _WEAK_UNIFORMS, _PERSPECTIVE_UNIFORMS, _JITTER_UNIFORMS, 1,
+      _BLUR_UNIFORMS)
+  x = _flip_then_perspective(weak_u, persp_u, image, size)
+  x = _color_jitter(jitter_u, x, brightness=0.4, contrast=0.4,
+                    saturation=0.4, hue=0.1, p=0.8)
+  x = _grayscale(gray_u[0], x, 0.2)
+  return _gaussian_blur(blur_u, x, sigma=(0.1, 2.0),
+                        kernel_size=blur_kernel_size(size), p=0.5)
+
+
+def cars_weak_augment(
+    rng: jax.Array, image: jax.Array, *, size: int
+) -> jax.Array:
+  """The Cars196 key view: crop + perspective (0.5, p=0.5) + flip, in [0, 1].
+
+  The paper's SOP key view is the same; `sop_augment` stands in for it.
+
+  Args:
+    rng: PRNG key.
+    image: `(H, W, C)` image, `uint8` or float in [0, 1].
+    size: Output height and width (static).
+
+  Returns:
+    Float32 `(size, size, C)` in [0, 1].
+  """
+  uniforms = jax.random.uniform(rng, (_CARS_WEAK_UNIFORMS,))
+  crop_u, persp_u, flip_u = _split_uniforms(
+      uniforms, _CROP_UNIFORMS, _PERSPECTIVE_UNIFORMS, 1)
+  x = _view_crop(crop_u, image, size)
+  # Flipping the warped image: the flip acts on output coordinates first.
+  matrix = (_perspective_matrix(persp_u, size, size, 0.5, 0.5)
+            @ _flip_matrix(flip_u[0], size, 0.5))
+  return _homography_warp(x, matrix)
+
+
+def sop_augment(rng: jax.Array, image: jax.Array, *, size: int) -> jax.Array:
+  """The SOP query view: crop + flip + perspective (0.5, p=0.5), in [0, 1].
+
+  The paper's SOP key view applies the same three transforms with the flip
+  last; the perspective corner offsets are symmetric under a horizontal flip,
+  so both orders give (up to half a pixel) the same distribution and this
+  one policy serves both views.
+
+  Args:
+    rng: PRNG key.
+    image: `(H, W, C)` image, `uint8` or float in [0, 1].
+    size: Output height and width (static).
+
+  Returns:
+    Float32 `(size, size, C)` in [0, 1].
+  """
+  uniforms = jax.random.uniform(rng, (_SOP_UNIFORMS,))
+  weak_u, persp_u = _split_uniforms(
+      uniforms, _WEAK_UNIFORMS, _PERSPECTIVE_UNIFORMS)
+  return _flip_then_perspective(weak_u, persp_u, image, size)
+
+
+def cifar_strong_view(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> jax.Array:
+  """`cifar_strong_augment` then `normalize`; float32 `(size, size, C)`."""
+  return normalize(cifar_strong_augment(rng, image, size=size), mean, std)
+
+
+def cars_strong_view(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> jax.Array:
+  """`cars_strong_augment` then `normalize`; float32 `(size, size, C)`."""
+  return normalize(cars_strong_augment(rng, image, size=size), mean, std)
+
+
+def cars_weak_view(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> jax.Array:
+  """`cars_weak_augment` then `normalize`; float32 `(size, size, C)`."""
+  return normalize(cars_weak_augment(rng, image, size=size), mean, std)
+
+
+def sop_view(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> jax.Array:
+  """`sop_augment` then `normalize`; float32 `(size, size, C)`."""
+  return normalize(sop_augment(rng, image, size=size), mean, std)
+
+
 def test_view(
     image: jax.Array,
     *,
@@ -580,7 +1178,20 @@ def test_view(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> jax.Array:
-  """Deterministic view: bilinear resize of the whole image, then normalise."""
+  """Deterministic view: bilinear resize to `size` x `size`, then normalise.
+
+  Non-square images are stretched to a square rather than resized along the
+  short side as torchvision's `Resize(size)` would.
+
+  Args:
+    image: `(H, W, C)` image, `uint8` or float in [0, 1].
+    size: Output height and width (static).
+    mean: Per-channel means for `normalize`.
+    std: Per-channel standard deviations for `normalize`.
+
+  Returns:
+    Float32 `(size, size, C)`.
+  """
   x = to_float(image)
   box = (0.0, 0.0, float(x.shape[0]), float(x.shape[1]))
   return normalize(resized_crop(x, box, size), mean, std)
@@ -593,10 +1204,18 @@ test_view.__test__ = False
 ViewFn = Callable[..., jax.Array]
 
 # Random view policies by name, each `fn(rng, image, *, size, mean, std)`.
-# Dataset-specific policies (e.g. AutoAugment variants) register here.
+# `weak` / `strong` are the MoCo v2 pair; the others are the paper's
+# per-dataset views: CIFAR-10/100 and ImageNet32 use `cifar_strong` (query)
+# and `cifar_weak` (key), Cars196 `cars_strong` / `cars_weak`, SOP `sop` for
+# both.
 VIEW_POLICIES: dict[str, ViewFn] = {
     'weak': weak_view,
     'strong': strong_view,
+    'cifar_strong': cifar_strong_view,
+    'cifar_weak': weak_view,
+    'cars_strong': cars_strong_view,
+    'cars_weak': cars_weak_view,
+    'sop': sop_view,
 }
 
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import ml_collections
 
+from maskcon_jax import augment
 from maskcon_jax import models
+from maskcon_jax.input_pipeline import DATASETS
 from maskcon_jax.errors import ConfigError, UserError
 
-MODES = ("maskcon", "grafit", "coins", "moco")
-DATASETS = ("fashion_mnist", "digits", "synthetic")
+from maskcon_jax.train_step import KEY_BN_MODES, MODES, QUERY_BN_MODES
 QUEUE_INITS = ("prefill", "random")
-VIEW_POLICIES = ("weak", "strong")
 
 # Fields whose change makes an existing checkpoint unusable.
 CHECKPOINT_FIELDS = ("mode", "dataset", "arch", "width", "embed_dim",
@@ -47,8 +47,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(config, "arch", tuple(models.ARCHITECTURES))
   _choice(config, "precision", tuple(models.DTYPES))
   _choice(config, "queue_init", QUEUE_INITS)
-  _choice(config, "strong_policy", VIEW_POLICIES)
-  _choice(config, "weak_policy", VIEW_POLICIES)
+  _choice(config, "key_bn", KEY_BN_MODES)
+  _choice(config, "query_bn", QUERY_BN_MODES)
+  _choice(config, "strong_policy", tuple(augment.VIEW_POLICIES))
+  _choice(config, "weak_policy", tuple(augment.VIEW_POLICIES))
   for field in ("t0", "t"):
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -60,7 +62,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       "the coarse-aware target).")
   for field in ("batch_size", "queue_size", "num_epochs", "width", "embed_dim",
                 "proj_hidden_dim", "image_size", "eval_batch_size",
-                "log_every_steps", "checkpoint_every_steps",
+                "log_every_steps", "checkpoint_every_steps", "bn_splits",
                 "eval_every_epochs"):
     _positive(config, field, integer=True)
   for field in ("learning_rate",):
@@ -82,6 +84,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       not isinstance(k, int) or k < 1 for k in config.retrieval_ks):
     raise ConfigError(f"config.retrieval_ks={tuple(config.retrieval_ks)!r} must "
                       "be positive integers, e.g. (1, 2, 5, 10).")
+  num_devices = config.get("num_devices")
+  if num_devices is not None and (isinstance(num_devices, bool) or not
+                                  isinstance(num_devices, int) or
+                                  num_devices < 1):
+    raise ConfigError(f"config.num_devices={num_devices!r} must be a positive "
+                      "integer or unset (all devices).")
   stop = config.get("stop_after_steps")
   if stop is not None and (not isinstance(stop, int) or stop < 1):
     raise ConfigError(f"config.stop_after_steps={stop!r} must be a positive "

@@ -1,11 +1,16 @@
-"""In-memory image datasets with a two-level (fine -> coarse) label hierarchy.
+"""Train/test image datasets with a fine -> coarse label hierarchy.
 
-Every dataset is small enough to live in host memory as uint8 numpy arrays, so
-the trainer can shuffle, batch and augment it without a streaming pipeline.
-Each example carries both its fine label (used only for evaluation) and its
-coarse label (the only supervision the methods see during training).
+Each example carries its coarse label (the only supervision the methods see
+during training) and, where the data has one, its fine label (used only for
+evaluation). `load_dataset` returns one of two containers:
 
-Datasets (``config.dataset``):
+* `Dataset`: all images in host memory as uint8 arrays;
+* `StreamingDataset`: the same labels and statistics, images read, decoded
+  and resized batch by batch with tf.data (`StreamingDataset.train_batches`,
+  `StreamingDataset.test_batches`). `is_streaming` says which one a config
+  gets.
+
+Datasets (``config.dataset``, see `DATASETS`):
 
 * ``fashion_mnist``: the 10 Fashion-MNIST classes grouped into 3 coarse classes
   (tops, footwear, other). Read from local files only; see `load_dataset`.
@@ -13,10 +18,18 @@ Datasets (``config.dataset``):
   ``digit // 5``. Needs no files at all.
 * ``synthetic``: procedurally generated class patterns plus noise, for tests
   and smoke runs.
+* The paper's datasets, from prepared TensorFlow Datasets copies
+  (`maskcon_jax.datasets.tfds_datasets`): ``cifar100`` (100 / 20 classes),
+  ``cifartoy_good`` and ``cifartoy_bad`` (8 CIFAR-10 classes / 2),
+  ``imagenet32`` (1000 / 12), ``cars196`` (196 / 8 body types) and ``sop``
+  (Stanford Online Products, 22634 products / 12).
+* ``sop_split1``, ``sop_split2``: the paper's SOP splits, images read from the
+  extracted ``Stanford_Online_Products`` folder in ``config.data_dir``.
+* ``folder`` and ``csv``: custom data (`maskcon_jax.datasets.files`).
 
 Nothing here downloads data. TensorFlow and TensorFlow Datasets are imported
-only when a prepared TFDS copy of Fashion-MNIST is actually read, so the module
-imports (and the ``digits``/``synthetic`` datasets load) without them.
+only when images are read through them, so the module imports (and the
+``digits``/``synthetic`` datasets load) without them.
 """
 
 from __future__ import annotations
@@ -31,159 +44,87 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from maskcon_jax.datasets import core
+from maskcon_jax.datasets.core import Dataset
+from maskcon_jax.datasets.core import LabelHierarchy
+from maskcon_jax.datasets.core import StreamingDataset
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import DataError
 
-DATASETS = ('fashion_mnist', 'digits', 'synthetic')
+__all__ = ['DATASETS', 'Dataset', 'LabelHierarchy', 'StreamingDataset',
+           'is_streaming', 'load_dataset']
+
+# Every valid `config.dataset`; the single list other modules validate
+# against.
+DATASETS = ('fashion_mnist', 'digits', 'synthetic', 'cifar100',
+            'cifartoy_good', 'cifartoy_bad', 'imagenet32', 'cars196', 'sop',
+            'sop_split1', 'sop_split2', 'folder', 'csv')
+# Datasets whose images need no resizing decision: they load at their own size.
+_FIXED_DATASETS = ('fashion_mnist', 'digits', 'synthetic')
+# The 224-pixel datasets stream unless config.in_memory=True; the others load
+# into memory unless config.in_memory=False.
+STREAMING_BY_DEFAULT = ('cars196', 'sop', 'sop_split1', 'sop_split2')
+# Image side when config.image_size is unset.
+_DEFAULT_IMAGE_SIZE = {
+    'cifar100': 32, 'cifartoy_good': 32, 'cifartoy_bad': 32, 'imagenet32': 32,
+    'cars196': 224, 'sop': 224, 'sop_split1': 224, 'sop_split2': 224,
+    'folder': 224, 'csv': 224,
+}
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelHierarchy:
-  """Maps each fine class to exactly one coarse class.
+def is_streaming(config: ml_collections.ConfigDict) -> bool:
+  """Whether `load_dataset` returns a `StreamingDataset` for ``config``.
 
-  Attributes:
-    fine_to_coarse: ``fine_to_coarse[f]`` is the coarse id of fine class ``f``.
-    fine_names: Human-readable name of each fine class.
-    coarse_names: Human-readable name of each coarse class.
+  ``config.in_memory`` (True, False or unset) decides; unset means streaming
+  for the 224-pixel paper datasets (`STREAMING_BY_DEFAULT`) and in memory for
+  everything else. ``fashion_mnist``, ``digits`` and ``synthetic`` are always
+  in memory.
+
+  Raises:
+    ConfigError: an unknown dataset or a non-boolean ``in_memory``.
   """
-
-  fine_to_coarse: tuple[int, ...]
-  fine_names: tuple[str, ...]
-  coarse_names: tuple[str, ...]
-
-  def __post_init__(self):
-    # Normalise lists/numpy ints to plain tuples so instances stay hashable
-    # and compare equal regardless of how they were built.
-    object.__setattr__(self, 'fine_to_coarse',
-                       tuple(int(c) for c in self.fine_to_coarse))
-    object.__setattr__(self, 'fine_names',
-                       tuple(str(n) for n in self.fine_names))
-    object.__setattr__(self, 'coarse_names',
-                       tuple(str(n) for n in self.coarse_names))
-    if not self.fine_to_coarse:
-      raise ValueError('LabelHierarchy needs at least one fine class.')
-    if len(self.fine_names) != len(self.fine_to_coarse):
-      raise ValueError(
-          f'LabelHierarchy has {len(self.fine_to_coarse)} fine classes in '
-          f'fine_to_coarse but {len(self.fine_names)} fine_names.')
-    if not self.coarse_names:
-      raise ValueError('LabelHierarchy needs at least one coarse class.')
-    bad = [c for c in self.fine_to_coarse if not 0 <= c < self.num_coarse]
-    if bad:
-      raise ValueError(
-          f'LabelHierarchy coarse ids {sorted(set(bad))} are outside '
-          f'[0, {self.num_coarse}).')
-    unused = sorted(set(range(self.num_coarse)) - set(self.fine_to_coarse))
-    if unused:
-      # An empty coarse class would never appear in training data and would
-      # silently skew per-class metrics, so it is a construction error.
-      raise ValueError(
-          f'LabelHierarchy coarse classes {unused} have no fine class.')
-
-  @property
-  def num_fine(self) -> int:
-    return len(self.fine_to_coarse)
-
-  @property
-  def num_coarse(self) -> int:
-    return len(self.coarse_names)
-
-  def coarse_of(self, fine_labels: np.ndarray) -> np.ndarray:
-    """Returns the int32 coarse label of each fine label (any shape).
-
-    Raises:
-      ValueError: if a fine label is outside ``[0, num_fine)``; numpy would
-        otherwise wrap negative labels around silently.
-    """
-    fine = np.asarray(fine_labels)
-    if fine.size and (fine.min() < 0 or fine.max() >= self.num_fine):
-      raise ValueError(
-          f'Fine labels must lie in [0, {self.num_fine}), got values in '
-          f'[{fine.min()}, {fine.max()}].')
-    table = np.asarray(self.fine_to_coarse, dtype=np.int32)
-    return table[fine.astype(np.int64)]
+  name = _dataset_name(config)
+  in_memory = config.get('in_memory')
+  if in_memory is not None and not isinstance(in_memory, bool):
+    raise ConfigError(f'config.in_memory={in_memory!r} must be True, False '
+                      'or unset.')
+  if name in _FIXED_DATASETS:
+    if in_memory is False:
+      raise ConfigError(f'config.dataset={name!r} is always loaded into '
+                        'memory: leave config.in_memory unset.')
+    return False
+  if in_memory is None:
+    return name in STREAMING_BY_DEFAULT
+  return not in_memory
 
 
-# `eq=False`: comparing or hashing large arrays field by field is never what a
-# caller wants; identity semantics are the useful ones here.
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-  """A train/test image dataset held in memory.
-
-  Attributes:
-    name: One of `DATASETS`.
-    train_images: uint8 ``(N, H, W, C)``.
-    train_fine: int32 ``(N,)`` fine labels.
-    train_coarse: int32 ``(N,)`` coarse labels.
-    test_images: uint8 ``(M, H, W, C)``.
-    test_fine: int32 ``(M,)`` fine labels.
-    test_coarse: int32 ``(M,)`` coarse labels.
-    hierarchy: The fine -> coarse mapping.
-    mean: Per-channel mean of the images scaled to [0, 1], for normalisation.
-    std: Per-channel standard deviation of the images scaled to [0, 1].
-  """
-
-  name: str
-  train_images: np.ndarray
-  train_fine: np.ndarray
-  train_coarse: np.ndarray
-  test_images: np.ndarray
-  test_fine: np.ndarray
-  test_coarse: np.ndarray
-  hierarchy: LabelHierarchy
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-
-  def __post_init__(self):
-    object.__setattr__(self, 'mean', tuple(float(m) for m in self.mean))
-    object.__setattr__(self, 'std', tuple(float(s) for s in self.std))
-    for split in ('train', 'test'):
-      images = getattr(self, f'{split}_images')
-      fine = getattr(self, f'{split}_fine')
-      coarse = getattr(self, f'{split}_coarse')
-      if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f'{split}_images must be uint8 (N, H, W, C), got '
-                         f'{images.dtype} {images.shape}.')
-      for label_name, labels in (('fine', fine), ('coarse', coarse)):
-        if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-          raise ValueError(
-              f'{split}_{label_name} must be int32 of shape '
-              f'{images.shape[:1]}, got {labels.dtype} {labels.shape}.')
-    if self.train_images.shape[1:] != self.test_images.shape[1:]:
-      raise ValueError(f'Train images {self.train_images.shape[1:]} and test '
-                       f'images {self.test_images.shape[1:]} differ in shape.')
-    channels = self.train_images.shape[-1]
-    if len(self.mean) != channels or len(self.std) != channels:
-      raise ValueError(f'mean and std need {channels} entries, got '
-                       f'{len(self.mean)} and {len(self.std)}.')
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    """``(H, W, C)`` of every image."""
-    return tuple(self.train_images.shape[1:])
-
-  @property
-  def num_train(self) -> int:
-    return int(self.train_images.shape[0])
-
-  @property
-  def num_test(self) -> int:
-    return int(self.test_images.shape[0])
-
-
-def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+def load_dataset(
+    config: ml_collections.ConfigDict) -> Dataset | StreamingDataset:
   """Loads the dataset that ``config.dataset`` names.
 
   Config fields read:
 
   * ``dataset``: one of `DATASETS`.
-  * ``data_dir`` (optional): where to look for Fashion-MNIST, either a folder
-    holding its four IDX files (``train-images-idx3-ubyte``,
+  * ``data_dir`` (optional): for ``fashion_mnist``, where to look for it:
+    either a folder holding its four IDX files (``train-images-idx3-ubyte``,
     ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
     ``t10k-labels-idx1-ubyte``, each optionally ``.gz``) or a TFDS data_dir in
     which ``fashion_mnist`` is prepared. Without it Fashion-MNIST is looked up
     in the default TFDS data_dir, then in ``/usr/share/datasets/fashion-mnist``
-    (Debian's ``dataset-fashion-mnist`` package). Ignored by other datasets.
+    (Debian's ``dataset-fashion-mnist`` package). For the TFDS datasets
+    (``cifar100``, ``cifartoy_*``, ``imagenet32``, ``cars196``, ``sop``): the
+    TFDS data_dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+    For ``sop_split1``/``sop_split2``: the extracted
+    ``Stanford_Online_Products`` folder (required). For ``folder``: the root
+    holding ``train/`` and ``test/`` (required).
+  * ``image_size`` (optional): side of the square images of every dataset
+    except ``fashion_mnist``, ``digits`` and ``synthetic``; images are resized
+    to it (32 for the 32-pixel datasets and 224 for the others when unset).
+  * ``in_memory`` (optional): see `is_streaming`.
+  * ``coarse_map``: for ``folder``, the fine -> coarse map (CSV or JSON).
+  * ``train_csv``, ``test_csv``: for ``csv``, the two file lists.
+  * ``shuffle_buffer`` (optional): encoded examples buffered to shuffle a
+    streamed TFDS dataset (default `core.DEFAULT_SHUFFLE_BUFFER`).
   * ``max_train_examples``, ``max_test_examples`` (optional): keep only the
     first N examples of each split, for quick runs.
   * ``synthetic`` and ``seed``: the generator settings of ``synthetic`` (see
@@ -193,18 +134,22 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     config: The experiment config.
 
   Returns:
-    The dataset, fully in memory.
+    A `StreamingDataset` if `is_streaming` says so, else a `Dataset`.
 
   Raises:
     ConfigError: an unknown dataset name or a bad field value.
-    DataError: Fashion-MNIST files are missing or corrupt.
+    DataError: data is missing, not prepared, unreadable or inconsistent; the
+      message says what to do.
   """
-  name = config.get('dataset')
-  if name not in DATASETS:
-    raise ConfigError(f'config.dataset={name!r} is not a known dataset: use '
-                      f'one of {", ".join(DATASETS)}.')
+  name = _dataset_name(config)
+  streaming = is_streaming(config)
   max_train = _optional_positive_int(config, 'max_train_examples')
   max_test = _optional_positive_int(config, 'max_test_examples')
+
+  if name not in _FIXED_DATASETS:
+    stream = _open_stream(name, config, max_train=max_train,
+                          max_test=max_test)
+    return stream if streaming else core.in_memory(stream)
 
   if name == 'fashion_mnist':
     dataset = _load_fashion_mnist(config.get('data_dir'))
@@ -227,6 +172,55 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
       test_images=dataset.test_images[test],
       test_fine=dataset.test_fine[test],
       test_coarse=dataset.test_coarse[test])
+
+
+def _dataset_name(config: ml_collections.ConfigDict) -> str:
+  name = config.get('dataset')
+  if name not in DATASETS:
+    raise ConfigError(f'config.dataset={name!r} is not a known dataset: use '
+                      f'one of {", ".join(DATASETS)}.')
+  return name
+
+
+def _open_stream(name: str, config: ml_collections.ConfigDict, *,
+                 max_train: int | None,
+                 max_test: int | None) -> StreamingDataset:
+  """Opens every dataset but the three fixed ones in streaming form."""
+  # pylint: disable=g-import-not-at-top
+  from maskcon_jax.datasets import files
+  from maskcon_jax.datasets import tfds_datasets
+  # pylint: enable=g-import-not-at-top
+  image_size = config.get('image_size')
+  if image_size is None:
+    image_size = _DEFAULT_IMAGE_SIZE[name]
+  elif isinstance(image_size, bool) or not isinstance(
+      image_size, (int, np.integer)) or image_size < 1:
+    raise ConfigError(f'config.image_size={image_size!r} must be a positive '
+                      'integer.')
+  image_size = int(image_size)
+  data_dir = config.get('data_dir')
+  if name in tfds_datasets.TFDS_DATASETS:
+    shuffle_buffer = config.get('shuffle_buffer')
+    if shuffle_buffer is None:
+      shuffle_buffer = core.DEFAULT_SHUFFLE_BUFFER
+    elif isinstance(shuffle_buffer, bool) or not isinstance(
+        shuffle_buffer, (int, np.integer)) or shuffle_buffer < 1:
+      raise ConfigError(f'config.shuffle_buffer={shuffle_buffer!r} must be a '
+                        'positive integer.')
+    return tfds_datasets.load(name, data_dir=data_dir, image_size=image_size,
+                              max_train=max_train, max_test=max_test,
+                              shuffle_buffer=int(shuffle_buffer))
+  if name in ('sop_split1', 'sop_split2'):
+    return files.load_sop_split(int(name[-1]), data_dir=data_dir,
+                                image_size=image_size, max_train=max_train,
+                                max_test=max_test)
+  if name == 'folder':
+    return files.load_folder(data_dir, config.get('coarse_map'),
+                             image_size=image_size, max_train=max_train,
+                             max_test=max_test)
+  return files.load_csv(config.get('train_csv'), config.get('test_csv'),
+                        image_size=image_size, max_train=max_train,
+                        max_test=max_test)
 
 
 def _optional_positive_int(config: ml_collections.ConfigDict,
@@ -504,19 +498,8 @@ def _read_tfds_fashion_mnist(
 
 
 def _import_tfds() -> Any:
-  """Imports tensorflow_datasets with TensorFlow kept off the GPUs.
-
-  TensorFlow only decodes records here; left alone it would reserve most of
-  the accelerator memory that JAX needs.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except (RuntimeError, ValueError):
-    # Already initialised (e.g. by another library): nothing more to do.
-    pass
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds
+  """Imports tensorflow_datasets with TensorFlow kept off the GPUs."""
+  return core.import_tfds()
 
 
 # ---------------------------------------------------------------------------

@@ -41,8 +41,20 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_HideCheckpointChatter())
+  config = _CONFIG.value
+  if config.get("distributed") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    # Multi-host. TPU pods and SLURM are detected by JAX; elsewhere set
+    # JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    # JAX_PROCESS_ID on every host.
+    import jax  # pylint: disable=g-import-not-at-top
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES"):
+      kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if os.environ.get("JAX_PROCESS_ID"):
+      kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    trainer.train_and_evaluate(config, _WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

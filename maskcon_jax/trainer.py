@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.experimental.multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
@@ -42,14 +43,15 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
   return num_train // batch_size
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D ``data`` mesh over all devices.
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over the first ``num_devices`` devices (all if None).
 
   Auto axes: the compiler propagates shardings (state replicated, batch
   split), so the step's code is the same on one device and on many.
   """
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  return jax.sharding.Mesh(np.array(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
@@ -58,7 +60,6 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
   return jax.random.permutation(rng, num_examples)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
 def _gather_batch(images, coarse, permutation, index, *, batch_size):
   ids = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size,
                                      batch_size)
@@ -79,15 +80,56 @@ class _Data:
     self.seed = seed
     self.batch_sharding = NamedSharding(mesh, P("data"))
     self._epoch, self._perm = None, None
+    # The gather runs on the devices and leaves the batch already split
+    # across them, on every host alike (the data and order are replicated).
+    self._gather = jax.jit(
+        functools.partial(_gather_batch, batch_size=batch_size),
+        out_shardings=self.batch_sharding)
 
   def batch(self, step: int, spe: int) -> dict[str, jax.Array]:
     epoch, index = divmod(step, spe)
     if epoch != self._epoch:
       self._epoch, self._perm = epoch, epoch_permutation(self.seed, epoch,
                                                          self.num)
-    batch = _gather_batch(self.images, self.coarse, self._perm, index,
-                          batch_size=self.batch_size)
-    return jax.device_put(batch, self.batch_sharding)
+    return self._gather(self.images, self.coarse, self._perm, index)
+
+
+class _StreamData:
+  """Training batches streamed from the host (datasets too big for memory).
+
+  Each process reads its own shard; the global batch is assembled from the
+  process-local pieces. The order is a function of (seed, epoch, step), and
+  resuming mid-epoch skips the batches already seen without decoding them.
+  """
+
+  def __init__(self, dataset, mesh, batch_size: int, seed: int):
+    self.dataset = dataset
+    self.local_batch = batch_size // jax.process_count()
+    self.seed = seed
+    self.batch_sharding = NamedSharding(mesh, P("data"))
+    self._epoch, self._next_index, self._iter = None, None, None
+
+  def batch(self, step: int, spe: int) -> dict[str, jax.Array]:
+    epoch, index = divmod(step, spe)
+    if (epoch, index) != (self._epoch, self._next_index):
+      self._iter = self.dataset.train_batches(
+          self.local_batch, seed=self.seed, epoch=epoch,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(), start_step=index)
+      self._epoch = epoch
+    local = next(self._iter)
+    self._next_index = index + 1
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding,
+                                                      local[k])
+            for k in ("image", "coarse_label")}
+
+
+def make_data(exp: "Experiment"):
+  """The training batch source of ``exp``: device-resident or streamed."""
+  if isinstance(exp.dataset, input_pipeline.StreamingDataset):
+    return _StreamData(exp.dataset, exp.mesh, exp.config.batch_size,
+                       exp.config.seed)
+  return _Data(exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed)
 
 
 def embed_dataset(state, images: np.ndarray, config, dataset, mesh,
@@ -114,13 +156,51 @@ def embed_dataset(state, images: np.ndarray, config, dataset, mesh,
   return {key: np.concatenate(v) for key, v in out.items()}
 
 
+def embed_test_split(state, dataset, config, mesh) -> dict[str, np.ndarray]:
+  """Features, projections and labels of the test split (in memory or
+  streamed). ``fine`` is None for data without fine labels."""
+  if not isinstance(dataset, input_pipeline.StreamingDataset):
+    emb = embed_dataset(state, dataset.test_images, config, dataset, mesh)
+    return {**emb, "fine": dataset.test_fine, "coarse": dataset.test_coarse}
+  embed = jax.jit(functools.partial(
+      steps.embed_step, apply_fn=state.apply_fn, image_size=config.image_size,
+      mean=tuple(dataset.mean), std=tuple(dataset.std)))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  sharding = NamedSharding(mesh, P("data"))
+  bs = config.eval_batch_size // jax.process_count()
+  parts = {"features": [], "projection": [], "fine": [], "coarse": []}
+  for batch in dataset.test_batches(bs, process_index=jax.process_index(),
+                                    process_count=jax.process_count(),
+                                    pad=True):
+    images = jax.make_array_from_process_local_data(sharding, batch["image"])
+    result = jax.experimental.multihost_utils.process_allgather(
+        embed(variables, images), tiled=True)
+    mask = jax.experimental.multihost_utils.process_allgather(
+        batch["mask"], tiled=True).astype(bool)
+    for key in ("features", "projection"):
+      parts[key].append(np.asarray(result[key])[mask])
+    parts["coarse"].append(jax.experimental.multihost_utils.process_allgather(
+        batch["coarse_label"], tiled=True)[mask])
+    if "fine_label" in batch:
+      parts["fine"].append(jax.experimental.multihost_utils.process_allgather(
+          batch["fine_label"], tiled=True)[mask])
+  out = {k: np.concatenate(v) for k, v in parts.items() if v}
+  out.setdefault("fine", None)
+  return out
+
+
 def evaluate(state, dataset, config, mesh) -> dict[str, float]:
-  """Fine and coarse Recall@K on the test split's backbone features."""
-  emb = embed_dataset(state, dataset.test_images, config, dataset, mesh)
+  """Fine and coarse Recall@K on the test split's backbone features.
+
+  Data without fine labels reports coarse retrieval only.
+  """
+  emb = embed_test_split(state, dataset, config, mesh)
   ks = tuple(config.retrieval_ks)
   metrics = {}
-  for level, labels in (("fine", dataset.test_fine),
-                        ("coarse", dataset.test_coarse)):
+  levels = [("coarse", emb["coarse"])]
+  if emb["fine"] is not None:
+    levels.insert(0, ("fine", emb["fine"]))
+  for level, labels in levels:
     recalls = evaluation.recall_at_k(emb["features"], labels, ks)
     metrics.update({f"{level}_recall@{k}": v for k, v in recalls.items()})
   return metrics
@@ -138,16 +218,19 @@ def _make_state(config, model, tx, dataset, mesh):
   abstract = jax.eval_shape(create, rng)
   shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
   state = jax.jit(create, out_shardings=shardings)(rng)
+  # Restoring into this tree places every array replicated on *this* mesh,
+  # so a checkpoint written with N devices restores on M.
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract, shardings)
   return state, abstract, shardings
 
 
-def _prefill_queue(state, data: _Data, config, dataset):
-  prefill = jax.jit(functools.partial(
-      steps.prefill_step, image_size=config.image_size,
-      mean=tuple(dataset.mean), std=tuple(dataset.std),
-      weak_policy=config.weak_policy), donate_argnums=0)
+def _prefill_queue(state, data: _Data, exp: "Experiment"):
+  config = exp.config
+  prefill = make_prefill_step(exp)
   num_batches = math.ceil(config.queue_size / config.batch_size)
-  spe = steps_per_epoch(data.num, data.batch_size)
+  spe = exp.steps_per_epoch
   for i in range(num_batches):
     # Like the official loop over the training loader: epoch 0's batches
     # (the views differ from training's: prefill_step has its own keys).
@@ -193,7 +276,8 @@ def _create_writer(workdir: str, is_main: bool):
       workdir, just_logging=not is_main, asynchronous=True)
 
 
-def _write_json_atomic(path: str, payload: Any) -> None:
+def write_json_atomic(path: str, payload: Any) -> None:
+  """Writes JSON through a temporary file, so readers never see half a file."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=True, default=str)
@@ -233,17 +317,29 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   """
   configuration.validate_config(config)
   dataset = input_pipeline.load_dataset(config)
-  spe = steps_per_epoch(dataset.num_train, config.batch_size)
+  if isinstance(dataset, input_pipeline.StreamingDataset):
+    spe = dataset.steps_per_epoch(config.batch_size // jax.process_count(),
+                                  jax.process_count())
+  else:
+    spe = steps_per_epoch(dataset.num_train, config.batch_size)
   if spe == 0:
     raise ConfigError(
         f"config.batch_size={config.batch_size} exceeds the "
         f"{dataset.num_train} training examples; use a smaller batch.")
-  num_devices = jax.device_count()
+  num_devices = config.get("num_devices") or jax.device_count()
+  if num_devices > jax.device_count():
+    raise ConfigError(
+        f"config.num_devices={num_devices} but only {jax.device_count()} "
+        "devices are visible; use fewer or leave it unset (all devices).")
   if config.batch_size % num_devices:
     raise ConfigError(
         f"config.batch_size={config.batch_size} is not divisible by the "
         f"{num_devices} devices; use a multiple of {num_devices}.")
-  mesh = make_mesh()
+  if config.key_bn == "split" and config.batch_size % config.bn_splits:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by "
+        f"config.bn_splits={config.bn_splits}.")
+  mesh = make_mesh(num_devices)
   model = models.build_encoder(config, dataset.hierarchy.num_coarse)
   schedule = train_state_lib.learning_rate_schedule(config, spe)
   tx = train_state_lib.make_optimizer(config, schedule)
@@ -251,6 +347,29 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(config=config, dataset=dataset, model=model,
                     schedule=schedule, tx=tx, mesh=mesh, steps_per_epoch=spe,
                     state=state, abstract_state=abstract_state)
+
+
+def make_train_step(exp: Experiment):
+  """The jitted train step with ``exp``'s hyperparameters; donates the state."""
+  config = exp.config
+  return jax.jit(functools.partial(
+      steps.train_step, mode=config.mode, t0=config.t0, t=config.t, w=config.w,
+      ema_momentum=config.ema_momentum, image_size=config.image_size,
+      mean=tuple(exp.dataset.mean), std=tuple(exp.dataset.std),
+      strong_policy=config.strong_policy, weak_policy=config.weak_policy,
+      schedule=exp.schedule, key_bn=config.key_bn, bn_splits=config.bn_splits,
+      query_bn=config.query_bn, mesh=exp.mesh), donate_argnums=0)
+
+
+def make_prefill_step(exp: Experiment):
+  """The jitted queue pre-fill step; donates the state."""
+  config = exp.config
+  return jax.jit(functools.partial(
+      steps.prefill_step, image_size=config.image_size,
+      mean=tuple(exp.dataset.mean), std=tuple(exp.dataset.std),
+      weak_policy=config.weak_policy,
+      bn_splits=config.bn_splits if config.key_bn == "split" else 1),
+      donate_argnums=0)
 
 
 def restore_state(exp: Experiment, mngr: ocp.CheckpointManager,
@@ -319,16 +438,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with open(config_path) as f:
       configuration.check_compatible(json.load(f), config)
   exp = build_experiment(config)
-  dataset, mesh, schedule = exp.dataset, exp.mesh, exp.schedule
+  dataset, mesh = exp.dataset, exp.mesh
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
 
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:
-    _write_json_atomic(config_path, config.to_dict())
+    write_json_atomic(config_path, config.to_dict())
   writer = _create_writer(workdir, is_main)
   mngr = _checkpoint_manager(workdir)
-  data = _Data(dataset, mesh, config.batch_size, config.seed)
+  data = make_data(exp)
 
   start_step = mngr.latest_step()
   if start_step is not None:
@@ -339,15 +458,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
     if config.queue_init == "prefill":
-      state = _prefill_queue(state, data, config, dataset)
+      state = _prefill_queue(state, data, exp)
   start_step = int(state.step)
 
-  step_fn = jax.jit(functools.partial(
-      steps.train_step, mode=config.mode, t0=config.t0, t=config.t, w=config.w,
-      ema_momentum=config.ema_momentum, image_size=config.image_size,
-      mean=tuple(dataset.mean), std=tuple(dataset.std),
-      strong_policy=config.strong_policy, weak_policy=config.weak_policy,
-      schedule=schedule), donate_argnums=0)
+  step_fn = make_train_step(exp)
 
   last_step = total_steps
   if config.get("stop_after_steps") is not None:
@@ -405,8 +519,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     results = {**eval_metrics, "step": final_step, "mode": config.mode,
                "dataset": config.dataset, "complete": final_step == total_steps,
                "train_seconds_this_run": round(train_time, 2)}
+    if not any(k.startswith("fine_") for k in eval_metrics):
+      results["fine_metrics"] = "unavailable: the dataset has no fine labels"
     if is_main:
-      _write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+      write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
     logging.info("Final (step %d): %s", final_step, _summary_line(eval_metrics))
     print(f"step {final_step}: {_summary_line(eval_metrics)}", flush=True)
   writer.flush()
@@ -416,5 +532,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _summary_line(metrics: dict[str, float]) -> str:
-  return " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                  if k.startswith("fine_recall"))
+  level = ("fine_recall" if any(k.startswith("fine_") for k in metrics)
+           else "coarse_recall")
+  line = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                  if k.startswith(level))
+  if level == "coarse_recall":
+    line += " (no fine labels: fine metrics unavailable)"
+  return line

@@ -13,20 +13,10 @@ import numpy as np
 import pytest
 
 from maskcon_jax import augment
+from maskcon_jax import autoaugment
 
 _SEEDS = st.integers(min_value=0, max_value=2**31 - 1)
 _SETTINGS = hypothesis.settings(max_examples=10, deadline=None)
-
-# (height, width, channels, output size): Fashion-MNIST up- and downscaled,
-# 8x8 digits, CIFAR-sized RGB and a non-square RGB image.
-_VIEW_SHAPES = [
-    (28, 28, 1, 16),
-    (28, 28, 1, 32),
-    (8, 8, 1, 16),
-    (32, 32, 3, 32),
-    (20, 30, 3, 24),
-]
-
 
 # Eager JAX compiles every primitive separately for each new shape, so the
 # tests call jitted wrappers: one compilation per function and shape.
@@ -87,8 +77,10 @@ def _half_pixel_resize(crop, size):
   out = np.zeros((size, size, crop.shape[-1]), np.float64)
   for y in range(size):
     for x in range(size):
-      top = crop[ylo[y], xlo[x]] + (crop[ylo[y], xhi[x]] - crop[ylo[y], xlo[x]]) * xlerp[x]
-      bot = crop[yhi[y], xlo[x]] + (crop[yhi[y], xhi[x]] - crop[yhi[y], xlo[x]]) * xlerp[x]
+      top_l, top_r = crop[ylo[y], xlo[x]], crop[ylo[y], xhi[x]]
+      bot_l, bot_r = crop[yhi[y], xlo[x]], crop[yhi[y], xhi[x]]
+      top = top_l + (top_r - top_l) * xlerp[x]
+      bot = bot_l + (bot_r - bot_l) * xlerp[x]
       out[y, x] = top + (bot - top) * ylerp[y]
   return out
 
@@ -485,11 +477,18 @@ def _view_fn(policy, size, channels):
   return fn
 
 
-# The weak policy is a prefix of the strong one, so one shape covers it.
+# Fashion-MNIST downscaled and upscaled, 8x8 digits, CIFAR-sized RGB and a
+# non-square RGB image. The weak policy is a prefix of the strong one, so one
+# shape covers it.
 @pytest.mark.parametrize(
     'policy, height, width, channels, size',
-    [('strong', *shape) for shape in _VIEW_SHAPES if shape != (28, 28, 1, 32)]
-    + [('weak', 28, 28, 1, 32)],
+    [
+        ('strong', 28, 28, 1, 16),
+        ('strong', 8, 8, 1, 16),
+        ('strong', 32, 32, 3, 32),
+        ('strong', 20, 30, 3, 24),
+        ('weak', 28, 28, 1, 32),
+    ],
 )
 def test_views_shape_range_determinism_and_normalisation(
     policy, height, width, channels, size
@@ -514,6 +513,65 @@ def test_views_shape_range_determinism_and_normalisation(
     assert not np.array_equal(other, view)
 
   check()
+
+
+@pytest.mark.parametrize('policy', ['weak', 'strong'])
+def test_views_flip_half_the_time(policy):
+  # A 1-channel horizontal ramp stays increasing under any crop, brightness or
+  # contrast change (the only colour ops with an effect on 1 channel) and the
+  # values are small enough never to clip at the bright end, so a decreasing
+  # view must have been flipped.
+  ramp = np.broadcast_to(np.linspace(0.1, 0.5, 8, dtype=np.float32), (8, 8))
+  image = ramp[..., None]
+  augment_fn = {'weak': augment.weak_augment,
+                'strong': augment.strong_augment}[policy]
+  fn = jax.jit(jax.vmap(functools.partial(augment_fn, size=8),
+                        in_axes=(0, None)))
+  out = np.asarray(fn(jax.random.split(jax.random.PRNGKey(5), 400), image))
+  left, right = out[:, :, 0, 0].mean(axis=1), out[:, :, -1, 0].mean(axis=1)
+  assert np.all(left != right)
+  flipped = left > right
+  # 400 draws with p=0.5: the bounds are about four standard deviations.
+  assert 0.4 < flipped.mean() < 0.6
+
+
+def test_weak_view_crops_with_moco_scale_and_ratio():
+  # Channels holding the row and column index reveal the crop box: when
+  # upscaling, the outermost output pixels are exactly the crop's edge pixels.
+  rows, cols = np.meshgrid(np.arange(32.0), np.arange(32.0), indexing='ij')
+  image = np.stack([rows, cols], axis=-1).astype(np.float32)
+  fn = jax.jit(jax.vmap(functools.partial(augment.weak_augment, size=32),
+                        in_axes=(0, None)))
+  out = np.asarray(fn(jax.random.split(jax.random.PRNGKey(7), 1000), image))
+  h = out[..., 0].max(axis=(1, 2)) - out[..., 0].min(axis=(1, 2)) + 1
+  w = out[..., 1].max(axis=(1, 2)) - out[..., 1].min(axis=(1, 2)) + 1
+  np.testing.assert_array_equal(h, np.round(h))
+  fractions = h * w / 1024
+  assert np.all((h + 0.5) * (w + 0.5) >= 0.2 * 1024)
+  assert np.all((w + 0.5) / (h - 0.5) >= 3 / 4)
+  assert np.all((w - 0.5) / (h + 0.5) <= 4 / 3)
+  want = _torchvision_area_fractions(20000, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3))
+  # Five standard errors of the 1000-sample mean.
+  assert abs(fractions.mean() - want.mean()) < 0.04
+
+
+def test_strong_view_applies_colour_jitter_and_grayscale():
+  # Crop and flip leave a constant image unchanged, so only the colour ops
+  # can change it.
+  colour = np.asarray([0.7, 0.4, 0.2], np.float32)
+  image = np.broadcast_to(colour, (8, 8, 3))
+  fn = jax.jit(jax.vmap(functools.partial(augment.strong_augment, size=8),
+                        in_axes=(0, None)))
+  out = np.asarray(fn(jax.random.split(jax.random.PRNGKey(6), 400), image))
+  pixel = out[:, 0, 0]
+  assert np.all(out == out[:, :1, :1])
+  unchanged = np.all(pixel == colour, axis=-1)
+  grey = (pixel[:, 0] == pixel[:, 1]) & (pixel[:, 1] == pixel[:, 2])
+  # Unchanged needs no jitter (0.2) and no grayscale (0.8): 0.16. Grey needs
+  # grayscale: 0.2 (jitter factors never make the channels equal here).
+  # 400 draws; the bounds are about 3.5 standard deviations.
+  assert 0.1 < unchanged.mean() < 0.23
+  assert 0.13 < grey.mean() < 0.27
 
 
 @pytest.mark.parametrize(
@@ -579,3 +637,355 @@ def test_jitted_batch_view_compiles_once():
     np.testing.assert_allclose(np.asarray(test), (images / 255 - mean) / std,
                                atol=1e-5)
   assert len(traces) == 1
+
+
+# ---------------------------------------------------------------------------
+# Perspective (torchvision RandomPerspective on PIL images).
+# ---------------------------------------------------------------------------
+
+# The tests below rebuild views from their private steps to check the order.
+# pylint: disable=protected-access
+
+
+def _torchvision_perspective_coeffs(startpoints, endpoints):
+  """torchvision's _get_perspective_coeffs: float64 least squares, float32."""
+  a = np.zeros((8, 8))
+  for i, (p1, p2) in enumerate(zip(endpoints, startpoints)):
+    a[2 * i] = [p1[0], p1[1], 1, 0, 0, 0, -p2[0] * p1[0], -p2[0] * p1[1]]
+    a[2 * i + 1] = [0, 0, 0, p1[0], p1[1], 1, -p2[1] * p1[0], -p2[1] * p1[1]]
+  b = np.asarray(startpoints, np.float64).reshape(8)
+  return np.linalg.lstsq(a, b, rcond=None)[0].astype(np.float32)
+
+
+def _corners(height, width):
+  return [[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]]
+
+
+def _apply_homography(coeffs, x, y):
+  a, b, c, d, e, f, g, h = np.asarray(coeffs, np.float64)
+  den = g * x + h * y + 1
+  return (a * x + b * y + c) / den, (d * x + e * y + f) / den
+
+
+# (height, width, endpoints): mild and maximal distortions at 32 px and 224 px
+# (offsets up to int(0.5 * side // 2)), and a non-square image.
+_PERSPECTIVE_CASES = [
+    (32, 32, [[3, 1], [29, 0], [31, 27], [8, 24]]),
+    (32, 32, [[8, 8], [23, 8], [23, 23], [8, 23]]),
+    (224, 224, [[56, 3], [200, 56], [170, 223], [0, 180]]),
+    (12, 16, [[2, 1], [12, 0], [14, 9], [4, 8]]),
+]
+
+
+@pytest.mark.parametrize('height, width, endpoints', _PERSPECTIVE_CASES)
+def test_perspective_coeffs_match_torchvision(height, width, endpoints):
+  start = _corners(height, width)
+  got = np.asarray(jax.jit(augment.perspective_coeffs)(
+      np.asarray(start, np.float32), np.asarray(endpoints, np.float32)))
+  want = _torchvision_perspective_coeffs(start, endpoints)
+  # float32 closed form against a float64 solve: relative error ~1e-6 of
+  # each coefficient's scale.
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  # The homography takes each endpoint onto its image corner.
+  for (ex, ey), (sx, sy) in zip(endpoints, start):
+    np.testing.assert_allclose(_apply_homography(got, ex, ey), (sx, sy),
+                               atol=1e-3)
+
+
+@pytest.mark.parametrize('height, width, endpoints',
+                         [c for c in _PERSPECTIVE_CASES if c[0] < 100])
+@pytest.mark.parametrize('channels', [1, 3])
+def test_perspective_transform_matches_pil(height, width, endpoints,
+                                           channels):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  coeffs = _torchvision_perspective_coeffs(_corners(height, width), endpoints)
+  image = _random_image(20, (height, width, channels))
+  got = np.asarray(jax.jit(augment.perspective_transform)(image, coeffs))
+  # PIL in 'F' mode, one channel at a time: bilinear without rounding.
+  want = np.stack([
+      np.asarray(Image.fromarray(image[..., c]).transform(
+          (width, height), Image.PERSPECTIVE, tuple(map(float, coeffs)),
+          Image.BILINEAR))
+      for c in range(channels)
+  ], axis=-1)
+  # Points within 1e-3 px of the image border may fall on either side of it
+  # (fill or value); elsewhere both interpolate the same four pixels with
+  # weights that differ by float32 rounding.
+  y, x = np.mgrid[:height, :width] + 0.5
+  u, v = _apply_homography(coeffs, x, y)
+  clear = np.minimum.reduce([np.abs(u), np.abs(u - width), np.abs(v),
+                             np.abs(v - height)]) > 1e-3
+  np.testing.assert_allclose(got[clear], want[clear], atol=1e-5)
+  assert clear.mean() > 0.9
+  # Part of the output lies outside the warped image and is filled with 0.
+  outside = clear & ((u < 0) | (u >= width) | (v < 0) | (v >= height))
+  assert outside.any() and np.all(got[outside] == 0)
+
+
+@pytest.mark.parametrize('height, width', [(32, 32), (20, 31)])
+def test_perspective_endpoints_follow_torchvision_get_params(height, width):
+  keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+  endpoints = np.asarray(jax.jit(jax.vmap(
+      lambda k: augment._perspective_endpoints(
+          jax.random.uniform(k, (8,)), height, width, 0.5)))(keys))
+  kx, ky = int(0.5 * (width // 2)), int(0.5 * (height // 2))
+  np.testing.assert_array_equal(endpoints, np.round(endpoints))
+  # Offsets of each corner from its image corner, inwards.
+  right, bottom = width - 1, height - 1
+  offsets_x = np.stack([endpoints[:, 0, 0], right - endpoints[:, 1, 0],
+                        right - endpoints[:, 2, 0], endpoints[:, 3, 0]], 1)
+  offsets_y = np.stack([endpoints[:, 0, 1], endpoints[:, 1, 1],
+                        bottom - endpoints[:, 2, 1],
+                        bottom - endpoints[:, 3, 1]], 1)
+  for offsets, k in ((offsets_x, kx), (offsets_y, ky)):
+    # torch.randint(0, k + 1): every integer in [0, k], about equally often.
+    for column in offsets.T:
+      counts = np.bincount(column.astype(int), minlength=k + 1)
+      assert counts.shape == (k + 1,)
+      expected = len(column) / (k + 1)
+      assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
+
+
+def test_random_perspective_probability_and_params():
+  image = _random_image(21, (16, 16, 3))
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def variants(key, image):
+    coeffs = augment.sample_perspective_coeffs(key, 16, 16)
+    return (augment.random_perspective(key, image),
+            augment.random_perspective(key, image, p=0.0),
+            augment.random_perspective(key, image, p=1.0),
+            augment.perspective_transform(image, coeffs))
+
+  keys = jax.random.split(jax.random.PRNGKey(22), 400)
+  default, never, always, from_params = (
+      np.asarray(x) for x in variants(keys, image))
+  # Without a warp the image is resampled at its own pixel centres: exact.
+  np.testing.assert_array_equal(never, np.broadcast_to(image, never.shape))
+  np.testing.assert_allclose(always, from_params, atol=1e-6)
+  warped = np.any(default != image, axis=(1, 2, 3))
+  assert np.all(np.any(always != image, axis=(1, 2, 3)))
+  np.testing.assert_array_equal(default[warped], always[warped])
+  # 400 draws with p=0.5: the bounds are about four standard deviations.
+  assert 0.4 < warped.mean() < 0.6
+
+
+@pytest.mark.parametrize('flip_first', [False, True])
+def test_flip_folded_into_perspective_matches_flipping_pixels(flip_first):
+  # The views fold the flip into the warp's matrix; that must equal
+  # flipping the pixels before (SOP, Cars query) or after (Cars key) warping.
+  image = _random_image(23, (20, 20, 3))
+  coeffs = _torchvision_perspective_coeffs(
+      _corners(20, 20), [[3, 2], [17, 0], [19, 15], [1, 19]])
+  matrix = np.append(coeffs, 1).reshape(3, 3)
+  flip = np.asarray([[-1, 0, 20], [0, 1, 0], [0, 0, 1]], np.float32)
+  warp = jax.jit(augment._homography_warp)
+  y, x = np.mgrid[:20, :20] + 0.5
+  if flip_first:
+    got = warp(image, flip @ matrix)
+    want = warp(image[:, ::-1], matrix)
+  else:
+    got = warp(image, matrix @ flip)
+    want = np.asarray(warp(image, matrix))[:, ::-1]
+    x = 20 - x
+  # Source points on the image border may round to either side of it.
+  u, v = _apply_homography(coeffs, x, y)
+  clear = np.minimum.reduce([np.abs(u), np.abs(u - 20), np.abs(v),
+                             np.abs(v - 20)]) > 1e-3
+  np.testing.assert_allclose(np.asarray(got)[clear], np.asarray(want)[clear],
+                             atol=1e-5)
+  assert clear.mean() > 0.9
+
+
+# ---------------------------------------------------------------------------
+# Gaussian blur (torchvision GaussianBlur).
+# ---------------------------------------------------------------------------
+
+
+def _np_gaussian_kernel(sigma, kernel_size):
+  x = np.arange(kernel_size) - (kernel_size - 1) / 2
+  pdf = np.exp(-0.5 * (x / sigma) ** 2)
+  return pdf / pdf.sum()
+
+
+@pytest.mark.parametrize('sigma, kernel_size', [(0.1, 3), (0.8, 5), (2.0, 7),
+                                                (1.3, 23)])
+@pytest.mark.parametrize('channels', [1, 3])
+def test_gaussian_blur_matches_scipy_reflect_convolution(sigma, kernel_size,
+                                                         channels):
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
+  image = _random_image(24, (12, 16, channels))
+  kernel = _np_gaussian_kernel(sigma, kernel_size)
+  np.testing.assert_allclose(
+      np.asarray(augment.gaussian_kernel1d(sigma, kernel_size)), kernel,
+      atol=1e-6)
+  blur = jax.jit(augment.gaussian_blur, static_argnames='kernel_size')
+  got = np.asarray(blur(image, sigma, kernel_size=kernel_size))
+  # scipy's 'mirror' mode is torch's 'reflect' padding (edge not repeated).
+  want = image.astype(np.float64)
+  for axis in (0, 1):
+    want = ndimage.correlate1d(want, kernel, axis=axis, mode='mirror')
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_blur_kernel_size():
+  assert augment.blur_kernel_size(224) == 23
+  assert augment.blur_kernel_size(32) == 3
+  assert augment.blur_kernel_size(64) == 7
+  assert augment.blur_kernel_size(8) == 3
+  with pytest.raises(ValueError, match='odd'):
+    augment.gaussian_blur(np.zeros((4, 4, 1), np.float32), 1.0, 4)
+
+
+def test_random_gaussian_blur_probability_and_sigma():
+  image = _random_image(25, (16, 16, 3))
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def variants(key, image):
+    uniforms = jax.random.uniform(key, (2,))
+    sigma = 0.1 + 1.9 * uniforms[0]
+    return (augment.random_gaussian_blur(key, image),
+            augment.random_gaussian_blur(key, image, p=0.0),
+            augment.gaussian_blur(image, sigma, 3))
+
+  keys = jax.random.split(jax.random.PRNGKey(26), 400)
+  default, never, want = (np.asarray(x) for x in variants(keys, image))
+  np.testing.assert_array_equal(never, np.broadcast_to(image, never.shape))
+  blurred = np.any(default != image, axis=(1, 2, 3))
+  # The sigma drawn for a key is 0.1 + 1.9 * its first uniform.
+  np.testing.assert_allclose(default[blurred], want[blurred], atol=1e-6)
+  assert 0.4 < blurred.mean() < 0.6
+
+
+# ---------------------------------------------------------------------------
+# The paper's per-dataset views.
+# ---------------------------------------------------------------------------
+
+
+def test_normalization_statistics():
+  assert augment.NORMALIZATION == {
+      'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+      'cifar100': ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
+      'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  }
+
+
+def test_dataset_view_policies_are_registered():
+  policies = augment.VIEW_POLICIES
+  assert policies['cifar_strong'] is augment.cifar_strong_view
+  assert policies['cifar_weak'] is augment.weak_view
+  assert policies['cars_strong'] is augment.cars_strong_view
+  assert policies['cars_weak'] is augment.cars_weak_view
+  assert policies['sop'] is augment.sop_view
+
+
+_DATASET_AUGMENTS = {
+    'cifar_strong': augment.cifar_strong_augment,
+    'cars_strong': augment.cars_strong_augment,
+    'cars_weak': augment.cars_weak_augment,
+    'sop': augment.sop_augment,
+}
+
+
+@pytest.mark.parametrize('policy', sorted(_DATASET_AUGMENTS))
+def test_dataset_views_under_jit_and_vmap(policy):
+  mean, std = augment.NORMALIZATION['cifar10']
+  images = _random_uint8(27, (8, 40, 36, 3))
+  key = jax.random.PRNGKey(28)
+
+  @jax.jit
+  def views(key, images):
+    raw = jax.vmap(functools.partial(_DATASET_AUGMENTS[policy], size=24))(
+        jax.random.split(key, 8), images)
+    view = augment.view_batch(augment.VIEW_POLICIES[policy], key, images,
+                              size=24, mean=mean, std=std)
+    return raw, view
+
+  raw, view = (np.asarray(x) for x in views(key, images))
+  assert raw.shape == view.shape == (8, 24, 24, 3)
+  assert raw.dtype == view.dtype == np.float32
+  assert np.all(np.isfinite(view))
+  assert raw.min() >= 0.0 and raw.max() <= 1.0
+  np.testing.assert_allclose(view, (raw - np.asarray(mean)) / np.asarray(std),
+                             atol=1e-5)
+  assert len({v.tobytes() for v in view}) == 8
+  np.testing.assert_array_equal(np.asarray(views(key, images)[1]), view)
+
+
+def _uniforms(key, num):
+  return jax.random.uniform(key, (num,))
+
+
+def test_cifar_strong_is_weak_then_autoaugment():
+  image = _random_uint8(29, (32, 32, 3))
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def both(key, image):
+    u = _uniforms(key, 46)
+    weak = augment._weak_augment(u[:41], image, 32)
+    return (augment.cifar_strong_augment(key, image, size=32), weak,
+            autoaugment.apply_autoaugment(u[41:], weak))
+
+  out, weak, want = (np.asarray(x) for x in both(
+      jax.random.split(jax.random.PRNGKey(30), 64), image))
+  np.testing.assert_array_equal(out, want)
+  # AutoAugment changes most views (each sub-policy step runs with p <= 0.9).
+  assert np.mean(np.any(out != weak, axis=(1, 2, 3))) > 0.3
+
+
+def test_cars_views_apply_their_transforms_in_the_paper_order():
+  # Recomposes each view from the public transforms with the same uniforms.
+  image = _random_uint8(31, (40, 36, 3))
+  size = 24
+
+  def crop(u):
+    return augment._view_crop(u, image, size)
+
+  def flip(u, x):
+    return jnp.where(u < 0.5, x[:, ::-1], x)
+
+  def perspective(u, x):
+    endpoints = augment._perspective_endpoints(u[:8], size, size, 0.5)
+    coeffs = augment.perspective_coeffs(
+        jnp.asarray(_corners(size, size), jnp.float32), endpoints)
+    return jnp.where(u[8] < 0.5, augment.perspective_transform(x, coeffs), x)
+
+  @jax.jit
+  @jax.vmap
+  def views(key):
+    u = _uniforms(key, 62)
+    # Crop, flip and warp as the view does (the flip folded into the warp;
+    # checked against flipping pixels below and in the test above), so that
+    # the colour ops, which use image-wide statistics, see the same input.
+    x = augment._flip_then_perspective(u[:41], u[41:50], image, size)
+    order, factors = augment._jitter_params(u[50:59], 0.4, 0.4, 0.4, 0.1)
+    x = jnp.where(u[58] < 0.8, augment.apply_color_jitter(x, order, factors),
+                  x)
+    x = jnp.where(u[59] < 0.2, jnp.broadcast_to(
+        augment.rgb_to_grayscale(x), x.shape), x)
+    sigma = 0.1 + 1.9 * u[60]
+    strong = jnp.where(u[61] < 0.5, augment.gaussian_blur(x, sigma, 3), x)
+    u = _uniforms(key, 50)
+    weak = flip(u[49], perspective(u[40:49], crop(u[:40])))
+    u = _uniforms(key, 50)
+    sop = perspective(u[41:50], flip(u[40], crop(u[:40])))
+    return (strong, augment.cars_strong_augment(key, image, size=size),
+            weak, augment.cars_weak_augment(key, image, size=size),
+            sop, augment.sop_augment(key, image, size=size))
+
+  out = [np.asarray(x) for x in views(
+      jax.random.split(jax.random.PRNGKey(32), 64))]
+  np.testing.assert_allclose(out[1], out[0], atol=1e-5)
+  # The views fold the flip into the warp, which moves sample points by
+  # float rounding. That decides in/out differently for the odd pixel whose
+  # centre maps exactly onto the warped image's edge (integer corners make
+  # that common). Any change of order would alter most pixels of the views
+  # that are both flipped and warped (about a quarter).
+  for name, want, got in (('cars_weak', *out[2:4]), ('sop', *out[4:6])):
+    match = np.all(np.abs(got - want) <= 1e-5, axis=-1)
+    assert match.mean() >= 0.998, name

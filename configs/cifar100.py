@@ -1,0 +1,21 @@
+r"""MaskCon on CIFAR-100: 20 coarse superclasses, retrieval on the 100 classes.
+
+  tfds build cifar100 --data_dir=$HOME/tensorflow_datasets   # once
+  python -m maskcon_jax.train --config configs/cifar100.py \
+      --workdir runs/cifar100
+
+The paper's settings (the official code's defaults): ResNet-18 (width 64),
+256-d embeddings, queue 8192, t0=0.1, t=0.05, w=0.5, SGD lr 0.02 with 5
+warm-up epochs then cosine decay, wd 5e-4, batch 128, 200 epochs, 32x32
+images with the CIFAR augmentations and CIFAR-100 normalisation.
+
+Expected: not yet measured. The official code starts from ImageNet-pretrained
+weights; this config trains from scratch.
+"""
+
+from configs import paper
+
+
+def get_config():
+  config = paper.get_config("cifar100", 32, "cifar_strong", "cifar_weak")
+  return config
