@@ -442,6 +442,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
 
   is_main = jax.process_index() == 0
+  logging.info("Training %s on %s: %d steps on %d devices (%d processes), "
+               "global batch %d.", config.mode, config.dataset, total_steps,
+               mesh.size, jax.process_count(), config.batch_size)
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     write_json_atomic(config_path, config.to_dict())

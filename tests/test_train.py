@@ -42,6 +42,8 @@ def test_cli_resume_matches_uninterrupted_run(tmp_path):
   second = _run_cli(interrupted)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "Resumed from step 3" in second.stderr
+  # conftest's 8 fake CPU devices reach the CLI: it trains data-parallel.
+  assert "on 8 devices" in second.stderr
 
   config = tiny.get_config()
   trainer.train_and_evaluate(config, str(straight))
