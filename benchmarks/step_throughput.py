@@ -102,9 +102,51 @@ def model_flops_per_image(model, image_size: int, channels: int) -> float:
   return 4.0 * _jaxpr_flops(forward.jaxpr)
 
 
-def measure(arch, width, image_size, batch_size, queue_size, precision,
-            num_devices, *, mode, steps_timed, warmup, num_coarse=20,
-            embed_dim=256, channels=3):
+# Per-program XLA options for comparing CPU code paths in one process. The
+# YNNPACK fusion list is the jaxlib 0.10 default (dots, convolutions,
+# reductions) with or without convolutions; without them XLA uses its Eigen
+# convolution kernels.
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+CPU_VARIANTS = {
+    "ynn_conv": {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+                                    "LIBRARY_FUSION_TYPE_REDUCE"},
+    "eigen_conv": {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                                      "LIBRARY_FUSION_TYPE_REDUCE"},
+    "eigen_conv_no_ynn_reduce": {
+        YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "no_ynn": {YNN_FUSION_OPTION: ""},
+    "process": None,  # Whatever XLA_FLAGS (and maskcon_jax) set.
+}
+
+
+class BuiltStep:
+  """A compiled train step with its state and one fixed batch.
+
+  ``run()`` takes one step (the state is donated and replaced) and waits for
+  the loss, so wall-clock timing of ``run`` is the step time.
+  """
+
+  def __init__(self, compiled, state, batch, model, compile_s):
+    self.compiled, self.state, self.batch = compiled, state, batch
+    self.model, self.compile_s = model, compile_s
+    self.metrics = None
+
+  def run(self):
+    self.state, self.metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready(self.metrics["loss"])
+    return self.metrics
+
+
+def build_step(arch, width, image_size, batch_size, queue_size, precision,
+               num_devices, *, mode, num_coarse=20, embed_dim=256, channels=3,
+               strong_policy="strong", weak_policy="weak",
+               compiler_options=None):
+  """Builds and compiles the full train step on synthetic uint8 images.
+
+  ``compiler_options`` are XLA debug options for this one program (e.g.
+  ``CPU_VARIANTS`` entries), so variants can be compared in one process.
+  """
   devices = jax.devices()[:num_devices]
   mesh = jax.sharding.Mesh(np.array(devices), ("data",),
                            axis_types=(jax.sharding.AxisType.Auto,))
@@ -127,7 +169,8 @@ def measure(arch, width, image_size, batch_size, queue_size, precision,
                                                          jax.random.key(0))
   step_fn = jax.jit(functools.partial(
       steps.train_step, mode=mode, t0=0.1, t=0.05, w=0.5, ema_momentum=0.99,
-      image_size=image_size, mean=(0.5,) * channels, std=(0.25,) * channels),
+      image_size=image_size, mean=(0.5,) * channels, std=(0.25,) * channels,
+      strong_policy=strong_policy, weak_policy=weak_policy),
       donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = {
@@ -138,24 +181,35 @@ def measure(arch, width, image_size, batch_size, queue_size, precision,
           0, num_coarse, (batch_size,), np.int32), sharded),
   }
   start = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = step_fn.lower(state, batch).compile(
+      compiler_options=compiler_options)
   compile_s = time.perf_counter() - start
-  flops = model_flops_per_image(model, image_size, channels) * batch_size
+  return BuiltStep(compiled, state, batch, model, compile_s)
+
+
+def measure(arch, width, image_size, batch_size, queue_size, precision,
+            num_devices, *, mode, steps_timed, warmup, num_coarse=20,
+            embed_dim=256, channels=3, strong_policy="strong",
+            weak_policy="weak"):
+  """Compiles the step, then times ``steps_timed`` steps after ``warmup``."""
+  built = build_step(arch, width, image_size, batch_size, queue_size,
+                     precision, num_devices, mode=mode, num_coarse=num_coarse,
+                     embed_dim=embed_dim, channels=channels,
+                     strong_policy=strong_policy, weak_policy=weak_policy)
+  flops = model_flops_per_image(built.model, image_size, channels) * batch_size
   for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    built.run()
   times = []
   for _ in range(steps_timed):
     start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics["loss"])
+    built.run()
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
-  if not np.isfinite(float(metrics["loss"])):
+  if not np.isfinite(float(built.metrics["loss"])):
     raise FloatingPointError("non-finite loss in benchmark")
   return dict(arch=arch, width=width, image_size=image_size, batch=batch_size,
               queue=queue_size, precision=precision, devices=num_devices,
-              compile_s=compile_s, step_ms=1e3 * step_s,
+              compile_s=built.compile_s, step_ms=1e3 * step_s,
               img_s=batch_size / step_s,
               img_s_dev=batch_size / step_s / num_devices,
               gflop_img=flops / batch_size / 1e9, tflop_s=flops / step_s / 1e12)

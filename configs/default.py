@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.retrieval_ks = (1, 2, 5, 10, 50, 100)
   config.eval_every_epochs = 1
   config.eval_batch_size = 500
+  # Optional online k-NN monitor (fine top-1 of 2000 test vs 2000 train
+  # items, logged as monitor/knn_fine_top1); None = off.
+  config.knn_monitor_every_steps = config_dict.placeholder(int)
+  config.knn_monitor_size = 2000
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   # Stop this invocation after this global step (the schedule still spans

@@ -7,10 +7,12 @@ value and what to use instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 from maskcon_jax import augment
 from maskcon_jax import models
@@ -20,28 +22,121 @@ from maskcon_jax.errors import ConfigError, UserError
 from maskcon_jax.train_step import KEY_BN_MODES, MODES, QUERY_BN_MODES
 QUEUE_INITS = ("prefill", "random")
 
-# Fields whose change makes an existing checkpoint unusable.
+# Fields whose change makes an existing checkpoint unusable: they fix the
+# shapes of its arrays or what its step means (data order, steps per epoch).
 CHECKPOINT_FIELDS = ("mode", "dataset", "arch", "width", "embed_dim",
-                     "proj_hidden_dim", "queue_size", "image_size", "precision")
+                     "proj_hidden_dim", "queue_size", "image_size", "precision",
+                     "synthetic", "seed", "batch_size", "selfcon_position",
+                     "selfcon_size")
+
+# Fields that may change between a run and its resumption without changing
+# what is trained: when to log, save or evaluate, where the data is, how many
+# devices share the work.
+RESUME_FREE_FIELDS = ("stop_after_steps", "log_every_steps",
+                      "checkpoint_every_steps", "eval_every_epochs",
+                      "eval_batch_size", "retrieval_ks", "num_devices",
+                      "distributed", "data_dir", "coarse_map", "train_csv",
+                      "test_csv", "max_nonfinite_steps", "debug_nan_at_step",
+                      "debug_nan_num_steps", "eval_exit_ensemble",
+                      "knn_monitor_every_steps", "knn_monitor_size")
+
+# Reliability options every config has, whether or not its file sets them
+# (`add_defaults` adds them, so they can be overridden on the command line).
+RELIABILITY_DEFAULTS = {
+    # Non-finite steps to skip (state left as it was) before stopping; 0 stops
+    # at the first one.
+    "max_nonfinite_steps": 0,
+    # Tests and drills: poison the weights and loss of this (1-based) step and
+    # the next debug_nan_num_steps - 1 ones, as a diverging run would.
+    "debug_nan_at_step": None,
+    "debug_nan_num_steps": 1,
+}
+# The type a command-line value of each None default is parsed as.
+_PLACEHOLDER_TYPES = {"debug_nan_at_step": int}
+
+# Fields every training config needs (`validate_config` reads them all).
+REQUIRED_FIELDS = (
+    "mode", "dataset", "arch", "precision", "queue_init", "key_bn", "query_bn",
+    "strong_policy", "weak_policy", "t0", "t", "w", "batch_size", "queue_size",
+    "num_epochs", "width", "embed_dim", "proj_hidden_dim", "image_size",
+    "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+    "bn_splits", "eval_every_epochs", "learning_rate", "weight_decay",
+    "warmup_epochs", "momentum", "ema_momentum", "retrieval_ks", "seed")
+
+_MAX_SEED = 2**32 - 1
+
+
+def add_defaults(config: ml_collections.ConfigDict) -> None:
+  """Adds the optional fields a config file left out, in place.
+
+  The reliability options (`RELIABILITY_DEFAULTS`) and each method's options
+  (``models.METHOD_DEFAULTS``, where set) then exist in every config, so
+  ``--config.FIELD=VALUE`` can override them and config.json records them.
+  """
+  defaults = dict(RELIABILITY_DEFAULTS)
+  for name, value in getattr(models, "METHOD_DEFAULTS", {}).items():
+    # A None default has no type a command-line value could be parsed as.
+    if value is not None:
+      defaults[name] = value
+  with config.unlocked():
+    for name, value in defaults.items():
+      if name not in config:
+        # A fresh placeholder per config: a shared one would link the field
+        # across every config it was added to.
+        config[name] = (config_dict.placeholder(_PLACEHOLDER_TYPES[name])
+                        if value is None else value)
+
+
+def _show(value: Any) -> str:
+  """``repr(value)`` on one line (a nested ConfigDict's repr spans several)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return " ".join(repr(value).split())
+
+
+def _is_number(value: Any) -> bool:
+  """A finite int or float (bool, NaN and infinities are not numbers here)."""
+  return (not isinstance(value, bool) and isinstance(value, (int, float))
+          and math.isfinite(value))
 
 
 def _choice(config, field: str, choices) -> None:
   value = config[field]
-  if value not in choices:
-    raise ConfigError(f"config.{field}={value!r} is not supported; use one of: "
-                      f"{', '.join(map(str, choices))}.")
+  try:
+    known = value in choices
+  except TypeError:  # Unhashable or uncomparable values are never choices.
+    known = False
+  if not known or not isinstance(value, str):
+    raise ConfigError(f"config.{field}={_show(value)} is not supported; use "
+                      f"one of: {', '.join(map(str, choices))}.")
 
 
 def _positive(config, field: str, *, integer: bool = False) -> None:
   value = config[field]
-  kind = int if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+  ok = (not isinstance(value, bool) and isinstance(value, int)) if integer \
+      else _is_number(value)
+  if not ok or value <= 0:
     what = "a positive integer" if integer else "a positive number"
-    raise ConfigError(f"config.{field}={value!r} must be {what}.")
+    raise ConfigError(f"config.{field}={_show(value)} must be {what}.")
+
+
+def _optional_int(config, field: str, *, minimum: int, what: str) -> None:
+  value = config.get(field)
+  if value is not None and (isinstance(value, bool) or
+                            not isinstance(value, int) or value < minimum):
+    raise ConfigError(f"config.{field}={_show(value)} must be {what}.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` for the first invalid field of ``config``."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"the config is a {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict: get_config() must return "
+                      "one (start from configs/default.py).")
+  missing = [f for f in REQUIRED_FIELDS if f not in config]
+  if missing:
+    raise ConfigError(f"the config lacks field(s) {', '.join(missing)}: start "
+                      "from configs/default.py, which sets them all.")
   _choice(config, "mode", MODES)
   _choice(config, "dataset", DATASETS)
   _choice(config, "arch", tuple(models.ARCHITECTURES))
@@ -53,13 +148,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice(config, "weak_policy", tuple(augment.VIEW_POLICIES))
   for field in ("t0", "t"):
     value = config[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-      raise ConfigError(f"config.{field}={value!r}: temperatures must be > 0 "
-                        "(the paper uses t0=0.1, t=0.05).")
+    if not _is_number(value) or not value > 0:
+      raise ConfigError(f"config.{field}={_show(value)}: temperatures must be "
+                        "> 0 (the paper uses t0=0.1, t=0.05).")
   w = config.w
-  if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
-    raise ConfigError(f"config.w={w!r} must lie in [0, 1] (0 = MoCo, 1 = only "
-                      "the coarse-aware target).")
+  if not _is_number(w) or not 0.0 <= w <= 1.0:
+    raise ConfigError(f"config.w={_show(w)} must lie in [0, 1] (0 = MoCo, 1 = "
+                      "only the coarse-aware target).")
   for field in ("batch_size", "queue_size", "num_epochs", "width", "embed_dim",
                 "proj_hidden_dim", "image_size", "eval_batch_size",
                 "log_every_steps", "checkpoint_every_steps", "bn_splits",
@@ -74,32 +169,75 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "one batch of keys.")
   for field in ("weight_decay", "warmup_epochs"):
     value = config[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-      raise ConfigError(f"config.{field}={value!r} must be >= 0.")
+    if not _is_number(value) or value < 0:
+      raise ConfigError(f"config.{field}={_show(value)} must be >= 0.")
   for field in ("momentum", "ema_momentum"):
     value = config[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-      raise ConfigError(f"config.{field}={value!r} must lie in [0, 1).")
-  if not config.retrieval_ks or any(
-      not isinstance(k, int) or k < 1 for k in config.retrieval_ks):
-    raise ConfigError(f"config.retrieval_ks={tuple(config.retrieval_ks)!r} must "
-                      "be positive integers, e.g. (1, 2, 5, 10).")
-  num_devices = config.get("num_devices")
-  if num_devices is not None and (isinstance(num_devices, bool) or not
-                                  isinstance(num_devices, int) or
-                                  num_devices < 1):
-    raise ConfigError(f"config.num_devices={num_devices!r} must be a positive "
-                      "integer or unset (all devices).")
-  stop = config.get("stop_after_steps")
-  if stop is not None and (not isinstance(stop, int) or stop < 1):
-    raise ConfigError(f"config.stop_after_steps={stop!r} must be a positive "
-                      "integer or unset.")
+    if not _is_number(value) or not 0 <= value < 1:
+      raise ConfigError(f"config.{field}={_show(value)} must lie in [0, 1).")
+  ks = config.retrieval_ks
+  if (not isinstance(ks, (tuple, list)) or not ks or any(
+      isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks)):
+    shown = tuple(ks) if isinstance(ks, (tuple, list)) else ks
+    raise ConfigError(f"config.retrieval_ks={_show(shown)} must be positive "
+                      "integers, e.g. (1, 2, 5, 10).")
+  seed = config.seed
+  if isinstance(seed, bool) or not isinstance(seed, int) or not (
+      0 <= seed <= _MAX_SEED):
+    raise ConfigError(f"config.seed={_show(seed)} must be an integer in "
+                      f"[0, {_MAX_SEED}].")
+  _optional_int(config, "num_devices", minimum=1,
+                what="a positive integer or unset (all devices)")
+  _optional_int(config, "stop_after_steps", minimum=1,
+                what="a positive integer or unset")
+  _optional_int(config, "max_nonfinite_steps", minimum=0,
+                what="an integer >= 0 (0 = stop at the first non-finite loss)")
+  _optional_int(config, "debug_nan_at_step", minimum=1,
+                what="a positive step number or unset")
+  _optional_int(config, "debug_nan_num_steps", minimum=1,
+                what="a positive integer")
+
+
+def check_run_layout(config: ml_collections.ConfigDict, *, num_train: int,
+                     steps_per_epoch: int, device_count: int) -> int:
+  """Checks the batch against the data and the devices.
+
+  Args:
+    config: a config that passed `validate_config`.
+    num_train: training examples in the dataset.
+    steps_per_epoch: full global batches per epoch.
+    device_count: visible devices.
+
+  Returns:
+    The number of devices to train on.
+
+  Raises:
+    ConfigError: the batch does not fit the data or the devices.
+  """
+  if steps_per_epoch == 0:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} exceeds the "
+        f"{num_train} training examples; use a smaller batch.")
+  num_devices = config.get("num_devices") or device_count
+  if num_devices > device_count:
+    raise ConfigError(
+        f"config.num_devices={num_devices} but only {device_count} "
+        "devices are visible; use fewer or leave it unset (all devices).")
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by the "
+        f"{num_devices} devices; use a multiple of {num_devices}.")
+  if config.key_bn == "split" and config.batch_size % config.bn_splits:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by "
+        f"config.bn_splits={config.bn_splits}.")
+  return num_devices
 
 
 def check_workdir_writable(workdir: str) -> None:
   """Raises ``UserError`` unless ``workdir`` exists and is writable, or can be
   created. Writes nothing."""
-  if not workdir:
+  if not workdir or not isinstance(workdir, str):
     raise UserError("--workdir is required: name a directory for checkpoints "
                     "and results.")
   path = os.path.abspath(workdir)
@@ -108,8 +246,8 @@ def check_workdir_writable(workdir: str) -> None:
       raise UserError(f"--workdir={workdir} is a file, not a directory; choose "
                       "another path.")
     if not os.access(path, os.W_OK | os.X_OK):
-      raise UserError(f"--workdir={workdir} is not writable; choose a directory "
-                      "you can write to.")
+      raise UserError(f"--workdir={workdir} is not writable; choose a "
+                      "directory you can write to.")
     return
   parent = os.path.dirname(path)
   while not os.path.exists(parent):
@@ -123,12 +261,49 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
+def _plain(value: Any) -> Any:
+  """``value`` as config.json stores it (tuples as lists, dicts as dicts)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
 def check_compatible(saved: dict[str, Any],
-                     config: ml_collections.ConfigDict) -> None:
-  """Raises ``ConfigError`` if a workdir's saved config can't be resumed."""
-  differing = [f"{f} ({saved.get(f)!r} -> {config.get(f)!r})"
-               for f in CHECKPOINT_FIELDS if saved.get(f) != config.get(f)]
+                     config: ml_collections.ConfigDict) -> list[str]:
+  """Checks that a run saved with config ``saved`` can resume with ``config``.
+
+  Args:
+    saved: the workdir's config.json.
+    config: the config of this invocation.
+
+  Returns:
+    The other fields that differ (neither `CHECKPOINT_FIELDS` nor
+    `RESUME_FREE_FIELDS`), as ``"name (old -> new)"``: the run resumes, but
+    will not match an uninterrupted run of either config.
+
+  Raises:
+    ConfigError: a `CHECKPOINT_FIELDS` field differs.
+  """
+  current = _plain(config)
+  # A field one side leaves out (or unset) takes its method default, so a run
+  # saved from the command line (which adds them) matches its own config file.
+  defaults = _plain(getattr(models, "METHOD_DEFAULTS", {}))
+
+  def value(values, field):
+    found = values.get(field)
+    return defaults.get(field) if found is None else found
+
+  def differs(field):
+    return _plain(value(saved, field)) != value(current, field)
+
+  def show(field):
+    return f"{field} ({saved.get(field)!r} -> {current.get(field)!r})"
+
+  differing = [show(f) for f in CHECKPOINT_FIELDS if differs(f)]
   if differing:
     raise ConfigError(
         "the workdir holds a checkpoint of an incompatible config: "
         f"{'; '.join(differing)}; use a new --workdir or the original values.")
+  others = sorted((set(saved) | set(current)) - set(CHECKPOINT_FIELDS) -
+                  set(RESUME_FREE_FIELDS))
+  return [show(f) for f in others if differs(f)]

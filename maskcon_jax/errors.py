@@ -17,3 +17,31 @@ class ConfigError(UserError):
 
 class DataError(UserError):
   """Data is missing, unreadable or inconsistent."""
+
+
+class WorkdirError(UserError):
+  """The workdir cannot be written, or holds checkpoints that can't be read."""
+
+
+class NonFiniteError(UserError):
+  """Training produced a non-finite loss or weights and stopped.
+
+  The message names the step and the last checkpoint, which holds finite
+  weights: checkpoints are checked before they are written.
+  """
+
+
+class Interrupted(Exception):
+  """Training stopped early on SIGTERM or SIGINT after saving a checkpoint.
+
+  Not an error: rerunning the same command resumes. The message is one line.
+
+  Attributes:
+    signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
+    step: the step of the checkpoint just written.
+  """
+
+  def __init__(self, message: str, *, signal_name: str, step: int):
+    super().__init__(message)
+    self.signal_name = signal_name
+    self.step = step

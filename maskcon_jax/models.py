@@ -13,6 +13,11 @@ Modules are used functionally::
                              mutable=['batch_stats'])
   out['features'], out['projection'], out['coarse_logits']
 
+``build_encoder`` picks the encoder of ``config.mode``: WCL adds a second
+BN-MLP head (``projection2``), SelfCon is the multi-exit ``SelfConEncoder``
+(``exit_features``, ``exit_projections``), the saliency mode also returns the
+last activation map (``feature_map``). The other modes' encoder is unchanged.
+
 Unlike the official code, encoders start from random weights: nothing is
 downloaded at run time.
 """
@@ -20,11 +25,15 @@ downloaded at run time.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from maskcon_jax import augment
+from maskcon_jax.errors import ConfigError
 
 ModuleDef = Any
 
@@ -82,23 +91,35 @@ class Bottleneck(nn.Module):
     return nn.relu(residual + y)
 
 
+def _conv_and_norm(dtype: Any, train: bool) -> tuple[ModuleDef, ModuleDef]:
+  """The convolution and BatchNorm constructors every ResNet stage uses."""
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                           kernel_init=conv_init, padding="SAME")
+  # PyTorch BN defaults: momentum 0.1 (= Flax 0.9), eps 1e-5. Statistics and
+  # normalisation stay in float32 even when convolutions run in bfloat16.
+  norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=0.9, epsilon=1e-5, dtype=dtype,
+                           param_dtype=jnp.float32)
+  return conv, norm
+
+
 class ResNet(nn.Module):
-  """ResNet backbone returning globally pooled features ``(N, 8 * width * e)``."""
+  """ResNet backbone returning globally pooled features ``(N, 8 * width * e)``.
+
+  With ``return_stages`` it returns ``(features, stage_maps)`` instead, where
+  ``stage_maps`` holds the ``(N, H_s, W_s, C_s)`` output of each stage (for
+  SelfCon's exits and the saliency maps); the parameters are the same.
+  """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   width: int = 64
   small_images: bool = True
   dtype: Any = jnp.float32
+  return_stages: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=conv_init, padding="SAME")
-    # PyTorch BN defaults: momentum 0.1 (= Flax 0.9), eps 1e-5. Statistics and
-    # normalisation stay in float32 even when convolutions run in bfloat16.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=jnp.float32)
+    conv, norm = _conv_and_norm(self.dtype, train)
     x = x.astype(self.dtype)
     if self.small_images:
       x = conv(self.width, (3, 3), name="conv1")(x)
@@ -108,12 +129,17 @@ class ResNet(nn.Module):
                name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    stage_maps = []
     for stage, num_blocks in enumerate(self.stage_sizes):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = self.block_cls(filters=self.width * 2**stage, conv=conv, norm=norm,
                            strides=strides, name=f"layer{stage + 1}_{block}")(x)
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      stage_maps.append(x)
+    features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if self.return_stages:
+      return features, tuple(stage_maps)
+    return features
 
 
 class ProjectionHead(nn.Module):
@@ -129,28 +155,196 @@ class ProjectionHead(nn.Module):
     return dense(self.embed_dim, name="fc2")(x).astype(jnp.float32)
 
 
+class BNProjectionHead(nn.Module):
+  """Linear-BN-ReLU-Linear-BN-ReLU-Linear projector (WCL's two heads)."""
+  hidden_dim: int = 512
+  embed_dim: int = 256
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=dense_init)
+    _, norm = _conv_and_norm(self.dtype, train)
+    x = nn.relu(norm(name="bn1")(dense(self.hidden_dim, name="fc1")(x)))
+    x = nn.relu(norm(name="bn2")(dense(self.hidden_dim, name="fc2")(x)))
+    return dense(self.embed_dim, name="fc3")(x).astype(jnp.float32)
+
+
+def highpass(images_NxHxWxC: jax.Array, sigma: float,
+             kernel_size: int) -> jax.Array:
+  """``x - GaussianBlur(x)`` per image (the saliency method's ``hp`` input)."""
+  blur = functools.partial(augment.gaussian_blur, sigma=sigma,
+                           kernel_size=kernel_size)
+  images_NxHxWxC = images_NxHxWxC.astype(jnp.float32)
+  return images_NxHxWxC - jax.vmap(blur)(images_NxHxWxC)
+
+
 class Encoder(nn.Module):
   """Backbone + projection head + linear coarse classifier.
 
   Returns a dict with ``features`` (backbone output, used for retrieval),
   ``projection`` (unnormalised embedding fed to the contrastive loss) and
   ``coarse_logits`` (CoIns' classifier on the backbone features).
+
+  The defaults are the MaskCon/MoCo encoder; the other fields only add to it:
+
+  * ``head="bn_mlp"`` and ``second_head`` (WCL): both heads are
+    ``BNProjectionHead``s, the second one's output is ``projection2``.
+  * ``return_feature_map`` (saliency masking): ``feature_map`` is the last
+    stage's activation map ``(N, h, w, C)``.
+  * ``input_highpass=(sigma, kernel_size)`` (saliency ``hp``): every input,
+    evaluation included, is high-pass filtered first, as the official code
+    filters all its inputs and its linear evaluation.
   """
   backbone: Callable[..., nn.Module]
   embed_dim: int = 256
   proj_hidden_dim: int = 512
   num_coarse: int = 2
   dtype: Any = jnp.float32
+  head: str = "mlp"
+  second_head: bool = False
+  return_feature_map: bool = False
+  input_highpass: tuple[float, int] | None = None
 
   @nn.compact
   def __call__(self, images, train: bool = True):
-    features = self.backbone(dtype=self.dtype, name="backbone")(images, train)
-    projection = ProjectionHead(self.proj_hidden_dim, self.embed_dim,
-                                dtype=self.dtype, name="projector")(features)
+    if self.input_highpass is not None:
+      images = highpass(images, *self.input_highpass)
+    out = {}
+    if self.return_feature_map:
+      features, stage_maps = self.backbone(
+          dtype=self.dtype, return_stages=True, name="backbone")(images, train)
+      out["feature_map"] = stage_maps[-1].astype(jnp.float32)
+    else:
+      features = self.backbone(dtype=self.dtype, name="backbone")(images,
+                                                                  train)
+    if self.head == "bn_mlp":
+      heads = [BNProjectionHead(self.proj_hidden_dim, self.embed_dim,
+                                dtype=self.dtype, name=name)
+               for name in ("projector", "projector2")[:1 + self.second_head]]
+      projections = [h(features, train) for h in heads]
+    else:
+      heads = [ProjectionHead(self.proj_hidden_dim, self.embed_dim,
+                              dtype=self.dtype, name=name)
+               for name in ("projector", "projector2")[:1 + self.second_head]]
+      projections = [h(features) for h in heads]
     coarse_logits = nn.Dense(self.num_coarse, kernel_init=dense_init,
                              dtype=self.dtype, name="classifier")(features)
-    return {"features": features, "projection": projection,
-            "coarse_logits": coarse_logits.astype(jnp.float32)}
+    out.update({"features": features, "projection": projections[0],
+                "coarse_logits": coarse_logits.astype(jnp.float32)})
+    if self.second_head:
+      out["projection2"] = projections[1]
+    return out
+
+
+class ExitSubNetwork(nn.Module):
+  """SelfCon's non-shared copy of the stages after an exit, pooled.
+
+  Stages ``first_stage..len(stage_sizes)-1`` (0-based) with ``stage_sizes``
+  blocks each; the output has the backbone's feature size.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  first_stage: int
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv, norm = _conv_and_norm(self.dtype, train)
+    for stage in range(self.first_stage, len(self.stage_sizes)):
+      for block in range(self.stage_sizes[stage]):
+        strides = 2 if block == 0 else 1
+        x = self.block_cls(filters=self.width * 2**stage, conv=conv, norm=norm,
+                           strides=strides, name=f"layer{stage + 1}_{block}")(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+SELFCON_SIZES = ("fc", "small", "same")
+
+
+class SelfConEncoder(nn.Module):
+  """SelfCon's multi-exit network (Bae et al., AAAI 2023).
+
+  The backbone with its projector, plus one exit after each stage in
+  ``exit_stages`` (1-based: 2 = after the second stage, the paper's default).
+  An exit is ``fc`` (global pooling of the stage output, then a linear map to
+  the backbone's feature size), ``same`` (a non-shared copy of the remaining
+  stages) or ``small`` (the same with halved block counts, at least one).
+  Every exit and the backbone has its own Linear(d, d)-ReLU-Linear(d, embed)
+  head, ``d`` being the backbone's feature size.
+
+  Returns the ``Encoder`` keys plus ``exit_features`` ``(N, E, d)`` and
+  ``exit_projections`` ``(N, E, embed)``. With ``ensemble_features``,
+  ``features`` is the concatenation of the L2-normalised backbone and exit
+  features (their cosine similarity is the mean of the per-exit ones), so
+  retrieval and every other consumer of ``features`` evaluate the exit
+  ensemble; ``backbone_features`` always holds the backbone alone.
+  """
+  backbone: Callable[..., nn.Module]
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  width: int = 64
+  exit_stages: Sequence[int] = (2,)
+  exit_size: str = "fc"
+  embed_dim: int = 128
+  num_coarse: int = 2
+  ensemble_features: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = True):
+    features, stage_maps = self.backbone(
+        dtype=self.dtype, return_stages=True, name="backbone")(images, train)
+    d = features.shape[-1]
+    exit_features = []
+    for stage in self.exit_stages:
+      x = stage_maps[stage - 1]
+      if self.exit_size == "fc":
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        exit_features.append(nn.Dense(
+            d, kernel_init=dense_init, dtype=self.dtype,
+            name=f"exit{stage}_fc")(pooled).astype(jnp.float32))
+      else:
+        sizes = (self.stage_sizes if self.exit_size == "same"
+                 else [max(1, n // 2) for n in self.stage_sizes])
+        exit_features.append(ExitSubNetwork(
+            stage_sizes=sizes, block_cls=self.block_cls, first_stage=stage,
+            width=self.width, dtype=self.dtype,
+            name=f"exit{stage}_net")(x, train))
+    projection = ProjectionHead(d, self.embed_dim, dtype=self.dtype,
+                                name="projector")(features)
+    exit_projections = [
+        ProjectionHead(d, self.embed_dim, dtype=self.dtype,
+                       name=f"exit{stage}_projector")(f)
+        for stage, f in zip(self.exit_stages, exit_features)]
+    coarse_logits = nn.Dense(self.num_coarse, kernel_init=dense_init,
+                             dtype=self.dtype, name="classifier")(features)
+    exit_features_NxExD = jnp.stack(exit_features, axis=1)
+    out_features = features
+    if self.ensemble_features:
+      out_features = exit_ensemble_features(features, exit_features_NxExD)
+    return {"features": out_features, "backbone_features": features,
+            "projection": projection,
+            "coarse_logits": coarse_logits.astype(jnp.float32),
+            "exit_features": exit_features_NxExD,
+            "exit_projections": jnp.stack(exit_projections, axis=1)}
+
+
+def exit_ensemble_features(features_NxD: jax.Array,
+                           exit_features_NxExD: jax.Array) -> jax.Array:
+  """``[norm(backbone), norm(exit_1), ...]`` concatenated, ``(N, (1+E) D)``.
+
+  The cosine similarity of two such vectors is the mean of the backbone's
+  and the exits' cosine similarities (once the concatenation is normalised,
+  as retrieval does), a feature-level ensemble of the exits.
+  """
+  def norm(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  parts = [norm(features_NxD.astype(jnp.float32))]
+  parts += [norm(exit_features_NxExD[:, e].astype(jnp.float32))
+            for e in range(exit_features_NxExD.shape[1])]
+  return jnp.concatenate(parts, axis=-1)
 
 
 ARCHITECTURES = {
@@ -179,15 +373,176 @@ def build_backbone(arch: str, width: int,
       small_images=image_size <= SMALL_IMAGE_MAX_SIZE)
 
 
-def build_encoder(config, num_coarse: int) -> Encoder:
-  """The encoder described by ``config`` (arch, width, image_size, ...)."""
+# Fields of the WCL, SelfCon and saliency modes. A config may leave any of
+# them out (configs/default.py has none) and gets these values;
+# configs/wcl.py, selfcon.py and saliency.py spell them out.
+METHOD_DEFAULTS = {
+    # WCL: restrict each sample's 1-NN to its own coarse class; weight of
+    # the graph loss (the paper adds it with weight 1).
+    "wcl_same_coarse_nn": False,
+    "wcl_graph_weight": 1.0,
+    # SelfCon: exit after this stage (1-3), its size, identity positives
+    # instead of coarse labels, tau_b, and retrieval on the exit ensemble.
+    "selfcon_position": 2,
+    "selfcon_size": "fc",
+    "selfcon_label_free": False,
+    "selfcon_base_temperature": 0.07,
+    "eval_exit_ensemble": False,
+    # Saliency-guided masking: hard-negative scale and count, fill strategy,
+    # patch grid (None: the last feature map's size, 7 at 224 px, 4 at
+    # 28-32 px), foreground threshold (mean - fg_std * std), mask ratios,
+    # noise of the hp fill, and filter widths (None: the official 224-px
+    # values scaled to the image size).
+    "alpha": 2.0,
+    "num_hard_negatives": 1,
+    "saliency_strategy": "hp",
+    "saliency_grid": None,
+    "saliency_fg_std": 0.6,
+    "saliency_query_ratio": (0.05, 0.25),
+    "saliency_negative_ratio": (0.4, 0.7),
+    "saliency_query_noise_std": 0.18,
+    "saliency_negative_noise_std": 0.14,
+    "saliency_hp_sigma": None,
+    "saliency_blur_sigma": None,
+}
+SALIENCY_STRATEGIES = ("hp", "blur", "mean")
+
+
+def method_option(config, name: str) -> Any:
+  """``config[name]``, or its ``METHOD_DEFAULTS`` value where absent or None."""
+  value = config.get(name, None)
+  return METHOD_DEFAULTS[name] if value is None else value
+
+
+def _scaled_gaussian(sigma: float | None, image_size: int, sigma_224: float,
+                     radius_in_sigmas: float) -> tuple[float, int]:
+  """``(sigma, kernel_size)`` of a blur given at 224 px, scaled to the image.
+
+  The kernel keeps the official radius in units of sigma (11 taps for
+  sigma 5, 31 taps for sigma 10) and stays within the reflect padding limit.
+  """
+  if sigma is None:
+    sigma = sigma_224 * image_size / 224
+  radius = max(1, math.ceil(radius_in_sigmas * sigma))
+  radius = min(radius, image_size - 1)
+  return float(sigma), 2 * radius + 1
+
+
+def saliency_highpass(config) -> tuple[float, int]:
+  """``(sigma, kernel_size)`` of the ``hp`` strategy (official: 5, 11 taps)."""
+  return _scaled_gaussian(method_option(config, "saliency_hp_sigma"),
+                          config.image_size, 5.0, 1.0)
+
+
+def saliency_blur(config) -> tuple[float, int]:
+  """``(sigma, kernel_size)`` of the ``blur`` fill (official: 10, 31 taps)."""
+  return _scaled_gaussian(method_option(config, "saliency_blur_sigma"),
+                          config.image_size, 10.0, 1.5)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_method_options(config) -> None:
+  """Raises ``ConfigError`` for a bad field of the config's method.
+
+  Only the fields of ``config.mode`` are checked; the others are unused.
+  """
+  mode = config.get("mode", "maskcon")
+  opt = functools.partial(method_option, config)
+
+  def fail(field, must):
+    raise ConfigError(f"config.{field}={opt(field)!r} {must}.")
+
+  def check_bool(field):
+    if not isinstance(opt(field), bool):
+      fail(field, "must be True or False")
+
+  def check_number(field, low=0.0, strict=False):
+    value = opt(field)
+    if not _is_number(value) or value < low or (strict and value == low):
+      fail(field, f"must be a number {'>' if strict else '>='} {low}")
+
+  if mode == "wcl":
+    check_bool("wcl_same_coarse_nn")
+    check_number("wcl_graph_weight")
+  elif mode == "selfcon":
+    if opt("selfcon_position") not in (1, 2, 3) or isinstance(
+        opt("selfcon_position"), bool):
+      fail("selfcon_position", "must be 1, 2 or 3 (the stage the exit "
+           "follows; the paper uses 2)")
+    if opt("selfcon_size") not in SELFCON_SIZES:
+      fail("selfcon_size", f"is not supported; use one of: "
+           f"{', '.join(SELFCON_SIZES)}")
+    check_bool("selfcon_label_free")
+    check_bool("eval_exit_ensemble")
+    check_number("selfcon_base_temperature", strict=True)
+  elif mode == "saliency":
+    check_number("alpha")
+    hard = opt("num_hard_negatives")
+    if not isinstance(hard, int) or isinstance(hard, bool) or hard < 1:
+      fail("num_hard_negatives", "must be a positive integer")
+    if opt("saliency_strategy") not in SALIENCY_STRATEGIES:
+      fail("saliency_strategy", f"is not supported; use one of: "
+           f"{', '.join(SALIENCY_STRATEGIES)}")
+    grid = opt("saliency_grid")
+    if grid is not None and (not isinstance(grid, int) or isinstance(
+        grid, bool) or not 1 <= grid <= config.image_size):
+      fail("saliency_grid", f"must be unset or an integer in [1, "
+           f"{config.image_size}] (the patches per side)")
+    for field in ("saliency_fg_std", "saliency_query_noise_std",
+                  "saliency_negative_noise_std"):
+      check_number(field)
+    for field in ("saliency_hp_sigma", "saliency_blur_sigma"):
+      if config.get(field, None) is not None:
+        check_number(field, strict=True)
+    for field in ("saliency_query_ratio", "saliency_negative_ratio"):
+      ratio = opt(field)
+      if (not isinstance(ratio, (tuple, list)) or len(ratio) != 2 or
+          not all(map(_is_number, ratio)) or
+          not 0 <= ratio[0] <= ratio[1] <= 1):
+        fail(field, "must be a pair (low, high) with 0 <= low <= high <= 1")
+
+
+def build_encoder(config, num_coarse: int) -> nn.Module:
+  """The encoder described by ``config`` (arch, width, image_size, mode, ...).
+
+  ``maskcon``, ``grafit``, ``coins`` and ``moco`` get the plain ``Encoder``;
+  ``wcl`` adds a second head, ``selfcon`` builds the multi-exit
+  ``SelfConEncoder`` and ``saliency`` also returns the last feature map.
+
+  Raises:
+    ConfigError: a bad method field (see ``validate_method_options``).
+  """
+  validate_method_options(config)
   dtype = DTYPES[config.get("precision", "float32")]
+  mode = config.get("mode", "maskcon")
+  backbone = build_backbone(config.arch, config.width, config.image_size)
+  if mode == "selfcon":
+    stage_sizes, block_cls = ARCHITECTURES[config.arch]
+    return SelfConEncoder(
+        backbone=backbone, stage_sizes=tuple(stage_sizes), block_cls=block_cls,
+        width=config.width,
+        exit_stages=(method_option(config, "selfcon_position"),),
+        exit_size=method_option(config, "selfcon_size"),
+        embed_dim=config.embed_dim, num_coarse=num_coarse,
+        ensemble_features=method_option(config, "eval_exit_ensemble"),
+        dtype=dtype)
+  extra = {}
+  if mode == "wcl":
+    extra = dict(head="bn_mlp", second_head=True)
+  elif mode == "saliency":
+    extra = dict(return_feature_map=True)
+    if method_option(config, "saliency_strategy") == "hp":
+      extra["input_highpass"] = saliency_highpass(config)
   return Encoder(
-      backbone=build_backbone(config.arch, config.width, config.image_size),
+      backbone=backbone,
       embed_dim=config.embed_dim,
       proj_hidden_dim=config.proj_hidden_dim,
       num_coarse=num_coarse,
-      dtype=dtype)
+      dtype=dtype,
+      **extra)
 
 
 def count_params(tree) -> int:

@@ -8,11 +8,16 @@ from a checkpoint at step s replays exactly what an uninterrupted run does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -31,7 +36,8 @@ from maskcon_jax import input_pipeline
 from maskcon_jax import models
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
-from maskcon_jax.errors import ConfigError, UserError
+from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
+from maskcon_jax.errors import UserError, WorkdirError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -189,6 +195,26 @@ def embed_test_split(state, dataset, config, mesh) -> dict[str, np.ndarray]:
   return out
 
 
+def knn_monitor(state, dataset, config, mesh) -> float | None:
+  """Cheap online k-NN: fine top-1 of a test subset against a train subset.
+
+  The first ``knn_monitor_size`` items of each split (in-memory data with
+  fine labels only), cosine similarity of backbone features, k = 20 with
+  InstDisc's weighted vote. Meant for watching a run, not for reporting.
+  """
+  if (isinstance(dataset, input_pipeline.StreamingDataset) or
+      not dataset.has_fine_labels):
+    return None
+  size = config.get("knn_monitor_size") or 2000
+  bank = embed_dataset(state, dataset.train_images[:size], config, dataset,
+                       mesh)["features"]
+  queries = embed_dataset(state, dataset.test_images[:size], config, dataset,
+                          mesh)["features"]
+  return evaluation.knn_classify(
+      bank, dataset.train_fine[:size], queries, dataset.test_fine[:size],
+      num_classes=dataset.hierarchy.num_fine)
+
+
 def evaluate(state, dataset, config, mesh) -> dict[str, float]:
   """Fine and coarse Recall@K on the test split's backbone features.
 
@@ -240,10 +266,18 @@ def _prefill_queue(state, data: _Data, exp: "Experiment"):
 
 def _checkpoint_manager(workdir: str, create: bool = True
                         ) -> ocp.CheckpointManager:
+  """The orbax manager of ``workdir/checkpoints``; read-only unless ``create``.
+
+  Orbax writes each checkpoint into a temporary directory and renames it when
+  complete, so a process killed mid-save leaves only that temporary directory:
+  ``all_steps`` never lists it, and a writable manager deletes it.
+  """
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create,
-                                           read_only=not create))
+      item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=2, create=create, read_only=not create,
+          cleanup_tmp_directories=create))
 
 
 class _LogOnlyWriter:
@@ -322,23 +356,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                   jax.process_count())
   else:
     spe = steps_per_epoch(dataset.num_train, config.batch_size)
-  if spe == 0:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} exceeds the "
-        f"{dataset.num_train} training examples; use a smaller batch.")
-  num_devices = config.get("num_devices") or jax.device_count()
-  if num_devices > jax.device_count():
-    raise ConfigError(
-        f"config.num_devices={num_devices} but only {jax.device_count()} "
-        "devices are visible; use fewer or leave it unset (all devices).")
-  if config.batch_size % num_devices:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} is not divisible by the "
-        f"{num_devices} devices; use a multiple of {num_devices}.")
-  if config.key_bn == "split" and config.batch_size % config.bn_splits:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} is not divisible by "
-        f"config.bn_splits={config.bn_splits}.")
+  num_devices = configuration.check_run_layout(
+      config, num_train=dataset.num_train, steps_per_epoch=spe,
+      device_count=jax.device_count())
   mesh = make_mesh(num_devices)
   model = models.build_encoder(config, dataset.hierarchy.num_coarse)
   schedule = train_state_lib.learning_rate_schedule(config, spe)
@@ -352,13 +372,48 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
 def make_train_step(exp: Experiment):
   """The jitted train step with ``exp``'s hyperparameters; donates the state."""
   config = exp.config
-  return jax.jit(functools.partial(
-      steps.train_step, mode=config.mode, t0=config.t0, t=config.t, w=config.w,
-      ema_momentum=config.ema_momentum, image_size=config.image_size,
-      mean=tuple(exp.dataset.mean), std=tuple(exp.dataset.std),
-      strong_policy=config.strong_policy, weak_policy=config.weak_policy,
-      schedule=exp.schedule, key_bn=config.key_bn, bn_splits=config.bn_splits,
-      query_bn=config.query_bn, mesh=exp.mesh), donate_argnums=0)
+  views = dict(image_size=config.image_size, mean=tuple(exp.dataset.mean),
+               std=tuple(exp.dataset.std))
+  # Method fields absent from a config (e.g. configs/default.py with
+  # --config.mode=wcl) take models.METHOD_DEFAULTS.
+  option = functools.partial(models.method_option, config)
+  if config.mode == "wcl":
+    step = functools.partial(
+        steps.wcl_train_step, t0=config.t0, view_policy=config.strong_policy,
+        same_coarse_nn=option("wcl_same_coarse_nn"),
+        graph_weight=option("wcl_graph_weight"), schedule=exp.schedule,
+        query_bn=config.query_bn, mesh=exp.mesh, **views)
+  elif config.mode == "selfcon":
+    step = functools.partial(
+        steps.selfcon_train_step, t0=config.t0,
+        base_temperature=option("selfcon_base_temperature"),
+        label_free=option("selfcon_label_free"),
+        view_policy=config.strong_policy, schedule=exp.schedule,
+        query_bn=config.query_bn, mesh=exp.mesh, **views)
+  elif config.mode == "saliency":
+    step = functools.partial(
+        steps.saliency_train_step, t0=config.t0, alpha=option("alpha"),
+        num_hard_negatives=option("num_hard_negatives"),
+        strategy=option("saliency_strategy"), grid=option("saliency_grid"),
+        fg_std=option("saliency_fg_std"),
+        query_ratio=tuple(option("saliency_query_ratio")),
+        negative_ratio=tuple(option("saliency_negative_ratio")),
+        query_noise_std=option("saliency_query_noise_std"),
+        negative_noise_std=option("saliency_negative_noise_std"),
+        blur=models.saliency_blur(config), ema_momentum=config.ema_momentum,
+        strong_policy=config.strong_policy, weak_policy=config.weak_policy,
+        schedule=exp.schedule, key_bn=config.key_bn,
+        bn_splits=config.bn_splits, query_bn=config.query_bn, mesh=exp.mesh,
+        **views)
+  else:
+    step = functools.partial(
+        steps.train_step, mode=config.mode, t0=config.t0, t=config.t,
+        w=config.w, ema_momentum=config.ema_momentum,
+        strong_policy=config.strong_policy, weak_policy=config.weak_policy,
+        schedule=exp.schedule, key_bn=config.key_bn,
+        bn_splits=config.bn_splits, query_bn=config.query_bn, mesh=exp.mesh,
+        **views)
+  return jax.jit(step, donate_argnums=0)
 
 
 def make_prefill_step(exp: Experiment):
@@ -395,7 +450,7 @@ def load_trained(workdir: str, step: int | None = None,
 
   Args:
     workdir: a directory written by ``maskcon_jax.train``.
-    step: the checkpoint step; the latest if None.
+    step: the checkpoint step; the newest readable one if None.
     config_overrides: e.g. ``{"data_dir": ...}`` where data moved.
 
   Returns:
@@ -405,14 +460,18 @@ def load_trained(workdir: str, step: int | None = None,
   if config_overrides:
     config.update(config_overrides)
   exp = build_experiment(config)
+  if step is None:
+    restored = _restore_latest(exp, workdir)
+    if restored.step is None:
+      raise UserError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}: train "
+                      "first with maskcon_jax.train.")
+    return exp, restored.state
   mngr = _checkpoint_manager(workdir, create=False)
   available = list(mngr.all_steps())
   if not available:
     raise UserError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}: train first "
                     "with maskcon_jax.train.")
-  if step is None:
-    step = max(available)
-  elif step not in available:
+  if step not in available:
     raise UserError(f"no checkpoint for step {step} in {workdir}; available: "
                     f"{', '.join(map(str, sorted(available)))}.")
   state = restore_state(exp, mngr, step)
@@ -420,101 +479,527 @@ def load_trained(workdir: str, step: int | None = None,
   return exp, state
 
 
+# ---------------------------------------------------------------------------
+# Reliability: checkpoints that can't be read, stop signals, non-finite
+# steps, failed writes.
+# ---------------------------------------------------------------------------
+
+# Unreadable checkpoints are moved here (kept for inspection, never resumed).
+CORRUPT_DIR = "corrupt_checkpoints"
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ""
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _path_name(path) -> str:
+  """``a/b/0`` for a pytree path, for a state object or a metadata dict."""
+  parts = []
+  for key in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def _array_shapes(tree) -> dict[str, str]:
+  return {_path_name(path): f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_fits(step: int, saved_tree, abstract_state, ckpt_dir: str) -> None:
+  """Raises ``ConfigError`` if checkpoint ``step`` has other arrays than the
+  config's state (a workdir of another config whose config.json is gone)."""
+  saved, needed = _array_shapes(saved_tree), _array_shapes(abstract_state)
+  problems = []
+  for name in sorted(set(saved) | set(needed)):
+    if name not in saved:
+      problems.append(f"it lacks {name}")
+    elif name not in needed:
+      problems.append(f"it has {name}, which this config does not")
+    elif saved[name] != needed[name]:
+      problems.append(f"{name} is {saved[name]}, this config needs "
+                      f"{needed[name]}")
+  if problems:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise ConfigError(
+        f"checkpoint {step} in {ckpt_dir} does not fit this config: "
+        f"{problems[0]}{more}; use a new --workdir or the config it was "
+        "written with.")
+
+
+@dataclasses.dataclass
+class _Restored:
+  """The newest readable checkpoint (step None: there is none)."""
+  step: int | None = None
+  state: Any = None
+  # Newer checkpoints that could not be read, newest first.
+  corrupt: list[int] = dataclasses.field(default_factory=list)
+  # Non-finite steps skipped before ``step`` (config.max_nonfinite_steps).
+  nonfinite_steps: int = 0
+
+
+def _restore_latest(exp: Experiment, workdir: str) -> _Restored:
+  """Restores the newest checkpoint of ``workdir`` that can be read.
+
+  Newer ones that can't (truncated or garbled files) are skipped with a
+  warning and listed in ``corrupt``; nothing is written.
+
+  Raises:
+    ConfigError: the newest checkpoint whose metadata can be read holds
+      arrays of other shapes than ``exp``'s state.
+    WorkdirError: there are checkpoints, but none can be read.
+  """
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    return _Restored()
+  mngr = _checkpoint_manager(workdir, create=False)
+  corrupt = []
+  try:
+    available = sorted(mngr.all_steps(), reverse=True)
+    for step in available:
+      # Orbax and TensorStore raise many exception types for damaged files;
+      # whatever the type, the checkpoint is unusable and an older one may
+      # not be.
+      try:
+        saved = mngr.item_metadata(step)
+        saved = getattr(saved, "tree", saved)
+        if saved is None:
+          raise ValueError("no array metadata")
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint %d in %s cannot be read (%s); trying an "
+                        "older one.", step, ckpt_dir, _first_line(e))
+        corrupt.append(step)
+        continue
+      _check_fits(step, saved, exp.abstract_state, ckpt_dir)
+      try:
+        state = restore_state(exp, mngr, step)
+        restored_step = int(state.step)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint %d in %s cannot be read (%s); trying an "
+                        "older one.", step, ckpt_dir, _first_line(e))
+        corrupt.append(step)
+        continue
+      if restored_step != step:
+        logging.warning("Checkpoint %d in %s holds the state of step %d; "
+                        "trying an older one.", step, ckpt_dir, restored_step)
+        corrupt.append(step)
+        continue
+      try:
+        custom = mngr.metadata(step).custom_metadata or {}
+        nonfinite = int(custom.get("nonfinite_steps", 0))
+      except Exception:  # pylint: disable=broad-except
+        nonfinite = 0  # Only the step's bookkeeping file is damaged.
+      return _Restored(step, state, corrupt, nonfinite)
+  finally:
+    mngr.close()
+  if available:
+    raise WorkdirError(
+        f"none of the checkpoints in {ckpt_dir} can be read (steps "
+        f"{', '.join(map(str, available))}); move that folder away to start "
+        "over.")
+  return _Restored()
+
+
+def _set_aside(workdir: str, steps_: list[int]) -> None:
+  """Moves unreadable checkpoints to ``workdir/corrupt_checkpoints``, so the
+  resumed run can write those steps again."""
+  target_dir = os.path.join(workdir, CORRUPT_DIR)
+  os.makedirs(target_dir, exist_ok=True)
+  for step in steps_:
+    source = os.path.join(workdir, CHECKPOINT_DIR, str(step))
+    target = os.path.join(target_dir, str(step))
+    if os.path.exists(target):
+      target += f".{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(source, target)
+    logging.warning("Moved unreadable checkpoint %d to %s; resuming from an "
+                    "older one.", step, target)
+
+
+class _StopSignals:
+  """Turns SIGTERM and SIGINT into a request to stop after the current step.
+
+  Handlers are installed only while the training loop runs, and only from
+  the main thread (the only one Python delivers signals to); the previous
+  ones come back on exit. A second SIGINT raises ``KeyboardInterrupt`` at
+  once, for a user who does not want to wait.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for sig, handler in self._previous.items():
+      # None: the handler was not installed from Python; the default is the
+      # closest equivalent.
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if signum == signal.SIGINT and self.received is not None:
+      raise KeyboardInterrupt
+    self.received = signum
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.received).name
+
+  def requested(self, step: int, every: int) -> bool:
+    """Whether to stop now. With several processes, all must stop at the same
+    step, so they agree (one all-gather) only every ``every`` steps."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    if step % every:
+      return False
+    flags = jax.experimental.multihost_utils.process_allgather(
+        np.int32(self.received is not None))
+    if np.max(flags) and self.received is None:
+      self.received = signal.SIGTERM
+    return bool(np.max(flags))
+
+
+def _all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in ``tree`` is finite."""
+  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+_state_is_finite = jax.jit(_all_finite)
+
+
+def _metrics_finite(metrics: dict[str, Any]) -> bool:
+  """The host-side twin of ``_all_finite`` for one step's fetched metrics."""
+  return all(np.all(np.isfinite(v)) for v in metrics.values()
+             if np.issubdtype(np.asarray(v).dtype, np.inexact))
+
+
+def _make_step_fn(exp: Experiment):
+  """The train step, wrapped where non-finite steps are skipped or poisoned.
+
+  Without ``max_nonfinite_steps`` or ``debug_nan_at_step`` this is
+  `make_train_step` itself. Otherwise one jitted wrapper runs it and then
+
+  * poisons the weights and loss of steps ``debug_nan_at_step`` ..
+    ``debug_nan_at_step + debug_nan_num_steps - 1`` (as a diverging run
+    would), and
+  * if ``max_nonfinite_steps > 0``, returns the input state with only its
+    step advanced when any floating-point metric is not finite.
+
+  The step donates its input state, so the wrapper (jitted as a whole) is the
+  only place the old state is still available for the select. The settings
+  enter as data, so every combination shares one compiled program.
+  """
+  config = exp.config
+  step_fn = make_train_step(exp)
+  skip = bool(config.get("max_nonfinite_steps"))
+  poison_at = config.get("debug_nan_at_step")
+  if not skip and poison_at is None:
+    return step_fn
+  first, end = 0, 0  # An empty range of poisoned steps.
+  if poison_at is not None:
+    first, end = poison_at, poison_at + (config.get("debug_nan_num_steps") or 1)
+  controls = jnp.asarray([first, end, int(skip)], jnp.int32)
+
+  def guarded(state, batch, controls):
+    new_state, metrics = step_fn(state, batch)
+    number = state.step + 1
+    poisoned = (number >= controls[0]) & (number < controls[1])
+    scale = jnp.where(poisoned, jnp.nan, 1.0)
+    new_state = new_state.replace(params=jax.tree.map(
+        lambda p: p * scale.astype(p.dtype), new_state.params))
+    metrics = {**metrics,
+               "loss": metrics["loss"] * scale.astype(metrics["loss"].dtype)}
+    keep = _all_finite(metrics) | (controls[2] == 0)
+    unchanged = state.replace(step=state.step + 1)
+    new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                             new_state, unchanged)
+    return new_state, metrics
+
+  guarded = jax.jit(guarded, donate_argnums=0)
+  return lambda state, batch: guarded(state, batch, controls)
+
+
+def _write_error(workdir: str, error: OSError) -> str:
+  reason = error.strerror or (os.strerror(error.errno) if error.errno
+                              else str(error))
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return (f"cannot write to --workdir={workdir}: {reason}; free some space "
+            "or choose another --workdir.")
+  return (f"cannot write to --workdir={workdir}: {reason}; choose a directory "
+          "you can write to.")
+
+
+@contextlib.contextmanager
+def _undo_on_write_error(workdir: str):
+  """Turns a failed write (full disk, read-only file system) into a one-line
+  ``WorkdirError`` and removes what the block added to ``workdir``."""
+  path = os.path.abspath(workdir)
+  created = None  # The outermost directory the block may create.
+  probe = path
+  while not os.path.exists(probe):
+    created, probe = probe, os.path.dirname(probe)
+  before = set(os.listdir(path)) if created is None else set()
+  try:
+    yield
+  except OSError as e:
+    try:
+      if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+      else:
+        for name in set(os.listdir(path)) - before:
+          added = os.path.join(path, name)
+          if os.path.isdir(added) and not os.path.islink(added):
+            shutil.rmtree(added, ignore_errors=True)
+          else:
+            os.remove(added)
+    except OSError:
+      pass  # A read-only file system: nothing could be added either.
+    raise WorkdirError(_write_error(workdir, e)) from e
+
+
+def _read_saved_config(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{path} cannot be read ({_first_line(e)}); restore it "
+                       "or use a new --workdir.") from e
+  if not isinstance(saved, dict):
+    raise WorkdirError(f"{path} does not hold a config; restore it or use a "
+                       "new --workdir.")
+  return saved
+
+
+def _close_quietly(mngr, writer) -> None:
+  """Finishes in-flight checkpoint writes and flushes the event files while
+  another exception is on its way out; their own failures only get logged."""
+  for action in (getattr(mngr, "wait_until_finished", None),
+                 getattr(mngr, "close", None), getattr(writer, "flush", None),
+                 getattr(writer, "close", None)):
+    if action is None:
+      continue
+    try:
+      action()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("While stopping: %s", _first_line(e))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains ``config.mode`` on ``config.dataset``, evaluates and checkpoints.
 
-  Resumes from the latest checkpoint in ``workdir``; if the run is already
-  complete, only evaluates again.
+  Resumes from the newest readable checkpoint in ``workdir``; if the run is
+  already complete, only evaluates again. Newer checkpoints that cannot be
+  read are moved to ``workdir/corrupt_checkpoints`` with a warning, and
+  directories of saves that never finished are deleted.
+
+  While the loop runs, SIGTERM and SIGINT stop it after the current step,
+  with a checkpoint of that step (`Interrupted`). A step with a non-finite
+  loss stops the run (`NonFiniteError`), unless ``config.max_nonfinite_steps``
+  allows skipping it: the state is then left as it was, except for its step
+  count. Checkpoints are checked before they are written, so none holds
+  non-finite weights.
 
   Returns:
     The flat results dict also written to ``workdir/results.json``.
+
+  Raises:
+    UserError: one line saying what to fix. Bad config values, data and
+      workdirs, and incompatible checkpoints, are found before anything is
+      written; a write that fails while setting up removes what it added.
+    NonFiniteError: a non-finite loss or weights (see above).
+    Interrupted: SIGTERM or SIGINT; rerun to resume.
   """
   # Every check that can fail runs before anything is written to workdir.
   configuration.validate_config(config)
   configuration.check_workdir_writable(workdir)
   config_path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      configuration.check_compatible(json.load(f), config)
+  saved = _read_saved_config(config_path)
+  changed = configuration.check_compatible(saved, config) if saved else []
   exp = build_experiment(config)
+  restored = _restore_latest(exp, workdir)
   dataset, mesh = exp.dataset, exp.mesh
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if changed and restored.step is not None:
+    logging.warning("Resuming with changed settings: %s; the run will not "
+                    "match an uninterrupted run of either config.",
+                    "; ".join(changed))
 
   is_main = jax.process_index() == 0
   logging.info("Training %s on %s: %d steps on %d devices (%d processes), "
                "global batch %d.", config.mode, config.dataset, total_steps,
                mesh.size, jax.process_count(), config.batch_size)
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    write_json_atomic(config_path, config.to_dict())
-  writer = _create_writer(workdir, is_main)
-  mngr = _checkpoint_manager(workdir)
+  mngr = writer = None
+  try:
+    with _undo_on_write_error(workdir):
+      os.makedirs(workdir, exist_ok=True)
+      if is_main:
+        write_json_atomic(config_path, config.to_dict())
+        if restored.corrupt:
+          _set_aside(workdir, restored.corrupt)
+      if jax.process_count() > 1:
+        jax.experimental.multihost_utils.sync_global_devices("workdir ready")
+      mngr = _checkpoint_manager(workdir)
+      writer = _create_writer(workdir, is_main)
+  except BaseException:
+    _close_quietly(mngr, writer)
+    raise
   data = make_data(exp)
 
-  start_step = mngr.latest_step()
-  if start_step is not None:
-    state = restore_state(exp, mngr, start_step)
-    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  nonfinite = 0  # Non-finite steps skipped so far, in this run and before.
+  if restored.step is not None:
+    state, nonfinite = restored.state, restored.nonfinite_steps
+    logging.info("Resumed from step %d in %s.", restored.step, workdir)
   else:
-    start_step = 0
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
     if config.queue_init == "prefill":
       state = _prefill_queue(state, data, exp)
   start_step = int(state.step)
 
-  step_fn = make_train_step(exp)
+  step_fn = _make_step_fn(exp)
+  max_nonfinite = config.get("max_nonfinite_steps") or 0
 
   last_step = total_steps
   if config.get("stop_after_steps") is not None:
     last_step = min(total_steps, config.stop_after_steps)
   eval_every = config.eval_every_epochs * spe
-  pending = []  # Device metrics not yet fetched: the host never waits on them.
+  # Device metrics not yet fetched: the host waits on them only to log or
+  # before a checkpoint, never every step.
+  pending: list[tuple[int, dict[str, Any]]] = []
+  fetched: list[dict[str, Any]] = []  # Checked, finite, not yet logged.
+  last_saved = restored.step
   train_start = time.time()
   interval_start, interval_steps = time.time(), 0
   results: dict[str, Any] = {}
 
-  def flush_train_metrics(step):
-    nonlocal interval_start, interval_steps, pending
+  def nonfinite_error(step: int, what: str) -> NonFiniteError:
+    if last_saved is None:
+      kept = "no checkpoint was written"
+    else:
+      kept = f"the last good checkpoint is step {last_saved} in {ckpt_dir}"
+    if max_nonfinite:
+      return NonFiniteError(
+          f"{what} at step {step}, more than config.max_nonfinite_steps="
+          f"{max_nonfinite} such steps; stopped: {kept}; lower the learning "
+          "rate.")
+    return NonFiniteError(
+        f"{what} at step {step}; stopped: {kept}; lower the learning rate, or "
+        "set config.max_nonfinite_steps to skip such steps.")
+
+  def check_pending():
+    """Fetches the pending metrics and counts their non-finite steps."""
+    nonlocal pending, nonfinite
     if not pending:
       return
-    fetched = jax.device_get(pending)
+    numbers = [number for number, _ in pending]
+    values = jax.device_get([m for _, m in pending])
     pending = []
-    summary = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
-               for k in fetched[0]}
-    elapsed = time.time() - interval_start
-    rate = interval_steps / max(elapsed, 1e-9)
+    for number, metrics in zip(numbers, values):
+      if _metrics_finite(metrics):
+        fetched.append(metrics)
+        continue
+      nonfinite += 1
+      if nonfinite > max_nonfinite:
+        raise nonfinite_error(number, "non-finite loss")
+      logging.warning("Non-finite loss at step %d: skipped it (%d of "
+                      "config.max_nonfinite_steps=%d).", number, nonfinite,
+                      max_nonfinite)
+
+  def log_metrics(step: int):
+    nonlocal interval_start, interval_steps, fetched
+    check_pending()
+    summary = ({f"train/{k}": float(np.mean([m[k] for m in fetched]))
+                for k in fetched[0]} if fetched else {})
+    fetched = []
+    rate = interval_steps / max(time.time() - interval_start, 1e-9)
     summary["train/steps_per_sec"] = rate
-    if not np.isfinite(summary["train/loss"]):
-      raise FloatingPointError(
-          f"non-finite loss at step {step}; the last checkpoint is step "
-          f"{mngr.latest_step()}.")
+    if max_nonfinite:
+      summary["train/nonfinite_steps"] = nonfinite
     writer.write_scalars(step, summary)
     logging.info("step %d/%d loss %.4f lr %.5f %.2f steps/s ETA %s", step,
-                 total_steps, summary["train/loss"],
+                 total_steps, summary.get("train/loss", float("nan")),
                  summary.get("train/learning_rate", float("nan")), rate,
                  _format_eta((last_step - step) / max(rate, 1e-9)))
     interval_start, interval_steps = time.time(), 0
 
-  for step in range(start_step, last_step):
-    state, metrics = step_fn(state, data.batch(step, spe))
-    pending.append(metrics)
-    interval_steps += 1
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == last_step:
-      flush_train_metrics(done)
-    if done % config.checkpoint_every_steps == 0 or done == last_step:
-      mngr.save(done, args=ocp.args.StandardSave(state))
-    if done % eval_every == 0 and done != total_steps:
-      eval_metrics = evaluate(state, dataset, config, mesh)
-      writer.write_scalars(done, {f"eval/{k}": v for k, v in
-                                  eval_metrics.items()})
-      logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
-  train_time = time.time() - train_start
-  mngr.wait_until_finished()
+  def save(step: int, state):
+    nonlocal last_saved
+    check_pending()
+    if not bool(_state_is_finite(state)):
+      raise nonfinite_error(step, "non-finite weights")
+    try:
+      mngr.save(step, args=ocp.args.StandardSave(state),
+                custom_metadata={"nonfinite_steps": nonfinite})
+    except OSError as e:
+      raise WorkdirError(_write_error(workdir, e)) from e
+    last_saved = step
 
-  final_step = int(state.step)
+  stop = _StopSignals()
+  try:
+    with stop:
+      for step in range(start_step, last_step):
+        if stop.requested(step, config.log_every_steps):
+          break
+        state, metrics = step_fn(state, data.batch(step, spe))
+        pending.append((step + 1, metrics))
+        interval_steps += 1
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == last_step:
+          log_metrics(done)
+        if done % config.checkpoint_every_steps == 0 or done == last_step:
+          save(done, state)
+        if (done % eval_every == 0 and done != total_steps and
+            stop.received is None):
+          eval_metrics = evaluate(state, dataset, config, mesh)
+          writer.write_scalars(done, {f"eval/{k}": v for k, v in
+                                      eval_metrics.items()})
+          logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
+        knn_every = config.get("knn_monitor_every_steps")
+        if knn_every and done % knn_every == 0 and stop.received is None:
+          top1 = knn_monitor(state, dataset, config, mesh)
+          if top1 is not None:
+            writer.write_scalars(done, {"monitor/knn_fine_top1": top1})
+            logging.info("kNN monitor at step %d: fine top-1 %.4f", done, top1)
+      final_step = int(state.step)
+      interrupted = stop.requested(final_step, 1)
+      if interrupted and last_saved != final_step:
+        if pending:
+          log_metrics(final_step)
+        save(final_step, state)
+    train_time = time.time() - train_start
+    try:
+      mngr.wait_until_finished()
+    except OSError as e:
+      raise WorkdirError(_write_error(workdir, e)) from e
+  except BaseException:
+    _close_quietly(mngr, writer)
+    raise
+
+  if interrupted:
+    _close_quietly(mngr, writer)
+    raise Interrupted(
+        f"stopped by {stop.name} after step {final_step} of {total_steps}: "
+        f"checkpoint {final_step} is in {ckpt_dir}; rerun the same command to "
+        "resume.", signal_name=stop.name, step=final_step)
+
   if final_step == total_steps or final_step == last_step:
     eval_metrics = evaluate(state, dataset, config, mesh)
     writer.write_scalars(final_step, {f"eval/{k}": v for k, v in
@@ -522,10 +1007,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     results = {**eval_metrics, "step": final_step, "mode": config.mode,
                "dataset": config.dataset, "complete": final_step == total_steps,
                "train_seconds_this_run": round(train_time, 2)}
+    if nonfinite:
+      results["nonfinite_steps_skipped"] = nonfinite
     if not any(k.startswith("fine_") for k in eval_metrics):
       results["fine_metrics"] = "unavailable: the dataset has no fine labels"
     if is_main:
-      write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+      try:
+        write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+      except OSError as e:
+        _close_quietly(mngr, writer)
+        raise WorkdirError(_write_error(workdir, e)) from e
     logging.info("Final (step %d): %s", final_step, _summary_line(eval_metrics))
     print(f"step {final_step}: {_summary_line(eval_metrics)}", flush=True)
   writer.flush()

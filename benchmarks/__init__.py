@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as files or imported by tests/test_benchmarks.py)."""

@@ -1,0 +1,92 @@
+"""The benchmark scripts' --smoke modes run and print/write what they promise.
+
+Each script is called in-process through its ``main(argv)`` with tiny sizes,
+so a change to the library that breaks a benchmark fails here rather than on
+the next accelerator run. Timings are not checked, only structure.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import cpu_conv_micro
+from benchmarks import eval_throughput
+from benchmarks import input_throughput
+from benchmarks import step_throughput
+from benchmarks import torch_reference_step
+
+
+def _run(module, tmp_path, capsys, *extra):
+  """Runs ``module.main`` in smoke mode; returns (rows, printed, json)."""
+  out = tmp_path / "out.json"
+  rows = module.main(["--smoke", f"--json={out}", *extra])
+  printed = capsys.readouterr().out
+  with open(out) as f:
+    return rows, printed, json.load(f)
+
+
+def _positive(*values):
+  return all(v is not None and np.isfinite(v) and v > 0 for v in values)
+
+
+def test_step_throughput_smoke(tmp_path, capsys):
+  rows, printed, data = _run(step_throughput, tmp_path, capsys)
+  assert len(rows) == 1 and data["rows"][0]["arch"] == "resnet10"
+  row = data["rows"][0]
+  assert {"step_ms", "img_s", "gflop_img", "compile_s"} <= set(row)
+  assert _positive(row["step_ms"], row["img_s"], row["gflop_img"])
+  assert "step_ms" in printed and "# device:" in printed
+
+
+def test_eval_throughput_smoke(tmp_path, capsys):
+  rows, printed, data = _run(eval_throughput, tmp_path, capsys)
+  assert [r["metric"] for r in rows] == list(eval_throughput.METRICS)
+  for row in data["rows"]:
+    assert _positive(row["first_s"], row["queries_per_s"], row["py_peak_mb"])
+    assert 0.0 <= row["fine_recall_at_1"] <= 1.0
+    # The RSS peak is Linux-only; where present it bounds the baseline.
+    if row["rss_peak_mb"] is not None:
+      assert row["rss_peak_mb"] >= row["rss_base_mb"] * 0.5
+  assert "load average" in printed and "rss_peak_mb" in printed
+
+
+def test_input_throughput_smoke(tmp_path, capsys):
+  rows, printed, data = _run(input_throughput, tmp_path, capsys,
+                             "--image_sizes=32")
+  (row,) = data["rows"]
+  assert row["image_size"] == 32 and row["policies"] == ["cifar_strong",
+                                                        "cifar_weak"]
+  assert _positive(row["stream_img_s"], row["load_img_s"],
+                   row["gather_img_s"], row["aug_img_s"], row["step_img_s"])
+  assert row["aug_over_step"] == pytest.approx(
+      row["aug_img_s"] / row["step_img_s"])
+  assert "aug/step" in printed and "# device:" in printed
+
+
+def test_input_throughput_224_host_side(tmp_path, capsys):
+  """The 224 px row: JPEG decode + resize and the Cars views (no step)."""
+  _, _, data = _run(input_throughput, tmp_path, capsys, "--image_sizes=224",
+                    "--skip_step")
+  (row,) = data["rows"]
+  assert row["source"] == "320x240 jpg" and row["step_img_s"] is None
+  assert _positive(row["stream_img_s"], row["aug_img_s"])
+
+
+def test_torch_reference_step_smoke(tmp_path, capsys):
+  pytest.importorskip("torch")
+  row, printed, data = _run(torch_reference_step, tmp_path, capsys,
+                            "--compare_jax")
+  assert set(data["step_s"]) == {"torch", "jax:process"}
+  assert _positive(*data["step_s"].values(), *data["cpu_s"].values())
+  assert data["ratio_over_torch"]["torch"] == 1.0
+  assert "x torch" in printed and "load average" in printed
+
+
+def test_cpu_conv_micro_smoke(tmp_path, capsys):
+  pytest.importorskip("torch")
+  rows, printed, data = _run(cpu_conv_micro, tmp_path, capsys)
+  assert [r["layer"] for r in data["rows"]] == ["stem", "s4"]
+  assert all(_positive(r["jax_fwd_ms"], r["torch_bwd_ms"], r["ratio"])
+             for r in data["rows"])
+  assert "ratio" in printed

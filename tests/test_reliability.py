@@ -1,0 +1,382 @@
+"""Preemption, bit-exact resume, non-finite steps and damaged checkpoints.
+
+Every run here is configs/tiny.py (8 steps) with a checkpoint and a log line
+every step and no mid-run evaluation (see OVERRIDES): the command-line runs
+are then slow enough to be hit mid-step.
+"""
+
+import functools
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import tiny
+from maskcon_jax import train
+from maskcon_jax import train_state
+from maskcon_jax import trainer
+from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
+from tests.conftest import REPO_ROOT
+
+# One device: the same bit-exactness as on eight (tests/test_train.py resumes
+# the plain step on eight), at a fraction of the compile time and checkpoint
+# cost. Allowing a non-finite step runs the guarded step (trainer's
+# _make_step_fn), which the non-finite tests need too: they differ only in
+# its data, so all tests here share one compiled train step.
+OVERRIDES = {"log_every_steps": 1, "checkpoint_every_steps": 1,
+             "eval_every_epochs": 2, "num_devices": 1,
+             "max_nonfinite_steps": 1}
+TOTAL_STEPS = 8
+# Differs between otherwise identical runs.
+TIMING_KEYS = ("train_seconds_this_run",)
+TMP_DIR = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+def _config(**overrides):
+  config = tiny.get_config()
+  config.update({**OVERRIDES, **overrides})
+  return config
+
+
+# `python -m maskcon_jax.train`, minus TensorFlow: clu's TensorBoard writer
+# needs it and its import adds ~10 s to each launch, so these runs use the
+# log-only writer (as on an image without TensorFlow).
+_CLI = ("import sys; sys.modules['clu.metric_writers'] = None; "
+        "from absl import app; from maskcon_jax import train; "
+        "app.run(train.main, flags_parser=train._parse_flags)")
+
+
+def _cli_args(workdir):
+  return [sys.executable, "-c", _CLI,
+          "--config", str(REPO_ROOT / "configs" / "tiny.py"),
+          "--workdir", str(workdir),
+          *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+
+
+def _checkpoint_arrays(workdir, step=None):
+  """``(step, {tree path: array})`` of a checkpoint (the newest if None)."""
+  mngr = ocp.CheckpointManager(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+  step = mngr.latest_step() if step is None else step
+  restored = mngr.restore(step, args=ocp.args.StandardRestore())
+  mngr.close()
+  flat = jax.tree_util.tree_flatten_with_path(restored)[0]
+  return step, {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
+
+
+def _steps_on_disk(workdir):
+  """Finished and unfinished (temporary) checkpoint steps."""
+  try:
+    names = os.listdir(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+  except FileNotFoundError:
+    return [], []
+  done = sorted(int(n) for n in names if n.isdigit())
+  unfinished = sorted(int(m.group(1)) for m in map(TMP_DIR.match, names) if m)
+  return done, unfinished
+
+
+def _results(workdir):
+  results = json.loads((workdir / trainer.RESULTS_FILE).read_text())
+  return {k: v for k, v in results.items() if k not in TIMING_KEYS}
+
+
+def _assert_same_as_reference(workdir, reference, context=""):
+  step, arrays = _checkpoint_arrays(workdir)
+  ref_step, ref_arrays = reference["arrays"]
+  assert step == ref_step == TOTAL_STEPS, context
+  assert arrays.keys() == ref_arrays.keys(), context
+  assert any("queue" in k for k in arrays)
+  for key in arrays:
+    np.testing.assert_array_equal(arrays[key], ref_arrays[key],
+                                  err_msg=f"{key} {context}")
+  assert _results(workdir) == reference["results"], context
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run: its workdir, final checkpoint and results."""
+  workdir = tmp_path_factory.mktemp("reference")
+  trainer.train_and_evaluate(_config(), str(workdir))
+  return {"workdir": workdir, "arrays": _checkpoint_arrays(workdir),
+          "results": _results(workdir)}
+
+
+def _wait_for_step(proc, workdir, step, *, unfinished: bool):
+  """Waits until checkpoint ``step`` (or a later one) exists on disk, or,
+  with ``unfinished``, is being written (or a later one finished: a save can
+  be too quick to be seen).
+
+  Returns:
+    "writing" or "done": what was seen; None if the process ended first.
+  """
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      return None
+    done, writing = _steps_on_disk(workdir)
+    if unfinished and any(s >= step for s in writing):
+      return "writing"
+    if any(s >= (step + 1 if unfinished else step) for s in done):
+      return "done"
+    time.sleep(0.002)
+  raise AssertionError(f"no checkpoint {step} in {workdir} after 300 s")
+
+
+def _start(workdir):
+  return subprocess.Popen(_cli_args(workdir), cwd=REPO_ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
+  """SIGKILL (once while a checkpoint is being written), SIGTERM, SIGKILL at
+  random steps, then a plain rerun: the same final state and results as an
+  uninterrupted run."""
+  seed = int(os.environ.get("MASKCON_KILL_SEED", time.time_ns() % 2**32))
+  rng = random.Random(seed)
+  workdir = tmp_path / "run"
+  context = f"(MASKCON_KILL_SEED={seed})"
+
+  # 1: SIGKILL as soon as checkpoint >= k is being written.
+  k = rng.randint(1, 4)
+  proc = _start(workdir)
+  hit = _wait_for_step(proc, workdir, k, unfinished=True)
+  proc.kill()
+  proc.communicate()
+  assert hit, f"the run ended before step {k} {context}"
+  first_steps = _steps_on_disk(workdir)
+  context += f" killed at {k} ({hit}), left {first_steps}"
+
+  # 2: SIGTERM after checkpoint >= k; it stops after the current step with a
+  # checkpoint of it, and says so in one line.
+  # At least two steps must remain, or the signal may land after the loop.
+  done_before = max(first_steps[0], default=0)
+  assert done_before <= 5, context
+  k = rng.randint(done_before + 1, 6)
+  proc = _start(workdir)
+  assert _wait_for_step(proc, workdir, k, unfinished=False), context
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == train.EXIT_INTERRUPTED, stderr[-3000:]
+  stopped = _steps_on_disk(workdir)[0][-1]
+  assert k <= stopped <= TOTAL_STEPS, context
+  lines = [l for l in stderr.splitlines() if l.startswith("stopped by")]
+  assert lines == [
+      f"stopped by SIGTERM after step {stopped} of {TOTAL_STEPS}: checkpoint "
+      f"{stopped} is in {workdir / 'checkpoints'}; rerun the same command to "
+      "resume."], context
+  if done_before:
+    assert f"Resumed from step {done_before}" in stderr, context
+  assert "Traceback" not in stderr
+  assert not (workdir / trainer.RESULTS_FILE).exists()
+
+  # 3: SIGKILL after a random later step.
+  if stopped < TOTAL_STEPS:
+    k = rng.randint(stopped + 1, TOTAL_STEPS)
+    proc = _start(workdir)
+    _wait_for_step(proc, workdir, k, unfinished=rng.random() < 0.5)
+    proc.kill()
+    _, stderr = proc.communicate()
+    assert f"Resumed from step {stopped}" in stderr, context
+
+  # 4: the same command again, in-process, runs to the end.
+  trainer.train_and_evaluate(_config(), str(workdir))
+  assert _steps_on_disk(workdir)[1] == [], "unfinished saves left behind"
+  print(context)  # Shown with -s or on failure: what this run exercised.
+  _assert_same_as_reference(workdir, reference, context)
+
+
+def test_sigint_in_process_stops_after_the_step_and_resumes(reference,
+                                                            tmp_path,
+                                                            monkeypatch):
+  """SIGINT arriving during step 3 stops the run after step 3 with a
+  checkpoint; the handlers are restored; a rerun matches the reference."""
+  make_step_fn = trainer._make_step_fn
+
+  def step_fn_that_signals(exp):
+    step_fn = make_step_fn(exp)
+    calls = []
+
+    def step_and_signal(state, batch):
+      calls.append(1)
+      if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+      return step_fn(state, batch)
+
+    return step_and_signal
+
+  monkeypatch.setattr(trainer, "_make_step_fn", step_fn_that_signals)
+  before = signal.getsignal(signal.SIGINT)
+  workdir = tmp_path / "run"
+  with pytest.raises(Interrupted) as stopped:
+    trainer.train_and_evaluate(_config(checkpoint_every_steps=100),
+                               str(workdir))
+  assert stopped.value.step == 3 and stopped.value.signal_name == "SIGINT"
+  assert signal.getsignal(signal.SIGINT) is before
+  assert _steps_on_disk(workdir) == ([3], [])
+  monkeypatch.undo()
+  trainer.train_and_evaluate(_config(), str(workdir))
+  _assert_same_as_reference(workdir, reference)
+
+
+def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path, caplog):
+  """Garbled files in the newest checkpoint and a leftover unfinished save:
+  the run warns, sets the bad one aside, resumes from the one before and
+  still ends bit for bit where the reference did."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference["workdir"], workdir)
+  os.remove(workdir / trainer.RESULTS_FILE)
+  ckpt = workdir / "checkpoints"
+  assert _steps_on_disk(workdir) == ([7, 8], [])
+  for root, _, files in os.walk(ckpt / "8"):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "wb") as f:
+        f.write(os.urandom(max(os.path.getsize(path) // 2, 7)))
+  shutil.copytree(ckpt / "7", ckpt / "8.orbax-checkpoint-tmp-1234")
+
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(_config(), str(workdir))
+  warnings = " ".join(r.getMessage() for r in caplog.records)
+  assert f"Checkpoint 8 in {ckpt} cannot be read" in warnings
+  assert (workdir / trainer.CORRUPT_DIR / "8").is_dir()
+  assert _steps_on_disk(workdir) == ([7, 8], [])
+  _assert_same_as_reference(workdir, reference)
+
+
+def test_checkpoint_of_other_shapes_is_refused(reference, tmp_path,
+                                               monkeypatch):
+  """Without config.json, a checkpoint of another width is recognised by its
+  array shapes: a one-line error and nothing written."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference["workdir"], workdir)
+  os.remove(workdir / trainer.CONFIG_FILE)
+  before = sorted(p.name for p in workdir.iterdir())
+
+  def abstract_state_only(config, model, tx, dataset, mesh):
+    # The check needs only the shapes: skip compiling a new initialisation.
+    del mesh
+    create = functools.partial(
+        train_state.create_train_state, model=model, tx=tx,
+        image_shape=(config.image_size, config.image_size,
+                     dataset.image_shape[-1]),
+        queue_size=config.queue_size, embed_dim=config.embed_dim,
+        num_coarse=dataset.hierarchy.num_coarse)
+    return None, jax.eval_shape(create, jax.random.key(config.seed)), None
+
+  monkeypatch.setattr(trainer, "_make_state", abstract_state_only)
+  with pytest.raises(ConfigError) as err:
+    trainer.train_and_evaluate(_config(width=8), str(workdir))
+  assert re.fullmatch(
+      rf"checkpoint 8 in {re.escape(str(workdir / 'checkpoints'))} does not "
+      r"fit this config: \S+ is \(.*\) float32, this config needs \(.*\) "
+      r"float32 \(and \d+ more\); use a new --workdir or the config it was "
+      r"written with\.", str(err.value)), str(err.value)
+  assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def _all_finite(arrays):
+  return all(np.all(np.isfinite(a)) for a in arrays.values()
+             if np.issubdtype(a.dtype, np.inexact))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path,
+                                                             capsys):
+  """Default (max_nonfinite_steps=0): the CLI stops with one line naming the
+  step and the last good checkpoint, which holds finite weights."""
+  workdir = tmp_path / "run"
+  status = train.command_line([
+      "train", "--config", str(REPO_ROOT / "configs" / "tiny.py"),
+      "--workdir", str(workdir), "--config.checkpoint_every_steps=2",
+      "--config.debug_nan_at_step=3", "--config.eval_every_epochs=2",
+      "--config.num_devices=1", "--config.max_nonfinite_steps=0"])
+  assert status == train.EXIT_ERROR
+  errors = [l for l in capsys.readouterr().err.splitlines()
+            if l.startswith("error:")]
+  assert errors == [
+      f"error: non-finite loss at step 3; stopped: the last good checkpoint is "
+      f"step 2 in {workdir / 'checkpoints'}; lower the learning rate, or set "
+      "config.max_nonfinite_steps to skip such steps."]
+  assert _steps_on_disk(workdir) == ([2], [])
+  assert _all_finite(_checkpoint_arrays(workdir)[1])
+  assert not (workdir / trainer.RESULTS_FILE).exists()
+
+
+def test_nonfinite_steps_are_skipped_up_to_the_limit(tmp_path):
+  """max_nonfinite_steps=1: step 3 is skipped (weights, optimizer and queue
+  unchanged, step counted) and training goes on; with steps 3-5 poisoned and
+  a limit of 2, the run stops at step 5 keeping checkpoint 4."""
+  workdir = tmp_path / "skip"
+  results = trainer.train_and_evaluate(
+      _config(max_nonfinite_steps=1, debug_nan_at_step=3, stop_after_steps=3),
+      str(workdir))
+  assert results["step"] == 3 and results["nonfinite_steps_skipped"] == 1
+  step2, before = _checkpoint_arrays(workdir, 2)
+  step3, after = _checkpoint_arrays(workdir, 3)
+  assert _all_finite(after)
+  for key in before:
+    if key == ".step" or key == "['step']":
+      assert after[key] == before[key] + 1
+    else:
+      np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+  workdir = tmp_path / "limit"
+  with pytest.raises(NonFiniteError) as err:
+    trainer.train_and_evaluate(
+        _config(max_nonfinite_steps=2, debug_nan_at_step=3,
+                debug_nan_num_steps=3), str(workdir))
+  assert str(err.value) == (
+      "non-finite loss at step 5, more than config.max_nonfinite_steps=2 such "
+      f"steps; stopped: the last good checkpoint is step 4 in "
+      f"{workdir / 'checkpoints'}; lower the learning rate.")
+  assert _steps_on_disk(workdir) == ([3, 4], [])
+  assert _all_finite(_checkpoint_arrays(workdir)[1])
+
+
+def _write_png(path, value):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(path)
+
+
+def test_streamed_batches_resume_mid_epoch(tmp_path):
+  """A streamed dataset restarted at any step yields exactly the batches an
+  uninterrupted pass yields from there (the data order is a function of the
+  seed and the step)."""
+  from maskcon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "images"
+  for split, count in (("train", 12), ("test", 2)):
+    for fine in ("a", "b"):
+      for i in range(count):
+        _write_png(str(root / split / fine / f"{i}.png"),
+                   (i * 20 + (fine == "b") * 7) % 256)
+  (root / "coarse.csv").write_text("a,x\nb,y\n")
+  config = tiny.get_config()
+  config.dataset = "folder"
+  config.data_dir = str(root)
+  config.coarse_map = str(root / "coarse.csv")
+  config.in_memory = False
+  config.image_size = 8
+  config.batch_size = 8
+  dataset = input_pipeline.load_dataset(config)
+  mesh = trainer.make_mesh()
+  spe = dataset.steps_per_epoch(config.batch_size)
+  assert spe == 3
+
+  def batches(start, stop):
+    data = trainer._StreamData(dataset, mesh, config.batch_size, config.seed)
+    return [np.asarray(data.batch(s, spe)["image"]) for s in range(start, stop)]
+
+  straight = batches(0, 2 * spe)
+  assert not np.array_equal(straight[0], straight[spe])  # Epochs differ.
+  for start in (1, spe, spe + 2):
+    for got, want in zip(batches(start, 2 * spe), straight[start:]):
+      np.testing.assert_array_equal(got, want, err_msg=f"start {start}")
