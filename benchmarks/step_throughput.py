@@ -15,6 +15,11 @@ after --warmup), img_s (batch / median), img_s_dev (per device), gflop_img
 (model FLOPs per training image: key forward + query forward and backward,
 counted from the model's convolutions and matmuls), tflop_s (achieved model
 FLOP/s) and mfu (achieved / (--peak_tflops x devices)) when a peak is given.
+
+On CPU the step runs with the XLA options `maskcon_jax` sets at import (see
+`maskcon_jax/__init__.py`); `CPU_VARIANTS` names per-program alternatives
+that `build_step(compiler_options=...)`, `torch_reference_step.py` and
+`cpu_step_breakdown.py` compare in one process.
 """
 
 from __future__ import annotations

@@ -16,13 +16,19 @@ to run this script).
 
   python benchmarks/torch_reference_step.py                    # torch only
   python benchmarks/torch_reference_step.py --compare_jax      # both, alternating
+  python benchmarks/torch_reference_step.py --compare_jax \
+      --jax_variants=ynn_conv,process                          # two XLA settings
   python benchmarks/torch_reference_step.py --smoke --compare_jax   # seconds
 
 With ``--compare_jax`` the script builds our jitted step
 (``step_throughput.build_step``, same architecture, batch, queue and
-precision) in the same process and times the two alternately, one step each
-per round, so background load on a shared machine hits both alike; the table
-reports each side's median and the ratio.
+precision; one program per ``--jax_variants`` entry of
+``step_throughput.CPU_VARIANTS``) in the same process and times the sides
+alternately, one step each per round, so background load on a shared
+machine hits all alike. The table reports each side's median wall seconds
+and process CPU seconds per step, and both as ratios to torch. torch's
+OpenMP threads wait passively by default (``--omp_wait_policy``; see
+BENCHMARKS.md for why).
 """
 
 from __future__ import annotations

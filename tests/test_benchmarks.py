@@ -6,6 +6,7 @@ the next accelerator run. Timings are not checked, only structure.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -90,3 +91,30 @@ def test_cpu_conv_micro_smoke(tmp_path, capsys):
   assert all(_positive(r["jax_fwd_ms"], r["torch_bwd_ms"], r["ratio"])
              for r in data["rows"])
   assert "ratio" in printed
+
+
+def test_cpu_variants_compile_and_the_import_default():
+  """Every CPU variant is a valid per-program option set, and on jaxlib 0.10
+  `import maskcon_jax` makes CPU convolutions use Eigen, not YNNPACK."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxlib import version  # pylint: disable=g-import-not-at-top
+
+  import maskcon_jax  # pylint: disable=g-import-not-at-top
+
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  # XLA keeps very small convolutions (under ~32 channels) out of YNNPACK
+  # whatever the options, so the probe has 32.
+  lowered = conv.lower(jnp.ones((4, 8, 8, 32)), jnp.ones((3, 3, 32, 32)))
+  texts = {name: lowered.compile(compiler_options=options).as_text()
+           for name, options in step_throughput.CPU_VARIANTS.items()}
+  if jax.default_backend() != "cpu":
+    return
+  assert "ynn_fusion" in texts["ynn_conv"]
+  assert "ynn_fusion" not in texts["eigen_conv"]
+  release = tuple(int(p) for p in version.__version__.split(".")[:2])
+  flags = os.environ.get("XLA_FLAGS", "")
+  if (release == maskcon_jax._CPU_CONV_FLAG_JAXLIB  # pylint: disable=protected-access
+      and maskcon_jax._CPU_CONV_FLAG in flags):  # pylint: disable=protected-access
+    assert "ynn_fusion" not in texts["process"]
