@@ -76,11 +76,8 @@ def main(argv=None):
   kwargs = dict(size=size, mean=(0.5,) * 3, std=(0.25,) * 3)
 
   def views(key, images):
-    k1, k2 = jax.random.split(key)
-    return (augment.view_batch(augment.VIEW_POLICIES["weak"], k1, images,
-                               **kwargs),
-            augment.view_batch(augment.VIEW_POLICIES["strong"], k2, images,
-                               **kwargs))
+    return augment.policy_views(("weak", "strong"),
+                                tuple(jax.random.split(key)), images, **kwargs)
 
   def forward(variables, x):
     out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])

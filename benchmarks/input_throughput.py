@@ -149,12 +149,8 @@ def augment_rate(image_size: int, batch_size: int, policies, repeats: int,
 
   @jax.jit
   def views(rng, images):
-    weak_rng, strong_rng = jax.random.split(rng)
-    weak = augment.view_batch(augment.VIEW_POLICIES[weak_policy], weak_rng,
-                              images, **kwargs)
-    strong = augment.view_batch(augment.VIEW_POLICIES[strong_policy],
-                                strong_rng, images, **kwargs)
-    return weak, strong
+    return augment.policy_views((weak_policy, strong_policy),
+                                tuple(jax.random.split(rng)), images, **kwargs)
 
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(

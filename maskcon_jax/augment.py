@@ -1243,6 +1243,34 @@ def view_batch(
   return jax.vmap(lambda k, x: view_fn(k, x, **kwargs))(keys, images)
 
 
+def policy_views(
+    policies: Sequence[str],
+    rngs: Sequence[jax.Array],
+    images: jax.Array,
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tuple[jax.Array, ...]:
+  """One view batch per `(policy name, key)` pair, e.g. a step's weak+strong.
+
+  Args:
+    policies: names in `VIEW_POLICIES`.
+    rngs: one PRNG key per policy.
+    images: Batch of images, `uint8` or float in [0, 1].
+    size, mean, std: output size and normalisation.
+
+  Returns:
+    A tuple of float32 arrays `(B, size, size, C)`, in the order of
+    `policies`.
+  """
+  if len(policies) != len(rngs):
+    raise ValueError(f"{len(policies)} policies but {len(rngs)} keys.")
+  return tuple(view_batch(VIEW_POLICIES[name], rng, images, size=size,
+                          mean=mean, std=std)
+               for name, rng in zip(policies, rngs))
+
+
 def weak_view_batch(
     rng: jax.Array,
     images: jax.Array,

@@ -49,11 +49,14 @@ def mode_loss(mode: str, q: Array, k: Array, coarse_logits: Array,
   raise ValueError(f"Unknown mode {mode!r}; expected one of {QUEUE_MODES}.")
 
 
-def _step_rngs(state: train_state_lib.TrainState, salt: int):
-  """Independent keys for this step's weak and strong views."""
+def _step_rngs(state: train_state_lib.TrainState, salt: int, num: int):
+  """``num`` independent keys for this step; each mode has its own ``salt``.
+
+  Salts: 0 the queue modes, 1 the pre-fill, 2 WCL, 3 SelfCon, 4 saliency.
+  """
   base = jax.random.wrap_key_data(state.rng)
   step_rng = jax.random.fold_in(jax.random.fold_in(base, salt), state.step)
-  return jax.random.split(step_rng, 3)
+  return jax.random.split(step_rng, num)
 
 
 KEY_BN_MODES = ("global", "shuffle", "split")
@@ -175,12 +178,10 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
     The new state and a dict of scalar metrics.
   """
   labels_B = batch["coarse_label"].astype(jnp.int32)
-  weak_rng, strong_rng, shuffle_rng = _step_rngs(state, salt=0)
-  view_kwargs = dict(size=image_size, mean=mean, std=std)
-  weak_views = augment.view_batch(augment.VIEW_POLICIES[weak_policy], weak_rng,
-                                  batch["image"], **view_kwargs)
-  strong_views = augment.view_batch(augment.VIEW_POLICIES[strong_policy],
-                                    strong_rng, batch["image"], **view_kwargs)
+  weak_rng, strong_rng, shuffle_rng = _step_rngs(state, salt=0, num=3)
+  weak_views, strong_views = augment.policy_views(
+      (weak_policy, strong_policy), (weak_rng, strong_rng), batch["image"],
+      size=image_size, mean=mean, std=std)
 
   # The official code moves the key encoder before computing the keys.
   target_params = train_state_lib.ema_update(state.target_params, state.params,
@@ -193,12 +194,8 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    if query_bn == "per_device":
-      out, batch_stats = _per_device_forward(state.apply_fn, variables,
-                                             strong_views, mesh)
-    else:
-      out, batch_stats = _grouped_forward(state.apply_fn, variables,
-                                          strong_views, 1)
+    out, batch_stats = _query_forward(state.apply_fn, variables, strong_views,
+                                      query_bn, mesh)
     q_BxD = losses.l2_normalize(out["projection"])
     loss = mode_loss(mode, q_BxD, k_BxD, out["coarse_logits"], state.queue_KxD,
                      state.queue_labels_K, labels_B, t0=t0, t=t, w=w)
@@ -206,23 +203,17 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
 
   (loss, (batch_stats, q_BxD)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   queue_KxD, queue_labels_K, queue_ptr = train_state_lib.enqueue(
       state.queue_KxD, state.queue_labels_K, state.queue_ptr, k_BxD, labels_B)
-
   metrics = {
       "loss": loss,
       "positive_similarity": jnp.mean(jnp.sum(q_BxD * k_BxD, axis=-1)),
-      "grad_norm": optax.tree.norm(grads),
   }
-  if schedule is not None:
-    metrics["learning_rate"] = schedule(state.step)
-  new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats,
-      target_params=target_params, target_batch_stats=target_batch_stats,
-      opt_state=opt_state, queue_KxD=queue_KxD, queue_labels_K=queue_labels_K,
-      queue_ptr=queue_ptr)
+  metrics = _finish_metrics(metrics, grads, state, schedule)
+  new_state = _apply_gradients(
+      state, grads, batch_stats=batch_stats, target_params=target_params,
+      target_batch_stats=target_batch_stats, queue_KxD=queue_KxD,
+      queue_labels_K=queue_labels_K, queue_ptr=queue_ptr)
   return new_state, metrics
 
 
@@ -266,13 +257,6 @@ def embed_step(variables: dict[str, Any], images: Array, *, apply_fn,
 # encoder, the queue and its labels untouched (they stay in the state so that
 # every mode has the same state structure, checkpoints and evaluation).
 # ---------------------------------------------------------------------------
-
-def _method_rngs(state: train_state_lib.TrainState, salt: int, num: int):
-  """``num`` independent keys for this step of a mode (``salt`` >= 2)."""
-  base = jax.random.wrap_key_data(state.rng)
-  return jax.random.split(
-      jax.random.fold_in(jax.random.fold_in(base, salt), state.step), num)
-
 
 def _query_forward(apply_fn, variables, views, query_bn: str, mesh):
   """Query-encoder forward in train mode (``per_device`` or ``global`` BN)."""
@@ -331,11 +315,10 @@ def wcl_train_step(state: train_state_lib.TrainState,
     The new state and a dict of scalar metrics.
   """
   labels_B = batch["coarse_label"].astype(jnp.int32)
-  rng1, rng2 = _method_rngs(state, salt=2, num=2)
-  view_fn = augment.VIEW_POLICIES[view_policy]
-  view_kwargs = dict(size=image_size, mean=mean, std=std)
-  views1 = augment.view_batch(view_fn, rng1, batch["image"], **view_kwargs)
-  views2 = augment.view_batch(view_fn, rng2, batch["image"], **view_kwargs)
+  rng1, rng2 = _step_rngs(state, salt=2, num=2)
+  views1, views2 = augment.policy_views(
+      (view_policy, view_policy), (rng1, rng2), batch["image"],
+      size=image_size, mean=mean, std=std)
   allowed_BxB = (losses.same_coarse_mask(labels_B, labels_B)
                  if same_coarse_nn else None)
 
@@ -411,7 +394,7 @@ def selfcon_train_step(state: train_state_lib.TrainState,
     The new state and a dict of scalar metrics.
   """
   labels_B = batch["coarse_label"].astype(jnp.int32)
-  (rng,) = _method_rngs(state, salt=3, num=1)
+  (rng,) = _step_rngs(state, salt=3, num=1)
   views = augment.view_batch(augment.VIEW_POLICIES[view_policy], rng,
                              batch["image"], size=image_size, mean=mean,
                              std=std)
@@ -625,13 +608,11 @@ def saliency_train_step(state: train_state_lib.TrainState,
   """
   labels_B = batch["coarse_label"].astype(jnp.int32)
   b = labels_B.shape[0]
-  weak_rng, strong_rng, mask_rng, *shuffle_rngs = _method_rngs(
+  weak_rng, strong_rng, mask_rng, *shuffle_rngs = _step_rngs(
       state, salt=4, num=4 + num_hard_negatives)
-  view_kwargs = dict(size=image_size, mean=mean, std=std)
-  weak_views = augment.view_batch(augment.VIEW_POLICIES[weak_policy], weak_rng,
-                                  batch["image"], **view_kwargs)
-  strong_views = augment.view_batch(augment.VIEW_POLICIES[strong_policy],
-                                    strong_rng, batch["image"], **view_kwargs)
+  weak_views, strong_views = augment.policy_views(
+      (weak_policy, strong_policy), (weak_rng, strong_rng), batch["image"],
+      size=image_size, mean=mean, std=std)
 
   target_params = train_state_lib.ema_update(state.target_params, state.params,
                                              ema_momentum)

@@ -989,3 +989,19 @@ def test_cars_views_apply_their_transforms_in_the_paper_order():
   for name, want, got in (('cars_weak', *out[2:4]), ('sop', *out[4:6])):
     match = np.all(np.abs(got - want) <= 1e-5, axis=-1)
     assert match.mean() >= 0.998, name
+
+
+def test_policy_views_matches_view_batch_per_policy():
+  mean, std = augment.NORMALIZATION['cifar10']
+  images = _random_uint8(29, (4, 32, 32, 3))
+  keys = tuple(jax.random.split(jax.random.PRNGKey(30)))
+  weak, strong = augment.policy_views(('weak', 'strong'), keys, images,
+                                      size=32, mean=mean, std=std)
+  for view, name, key in ((weak, 'weak', keys[0]), (strong, 'strong', keys[1])):
+    expected = augment.view_batch(augment.VIEW_POLICIES[name], key, images,
+                                  size=32, mean=mean, std=std)
+    np.testing.assert_array_equal(np.asarray(view), np.asarray(expected))
+  assert not np.array_equal(np.asarray(weak), np.asarray(strong))
+  with pytest.raises(ValueError, match='2 policies but 1 keys'):
+    augment.policy_views(('weak', 'strong'), keys[:1], images, size=32,
+                         mean=mean, std=std)
