@@ -837,7 +837,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   dataset, mesh = exp.dataset, exp.mesh
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  if changed and restored.step is not None:
+  finished = restored.step is not None and restored.step >= total_steps
+  config_record = config.to_dict()
+  if finished and saved:
+    # A finished run only re-evaluates, so config.json keeps the settings it
+    # was trained with; only the evaluation and bookkeeping fields follow
+    # this invocation.
+    config_record = {**saved, **{f: v for f, v in config_record.items()
+                                 if f in configuration.RESUME_FREE_FIELDS}}
+    if changed:
+      logging.warning("The run in %s is finished, so these changed settings "
+                      "have no effect: %s; use a new --workdir to train with "
+                      "them.", workdir, "; ".join(changed))
+  elif changed and restored.step is not None:
     logging.warning("Resuming with changed settings: %s; the run will not "
                     "match an uninterrupted run of either config.",
                     "; ".join(changed))
@@ -851,7 +863,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with _undo_on_write_error(workdir):
       os.makedirs(workdir, exist_ok=True)
       if is_main:
-        write_json_atomic(config_path, config.to_dict())
+        write_json_atomic(config_path, config_record)
         if restored.corrupt:
           _set_aside(workdir, restored.corrupt)
       if jax.process_count() > 1:

@@ -66,11 +66,19 @@ def test_cli_resume_matches_uninterrupted_run(tmp_path):
   assert json.loads((interrupted / "config.json").read_text())["mode"] == "maskcon"
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(interrupted))
 
-  # A finished run only re-evaluates: same step, same numbers.
-  again = trainer.train_and_evaluate(config, str(straight))
+  # A finished run only re-evaluates: same step, same numbers. config.json
+  # keeps the trained settings; evaluation fields follow the new invocation.
+  before = json.loads((straight / "results.json").read_text())
+  changed = tiny.get_config()
+  changed.learning_rate = 0.5
+  changed.retrieval_ks = (1, 2)
+  again = trainer.train_and_evaluate(changed, str(straight))
   assert again["step"] == 8
-  assert again["fine_recall@1"] == json.loads(
-      (straight / "results.json").read_text())["fine_recall@1"]
+  assert again["fine_recall@1"] == before["fine_recall@1"]
+  assert "fine_recall@2" in again and "fine_recall@5" not in again
+  recorded = json.loads((straight / "config.json").read_text())
+  assert recorded["learning_rate"] == config.learning_rate != 0.5
+  assert recorded["retrieval_ks"] == [1, 2]
 
 
 @pytest.mark.parametrize("override,message", [
