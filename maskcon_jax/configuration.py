@@ -51,8 +51,10 @@ RELIABILITY_DEFAULTS = {
     "debug_nan_at_step": None,
     "debug_nan_num_steps": 1,
 }
-# The type a command-line value of each None default is parsed as.
-_PLACEHOLDER_TYPES = {"debug_nan_at_step": int}
+# Types of the optional fields whose default is None, so that a command-line
+# value can be parsed for them even where the config file leaves them out.
+_PLACEHOLDER_TYPES = {"debug_nan_at_step": int, "saliency_grid": int,
+                      "saliency_hp_sigma": float, "saliency_blur_sigma": float}
 
 # Fields every training config needs (`validate_config` reads them all).
 REQUIRED_FIELDS = (
@@ -70,14 +72,11 @@ def add_defaults(config: ml_collections.ConfigDict) -> None:
   """Adds the optional fields a config file left out, in place.
 
   The reliability options (`RELIABILITY_DEFAULTS`) and each method's options
-  (``models.METHOD_DEFAULTS``, where set) then exist in every config, so
+  (``models.METHOD_DEFAULTS``) then exist in every config, so
   ``--config.FIELD=VALUE`` can override them and config.json records them.
   """
-  defaults = dict(RELIABILITY_DEFAULTS)
-  for name, value in getattr(models, "METHOD_DEFAULTS", {}).items():
-    # A None default has no type a command-line value could be parsed as.
-    if value is not None:
-      defaults[name] = value
+  defaults = {**RELIABILITY_DEFAULTS,
+              **getattr(models, "METHOD_DEFAULTS", {})}
   with config.unlocked():
     for name, value in defaults.items():
       if name not in config:

@@ -1,14 +1,20 @@
-"""WCL, SelfCon and saliency masking train through ``train_and_evaluate``.
+"""WCL, SelfCon and saliency masking train from the command line.
 
-Each mode takes two steps of configs/tiny.py and writes the same results.json
-keys as the queue modes; the numbers mean nothing at this size.
+Each mode takes two steps of configs/tiny.py through `train.command_line`
+(the CLI in-process, `--config.FIELD=VALUE` overrides included) and writes
+the same results.json keys as the queue modes; the numbers mean nothing at
+this size.
 """
 
 import json
 
 import pytest
 
+from configs import default
 from configs import tiny
+from maskcon_jax import configuration
+from maskcon_jax import models
+from maskcon_jax import train
 from maskcon_jax import trainer
 
 # Each entry covers one mode plus options its unit tests don't train.
@@ -20,21 +26,20 @@ RUNS = {
 
 
 @pytest.mark.parametrize("mode", sorted(RUNS))
-def test_mode_trains_and_writes_results(mode, tmp_path):
-  config = tiny.get_config()
-  config.mode = mode
-  config.num_epochs = 1
-  config.stop_after_steps = 2
+def test_mode_trains_and_writes_results(mode, tmp_path, capsys):
   # Saves the pre-fill pass (WCL and SelfCon never read the queue), and
   # AutoAugment's compile time: the views are not what is tested here.
-  config.queue_init = "random"
-  config.strong_policy = "weak"
-  for field, value in RUNS[mode].items():
-    config[field] = value
-  results = trainer.train_and_evaluate(config, str(tmp_path))
+  overrides = dict(mode=mode, num_epochs=1, stop_after_steps=2,
+                   queue_init="random", strong_policy="weak", **RUNS[mode])
+  status = train.command_line(
+      ["maskcon_jax.train", "--config=configs/tiny.py",
+       f"--workdir={tmp_path}",
+       *(f"--config.{field}={value}" for field, value in overrides.items())])
+  assert status == 0, capsys.readouterr().err[-2000:]
+  config = tiny.get_config()
+  results = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
+  assert "fine_recall@1=" in capsys.readouterr().out
 
-  written = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
-  assert written == results
   expected = {f"{level}_recall@{k}" for level in ("fine", "coarse")
               for k in config.retrieval_ks}
   expected |= {"step", "mode", "dataset", "complete", "train_seconds_this_run"}
@@ -46,8 +51,22 @@ def test_mode_trains_and_writes_results(mode, tmp_path):
 
   if mode == "selfcon":
     # The exit ensemble changes no parameter: the finished run re-evaluates.
+    config.update(overrides)
     config.eval_exit_ensemble = True
     again = trainer.train_and_evaluate(config, str(tmp_path))
     assert again["step"] == 2 and set(again) == set(results)
     assert json.loads((tmp_path / trainer.CONFIG_FILE).read_text())[
         "eval_exit_ensemble"]
+
+
+def test_every_optional_field_takes_a_command_line_value():
+  # configs/default.py sets none of the method fields; each one, None
+  # defaults included, must still accept --config.FIELD=VALUE.
+  config = default.get_config()
+  configuration.add_defaults(config)
+  optional = {**configuration.RELIABILITY_DEFAULTS, **models.METHOD_DEFAULTS}
+  for field, value in optional.items():
+    assert field in config, field
+    if value is None:
+      config[field] = 3
+      assert config[field] == 3, field
