@@ -16,7 +16,6 @@ compares one XLA configuration against the same torch baseline. Needs torch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
 
 # (name, spatial size of the input, in channels, out channels, stride): the
 # 3x3 convolutions of CIFAR ResNet-18 at 32 px, one entry per distinct shape,
@@ -65,9 +66,8 @@ def main(argv=None):
   parser.add_argument("--omp_wait_policy", default="PASSIVE",
                       help="OMP_WAIT_POLICY for torch; '' keeps the "
                       "environment's")
-  parser.add_argument("--json", default=None)
-  parser.add_argument("--smoke", action="store_true",
-                      help="two small layers, batch 2, for CI")
+  common.add_output_flags(parser,
+                          smoke_help="two small layers, batch 2, for CI")
   args = parser.parse_args(argv)
   if args.smoke:
     args.batch, args.width, args.repeats, args.layers = 2, 8, 1, "stem,s4"
@@ -82,11 +82,14 @@ def main(argv=None):
   print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY')}; jax "
         f"{jax.__version__}; layout {args.layout}; batch {args.batch}; "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-  print(f"{'layer':8} {'x':>3} {'cin':>4} {'cout':>4} {'s':>2} "
-        f"{'jax_fwd_ms':>10} {'torch_fwd_ms':>12} {'jax_bwd_ms':>10} "
-        f"{'torch_bwd_ms':>12} {'jax_gflops':>10} {'torch_gflops':>12} "
-        f"{'ratio':>6}")
+        f"load average {common.load_average()}")
+  table = common.Table([
+      ("layer", "<8", ""), ("x", ">3", ""), ("cin", ">4", ""),
+      ("cout", ">4", ""), ("s", ">2", ""), ("jax_fwd_ms", ">10", ".1f"),
+      ("torch_fwd_ms", ">12", ".1f"), ("jax_bwd_ms", ">10", ".1f"),
+      ("torch_bwd_ms", ">12", ".1f"), ("jax_gflops", ">10", ".1f"),
+      ("torch_gflops", ">12", ".1f"), ("ratio", ">6", ".2f")])
+  print(table.header())
   rows = []
   total = {"jax": 0.0, "torch": 0.0}
   for name, size, cin, cout, stride, count in layers:
@@ -158,19 +161,14 @@ def main(argv=None):
                torch_fwd_ms=tf_ms, torch_bwd_ms=tb_ms, jax_gflops=jax_gflops,
                torch_gflops=torch_gflops, ratio=ratio)
     rows.append(row)
-    fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-    print(f"{name:8} {size:>3} {cin:>4} {cout:>4} {stride:>2} {jf_ms:>10.1f} "
-          f"{fmt(tf_ms, '12.1f'):>12} {jb_ms:>10.1f} {fmt(tb_ms, '12.1f'):>12} "
-          f"{jax_gflops:>10.1f} {fmt(torch_gflops, '12.1f'):>12} "
-          f"{fmt(ratio, '6.2f'):>6}", flush=True)
+    print(table.row(name, size, cin, cout, stride, jf_ms, tf_ms, jb_ms, tb_ms,
+                    jax_gflops, torch_gflops, ratio), flush=True)
   print(f"# 3x3 convs of one ResNet-18 forward+backward (x count): jax "
         f"{total['jax']:.0f} ms, torch {total['torch']:.0f} ms; load average "
-        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"xla_flags": os.environ.get("XLA_FLAGS", ""),
-                 "layout": args.layout, "rows": rows, "total_ms": total}, f,
-                indent=2)
+        f"{common.load_average()}")
+  common.write_json(args.json, {"xla_flags": os.environ.get("XLA_FLAGS", ""),
+                                "layout": args.layout, "rows": rows,
+                                "total_ms": total})
   return rows
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import sys
@@ -30,9 +29,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _strs(text):
-  return [x for x in text.split(",") if x]
+# Neither imports jax or torch at import time (OMP_WAIT_POLICY comes first).
+from benchmarks import common  # noqa: E402
+from benchmarks import torch_reference_step  # noqa: E402
 
 
 def main(argv=None):
@@ -41,11 +40,10 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--variants", type=_strs,
+  parser.add_argument("--variants", type=common.strs,
                       default=["ynn_conv", "eigen_conv"])
   parser.add_argument("--omp_wait_policy", default="PASSIVE")
-  parser.add_argument("--json", default=None)
-  parser.add_argument("--smoke", action="store_true")
+  common.add_output_flags(parser)
   args = parser.parse_args(argv)
   stages = (2, 2, 2, 2)
   arch = "resnet18"
@@ -111,9 +109,11 @@ def main(argv=None):
       runners[(part, f"jax:{variant}")] = functools.partial(
           lambda c, a: jax.block_until_ready(c(*a)), compiled, fn_args)
 
-  # The same encoder in PyTorch (train mode, no augmentation).
+  # The same encoder in PyTorch (train mode, no augmentation): the official
+  # one of torch_reference_step. Its unused coarse classifier gets no
+  # gradient, so the SGD step skips it.
   tx_torch = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-  encoder = _torch_encoder(torch, args.width, stages)
+  encoder = torch_reference_step.build_torch_encoder(args.width, stages=stages)
   encoder.train()
   opt = torch.optim.SGD(encoder.parameters(), lr=0.02, momentum=0.9,
                         weight_decay=5e-4)
@@ -146,56 +146,20 @@ def main(argv=None):
   print(f"# {arch} width {args.width}, {size} px, batch {batch}; median of "
         f"{args.repeats}; jax {jax.__version__}, torch {torch.__version__} "
         f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); load "
-        f"average {' '.join(f'{v:.2f}' for v in load)}")
-  print(f"{'part':8} " + " ".join(f"{s + '_s':>16}" for s in sides)
-        + " " + " ".join(f"{s[4:] + '/torch':>16}" for s in sides[1:]))
+        f"average {common.load_average(load)}")
+  table = common.Table(
+      [("part", "<8", "")] + [(s + "_s", ">16", ".3f") for s in sides]
+      + [(s[4:] + "/torch", ">16", ".2f") for s in sides[1:]])
+  print(table.header())
   rows = []
   for part in parts:
     vals = [med.get((part, s)) for s in sides]
     ratios = [(v / vals[0]) if (v is not None and vals[0]) else None
               for v in vals[1:]]
-    fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-    print(f"{part:8} " + " ".join(f"{fmt(v, '16.3f'):>16}" for v in vals)
-          + " " + " ".join(f"{fmt(r, '16.2f'):>16}" for r in ratios),
-          flush=True)
+    print(table.row(part, *vals, *ratios), flush=True)
     rows.append(dict(part=part, **{s: v for s, v in zip(sides, vals)}))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"load_avg": load, "rows": rows}, f, indent=2)
+  common.write_json(args.json, {"load_avg": load, "rows": rows})
   return rows
-
-
-def _torch_encoder(torch, width, stages):
-  """CIFAR ResNet + projector, as in torch_reference_step (train mode)."""
-  nn, F = torch.nn, torch.nn.functional
-
-  class Block(nn.Module):
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.b1 = nn.BatchNorm2d(cout)
-      self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.b2 = nn.BatchNorm2d(cout)
-      self.down = None
-      if stride != 1 or cin != cout:
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                  nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      y = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
-      return F.relu(y + (x if self.down is None else self.down(x)))
-
-  layers, cin = [nn.Conv2d(3, width, 3, 1, 1, bias=False),
-                 nn.BatchNorm2d(width), nn.ReLU()], width
-  for stage, blocks in enumerate(stages):
-    for block in range(blocks):
-      cout = width * 2**stage
-      layers.append(Block(cin, cout, 2 if stage > 0 and block == 0 else 1))
-      cin = cout
-  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 512),
-             nn.ReLU(), nn.Linear(512, 256)]
-  return nn.Sequential(*layers)
 
 
 if __name__ == "__main__":

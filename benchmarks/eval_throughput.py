@@ -30,9 +30,7 @@ Memory is O(chunk_size x N) by design: a 1024-query chunk at N = 50k holds a
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,17 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from maskcon_jax import evaluation  # noqa: E402
 
 METRICS = ("recall_at_k", "retrieval_report")
-
-
-def _ints(text):
-  return [int(x) for x in text.split(",") if x]
-
-
-def _strs(text):
-  return [x for x in text.split(",") if x]
 
 
 def synthetic_embeddings(n: int, dim: int, num_fine: int, num_coarse: int,
@@ -145,9 +136,9 @@ def measure(metric: str, n: int, dim: int, *, num_fine: int, num_coarse: int,
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sizes", type=_ints, default=[1000, 10000, 50000])
+  parser.add_argument("--sizes", type=common.ints, default=[1000, 10000, 50000])
   parser.add_argument("--dim", type=int, default=512)
-  parser.add_argument("--metrics", type=_strs, default=list(METRICS))
+  parser.add_argument("--metrics", type=common.strs, default=list(METRICS))
   parser.add_argument("--num_fine", type=int, default=100)
   parser.add_argument("--num_coarse", type=int, default=20)
   parser.add_argument("--chunk_size", type=int, default=1024)
@@ -155,9 +146,7 @@ def main(argv=None):
                       help="calls per row; the first includes compilation")
   parser.add_argument("--probe_epochs", type=int,
                       default=evaluation.PROBE_DEFAULTS["epochs"])
-  parser.add_argument("--json", default=None, help="write results here")
-  parser.add_argument("--smoke", action="store_true",
-                      help="one tiny configuration, for CI")
+  common.add_output_flags(parser)
   args = parser.parse_args(argv)
   if args.smoke:
     args.sizes, args.dim, args.num_fine, args.num_coarse = [300], 32, 10, 3
@@ -166,14 +155,14 @@ def main(argv=None):
     if metric not in METRICS:
       parser.error(f"unknown metric {metric!r}; expected one of {METRICS}")
 
-  device = jax.devices()[0]
-  print(f"# device: {device.platform} {getattr(device, 'device_kind', '')}; "
-        f"host {platform.node()} ({os.cpu_count()} cpus); jax {jax.__version__}"
-        f"; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-  print(f"{'metric':16} {'N':>6} {'D':>4} {'first_s':>8} {'warm_s':>8} "
-        f"{'queries/s':>9} {'py_peak_mb':>10} {'rss_base_mb':>11} "
-        f"{'rss_peak_mb':>11} {'dev_peak_mb':>11} {'R@1':>6}")
-  fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+  common.print_machine()
+  table = common.Table([
+      ("metric", "<16", ""), ("N", ">6", ""), ("D", ">4", ""),
+      ("first_s", ">8", ".2f"), ("warm_s", ">8", ".2f"),
+      ("queries/s", ">9", ".0f"), ("py_peak_mb", ">10", ".1f"),
+      ("rss_base_mb", ">11", ".0f"), ("rss_peak_mb", ">11", ".0f"),
+      ("dev_peak_mb", ">11", ".1f"), ("R@1", ">6", ".3f")])
+  print(table.header())
   rows = []
   for n in args.sizes:
     for metric in args.metrics:
@@ -181,18 +170,13 @@ def main(argv=None):
                     num_coarse=args.num_coarse, chunk_size=args.chunk_size,
                     repeats=args.repeats, probe_epochs=args.probe_epochs)
       rows.append(row)
-      print(f"{metric:16} {n:>6} {args.dim:>4} {row['first_s']:>8.2f} "
-            f"{fmt(row['warm_s'], '8.2f'):>8} {row['queries_per_s']:>9.0f} "
-            f"{row['py_peak_mb']:>10.1f} {fmt(row['rss_base_mb'], '11.0f'):>11} "
-            f"{fmt(row['rss_peak_mb'], '11.0f'):>11} "
-            f"{fmt(row['dev_peak_mb'], '11.1f'):>11} "
-            f"{row['fine_recall_at_1']:>6.3f}", flush=True)
-  load = os.getloadavg()
-  print(f"# load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": str(device), "jax": jax.__version__,
-                 "load_avg": load, "rows": rows}, f, indent=2)
+      print(table.row(metric, n, args.dim, *(row[k] for k in (
+          "first_s", "warm_s", "queries_per_s", "py_peak_mb", "rss_base_mb",
+          "rss_peak_mb", "dev_peak_mb", "fine_recall_at_1"))), flush=True)
+  load = common.print_load_after()
+  common.write_json(args.json, {"device": str(jax.devices()[0]),
+                                "jax": jax.__version__, "load_avg": load,
+                                "rows": rows})
   return rows
 
 

@@ -33,9 +33,7 @@ rather than whether it overlaps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from benchmarks import step_throughput  # noqa: E402
 from maskcon_jax import augment  # noqa: E402
 from maskcon_jax import hierarchies  # noqa: E402
@@ -60,10 +59,6 @@ SETTINGS = {
     32: (("cifar_strong", "cifar_weak"), "png", (32, 32)),
     224: (("cars_strong", "cars_weak"), "jpg", (320, 240)),
 }
-
-
-def _ints(text):
-  return [int(x) for x in text.split(",") if x]
 
 
 def write_images(directory: str, count: int, fmt: str,
@@ -199,8 +194,8 @@ def measure(image_size: int, batch_size: int, *, num_files: int,
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--image_sizes", type=_ints, default=[32, 224])
-  parser.add_argument("--batch_sizes", type=_ints, default=[128],
+  parser.add_argument("--image_sizes", type=common.ints, default=[32, 224])
+  parser.add_argument("--batch_sizes", type=common.ints, default=[128],
                       help="one per image size, or one for all")
   parser.add_argument("--num_files", type=int, default=1024)
   parser.add_argument("--epochs", type=int, default=2)
@@ -214,9 +209,7 @@ def main(argv=None):
   parser.add_argument("--queue_size", type=int, default=8192)
   parser.add_argument("--skip_step", action="store_true",
                       help="leave out the train step (input side only)")
-  parser.add_argument("--json", default=None, help="write results here")
-  parser.add_argument("--smoke", action="store_true",
-                      help="tiny sizes, for CI")
+  common.add_output_flags(parser, smoke_help="tiny sizes, for CI")
   args = parser.parse_args(argv)
   if args.smoke:
     args.batch_sizes, args.num_files, args.epochs, args.repeats = [8], 24, 1, 1
@@ -231,16 +224,13 @@ def main(argv=None):
   if len(batches) != len(args.image_sizes):
     parser.error("give one batch size, or one per image size")
 
-  device = jax.devices()[0]
-  machine = (f"{device.platform} {getattr(device, 'device_kind', '')}; host "
-             f"{platform.node()} ({os.cpu_count()} cpus); jax "
-             f"{jax.__version__}")
-  print(f"# device: {machine}; load average "
-        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-  print(f"{'px':>4} {'batch':>5} {'source':>12} {'stream_img_s':>12} "
-        f"{'load_img_s':>10} {'gather_img_s':>12} {'aug_img_s':>10} "
-        f"{'step_img_s':>10} {'aug/step':>8}")
-  fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+  machine = common.print_machine()
+  table = common.Table([
+      ("px", ">4", ""), ("batch", ">5", ""), ("source", ">12", ""),
+      ("stream_img_s", ">12", ".0f"), ("load_img_s", ">10", ".0f"),
+      ("gather_img_s", ">12", ".0f"), ("aug_img_s", ">10", ".0f"),
+      ("step_img_s", ">10", ".1f"), ("aug/step", ">8", ".1f")])
+  print(table.header())
   rows = []
   for size, batch in zip(args.image_sizes, batches):
     row = measure(size, batch, num_files=args.num_files, epochs=args.epochs,
@@ -248,17 +238,12 @@ def main(argv=None):
                   step_warmup=args.warmup, arch=args.arch, width=args.width,
                   queue_size=args.queue_size, skip_step=args.skip_step)
     rows.append(row)
-    print(f"{size:>4} {batch:>5} {row['source']:>12} "
-          f"{row['stream_img_s']:>12.0f} {row['load_img_s']:>10.0f} "
-          f"{row['gather_img_s']:>12.0f} {row['aug_img_s']:>10.0f} "
-          f"{fmt(row['step_img_s'], '10.1f'):>10} "
-          f"{fmt(row['aug_over_step'], '8.1f'):>8}", flush=True)
-  load = os.getloadavg()
-  print(f"# load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"machine": machine, "load_avg": load, "rows": rows}, f,
-                indent=2)
+    print(table.row(size, batch, *(row[k] for k in (
+        "source", "stream_img_s", "load_img_s", "gather_img_s", "aug_img_s",
+        "step_img_s", "aug_over_step"))), flush=True)
+  load = common.print_load_after()
+  common.write_json(args.json, {"machine": machine, "load_avg": load,
+                                "rows": rows})
   return rows
 
 

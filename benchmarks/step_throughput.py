@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from maskcon_jax import models  # noqa: E402
 from maskcon_jax import train_state as train_state_lib  # noqa: E402
 from maskcon_jax import train_step as steps  # noqa: E402
@@ -49,14 +48,6 @@ from maskcon_jax import train_step as steps  # noqa: E402
 class _Config(dict):
   """Just enough of an ml_collections.ConfigDict for the optimizer helpers."""
   __getattr__ = dict.__getitem__
-
-
-def _ints(text):
-  return [int(x) for x in text.split(",") if x]
-
-
-def _strs(text):
-  return [x for x in text.split(",") if x]
 
 
 def _jaxpr_flops(jaxpr) -> float:
@@ -222,37 +213,35 @@ def measure(arch, width, image_size, batch_size, queue_size, precision,
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--archs", type=_strs, default=["resnet18"])
-  parser.add_argument("--widths", type=_ints, default=[64])
-  parser.add_argument("--image_sizes", type=_ints, default=[32])
-  parser.add_argument("--batch_sizes", type=_ints, default=[128])
-  parser.add_argument("--queue_sizes", type=_ints, default=[8192])
-  parser.add_argument("--precisions", type=_strs, default=["float32"])
-  parser.add_argument("--device_counts", type=_ints, default=None,
+  parser.add_argument("--archs", type=common.strs, default=["resnet18"])
+  parser.add_argument("--widths", type=common.ints, default=[64])
+  parser.add_argument("--image_sizes", type=common.ints, default=[32])
+  parser.add_argument("--batch_sizes", type=common.ints, default=[128])
+  parser.add_argument("--queue_sizes", type=common.ints, default=[8192])
+  parser.add_argument("--precisions", type=common.strs, default=["float32"])
+  parser.add_argument("--device_counts", type=common.ints, default=None,
                       help="default: all devices")
   parser.add_argument("--mode", default="maskcon")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="per-device peak for MFU, e.g. 989 (H100 bf16)")
-  parser.add_argument("--json", default=None, help="write results here")
-  parser.add_argument("--smoke", action="store_true",
-                      help="one tiny configuration, for CI")
+  common.add_output_flags(parser)
   args = parser.parse_args(argv)
   if args.smoke:
     args.archs, args.widths, args.image_sizes = ["resnet10"], [4], [8]
     args.batch_sizes, args.queue_sizes, args.steps, args.warmup = [8], [16], 2, 1
   device_counts = args.device_counts or [jax.device_count()]
 
-  header = (f"{'arch':9} {'width':>5} {'px':>4} {'batch':>6} {'queue':>6} "
-            f"{'precision':>9} {'dev':>3} {'compile_s':>9} {'step_ms':>9} "
-            f"{'img_s':>9} {'img_s_dev':>9} {'gflop_img':>9} {'tflop_s':>8} "
-            f"{'mfu':>6} {'scaling':>7}")
-  device = jax.devices()[0]
-  print(f"# device: {device.platform} {getattr(device, 'device_kind', '')} x"
-        f"{jax.device_count()}; host {platform.node()} ({os.cpu_count()} cpus); "
-        f"jax {jax.__version__}")
-  print(header)
+  table = common.Table([
+      ("arch", "<9", ""), ("width", ">5", ""), ("px", ">4", ""),
+      ("batch", ">6", ""), ("queue", ">6", ""), ("precision", ">9", ""),
+      ("dev", ">3", ""), ("compile_s", ">9", ".1f"), ("step_ms", ">9", ".2f"),
+      ("img_s", ">9", ".0f"), ("img_s_dev", ">9", ".0f"),
+      ("gflop_img", ">9", ".3f"), ("tflop_s", ">8", ".2f"),
+      ("mfu", ">6", ".1%"), ("scaling", ">7", ".2f")])
+  common.print_machine(device_count=True, load=False)
+  print(table.header())
   rows, single = [], {}
   for combo in itertools.product(args.archs, args.widths, args.image_sizes,
                                  args.batch_sizes, args.queue_sizes,
@@ -267,18 +256,12 @@ def main(argv=None):
     row["mfu"] = (row["tflop_s"] / (args.peak_tflops * row["devices"])
                   if args.peak_tflops and row["tflop_s"] else None)
     rows.append(row)
-    fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-    print(f"{row['arch']:9} {row['width']:>5} {row['image_size']:>4} "
-          f"{row['batch']:>6} {row['queue']:>6} {row['precision']:>9} "
-          f"{row['devices']:>3} {row['compile_s']:>9.1f} {row['step_ms']:>9.2f} "
-          f"{row['img_s']:>9.0f} {row['img_s_dev']:>9.0f} "
-          f"{fmt(row['gflop_img'], '9.3f'):>9} {fmt(row['tflop_s'], '8.2f'):>8} "
-          f"{fmt(row['mfu'], '6.1%'):>6} {fmt(row['scaling'], '7.2f'):>7}",
-          flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": str(device), "jax": jax.__version__, "rows": rows},
-                f, indent=2)
+    print(table.row(*(row[k] for k in (
+        "arch", "width", "image_size", "batch", "queue", "precision",
+        "devices", "compile_s", "step_ms", "img_s", "img_s_dev", "gflop_img",
+        "tflop_s", "mfu", "scaling"))), flush=True)
+  common.write_json(args.json, {"device": str(jax.devices()[0]),
+                                "jax": jax.__version__, "rows": rows})
   return rows
 
 

@@ -34,7 +34,7 @@ BENCHMARKS.md for why).
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import platform
 import statistics
@@ -43,20 +43,23 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import common  # noqa: E402
+
 
 def _torch():
   import torch  # pylint: disable=g-import-not-at-top
   return torch
 
 
-def build_torch_step(width: int, image_size: int, batch_size: int,
-                     queue_size: int, *, num_coarse: int = 20,
-                     embed_dim: int = 256, stages=(2, 2, 2, 2), seed: int = 0,
-                     channels_last: bool = False):
-  """The official step as a closure ``step() -> loss``, on fixed views."""
+@functools.cache
+def _torch_modules():
+  """The torch module classes ``(BasicBlock, Encoder)``, made on first use.
+
+  Defined here rather than at module level because torch is imported late
+  (after ``OMP_WAIT_POLICY`` is set) and is not a dependency of maskcon_jax.
+  """
   torch = _torch()
   nn, F = torch.nn, torch.nn.functional
-  torch.manual_seed(seed)
 
   class BasicBlock(nn.Module):
     """torchvision's BasicBlock."""
@@ -81,7 +84,7 @@ def build_torch_step(width: int, image_size: int, batch_size: int,
   class Encoder(nn.Module):
     """CIFAR ResNet-18 backbone (the official figsize <= 64 variant) + heads."""
 
-    def __init__(self):
+    def __init__(self, width, stages, embed_dim, num_coarse):
       super().__init__()
       self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
       self.bn1 = nn.BatchNorm2d(width)
@@ -103,10 +106,44 @@ def build_torch_step(width: int, image_size: int, batch_size: int,
       h = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
       return self.projector(h)
 
+  return BasicBlock, Encoder
+
+
+def build_torch_encoder(width: int, *, stages=(2, 2, 2, 2),
+                        embed_dim: int = 256, num_coarse: int = 20):
+  """The official encoder: CIFAR ResNet (3x3 stem) and projector, in torch.
+
+  Args:
+    width: channels of the first stage (64 for ResNet-18); stage ``i`` has
+      ``width * 2**i``.
+    stages: BasicBlocks per stage ((2, 2, 2, 2) is ResNet-18).
+    embed_dim: the projection's size (the output of ``forward``).
+    num_coarse: outputs of the coarse classifier head, which ``forward`` does
+      not use (the official model has it; it gets no gradient in a step).
+
+  Returns:
+    A ``torch.nn.Module`` whose ``forward(x)`` maps NCHW images to the
+    (unnormalised) projection, freshly initialised from torch's global RNG.
+  """
+  _, encoder = _torch_modules()
+  return encoder(width, stages, embed_dim, num_coarse)
+
+
+def build_torch_step(width: int, image_size: int, batch_size: int,
+                     queue_size: int, *, num_coarse: int = 20,
+                     embed_dim: int = 256, stages=(2, 2, 2, 2), seed: int = 0,
+                     channels_last: bool = False):
+  """The official step as a closure ``step() -> loss``, on fixed views."""
+  torch = _torch()
+  F = torch.nn.functional
+  torch.manual_seed(seed)
+  new_encoder = functools.partial(build_torch_encoder, width, stages=stages,
+                                  embed_dim=embed_dim, num_coarse=num_coarse)
+
   memory_format = (torch.channels_last if channels_last
                    else torch.contiguous_format)
-  encoder_q = Encoder().to(memory_format=memory_format)
-  encoder_k = Encoder().to(memory_format=memory_format)
+  encoder_q = new_encoder().to(memory_format=memory_format)
+  encoder_k = new_encoder().to(memory_format=memory_format)
   encoder_k.load_state_dict(encoder_q.state_dict())
   for p in encoder_k.parameters():
     p.requires_grad = False
@@ -189,13 +226,11 @@ def main(argv=None):
   parser.add_argument("--compare_jax", action="store_true",
                       help="also time our jitted step, alternating")
   parser.add_argument("--jax_variants", default=["process"],
-                      type=lambda t: [x for x in t.split(",") if x],
+                      type=common.strs,
                       help="comma-separated step_throughput.CPU_VARIANTS")
   parser.add_argument("--precision", default="float32",
                       help="our step's precision (torch stays float32)")
-  parser.add_argument("--json", default=None, help="write results here")
-  parser.add_argument("--smoke", action="store_true",
-                      help="one tiny configuration, for CI")
+  common.add_output_flags(parser)
   args = parser.parse_args(argv)
   stages = (2, 2, 2, 2)
   arch = "resnet18"
@@ -251,8 +286,7 @@ def main(argv=None):
                                    for n in med_cpu},
              jax_compile_s={v: s.compile_s for v, s in jax_steps.items()},
              load_avg_before=load_before, load_avg=load)
-  print(f"# host {platform.node()} ({os.cpu_count()} cpus, "
-        f"{platform.processor() or platform.machine()}); torch "
+  print(f"# {common.host(platform.processor() or platform.machine())}; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})"
         + (f"; jax {__import__('jax').__version__}" if jax_steps else ""))
@@ -260,17 +294,17 @@ def main(argv=None):
         f"{args.batch_size}, queue {args.queue_size}; median of {args.steps} "
         f"alternating steps after {args.warmup} warm-up")
   print(f"# load average (1/5/15 min) before timing "
-        f"{' '.join(f'{v:.2f}' for v in load_before)}, after "
-        f"{' '.join(f'{v:.2f}' for v in load)}")
-  print(f"{'side':16} {'step_s':>8} {'cpu_s':>8} {'x torch':>8} "
-        f"{'cpu x torch':>11}")
+        f"{common.load_average(load_before)}, after "
+        f"{common.load_average(load)}")
+  table = common.Table([("side", "<16", ""), ("step_s", ">8", ".3f"),
+                        ("cpu_s", ">8", ".3f"), ("x torch", ">8", ".2f"),
+                        ("cpu x torch", ">11", ".2f")])
+  print(table.header())
   for name in runners:
-    print(f"{name:16} {med[name]:>8.3f} {med_cpu[name]:>8.3f} "
-          f"{row['ratio_over_torch'][name]:>8.2f} "
-          f"{row['cpu_ratio_over_torch'][name]:>11.2f}", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(row, f, indent=2)
+    print(table.row(name, med[name], med_cpu[name],
+                    row["ratio_over_torch"][name],
+                    row["cpu_ratio_over_torch"][name]), flush=True)
+  common.write_json(args.json, row)
   return row
 
 
