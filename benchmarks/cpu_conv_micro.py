@@ -16,6 +16,7 @@ compares one XLA configuration against the same torch baseline. Needs torch
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -44,6 +45,46 @@ LAYERS = (
 )
 
 
+def _xla_conv(x, w, strides, padding):
+  return jax.lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_shifted_matmul_kernel_grad(x, w, strides, padding):
+  """An NHWC/HWIO convolution whose kernel gradient is one matmul per tap.
+
+  ``dW[i, j] = x_shifted(i, j)^T @ dy`` contracting batch and space, so XLA
+  needs no transposed copies of the activations (its own kernel-gradient
+  convolution contracts the batch dimension and transposes both operands).
+  The input gradient is XLA's. An experiment for BENCHMARKS.md ("What we
+  tried"); `--kernel_grad=shifted_matmuls`.
+  """
+  return _xla_conv(x, w, strides, padding)
+
+
+def _shifted_fwd(x, w, strides, padding):
+  return _xla_conv(x, w, strides, padding), (x, w)
+
+
+def _shifted_bwd(strides, padding, residuals, dy):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, padding), x)
+  (dx,) = input_vjp(dy)
+  x_padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  (n, h_out, w_out, _), (sh, sw) = dy.shape, strides
+  taps = [[jax.lax.dot_general(
+      jax.lax.slice(x_padded, (0, i, j, 0),
+                    (n, i + sh * (h_out - 1) + 1, j + sw * (w_out - 1) + 1,
+                     x_padded.shape[3]), (1, sh, sw, 1)),
+      dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+           for j in range(w.shape[1])] for i in range(w.shape[0])]
+  return dx, jnp.stack([jnp.stack(row) for row in taps]).astype(w.dtype)
+
+
+conv_shifted_matmul_kernel_grad.defvjp(_shifted_fwd, _shifted_bwd)
+
+
 def _median_time(fn, repeats):
   times = []
   for _ in range(repeats):
@@ -59,6 +100,9 @@ def main(argv=None):
   parser.add_argument("--width", type=int, default=64,
                       help="ResNet width (64 = standard); scales channels")
   parser.add_argument("--layout", default="NHWC", choices=("NHWC", "NCHW"))
+  parser.add_argument("--kernel_grad", default="xla",
+                      choices=("xla", "shifted_matmuls"),
+                      help="how JAX computes the kernel gradient (NHWC only)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--layers", default=None,
                       help="comma-separated subset of layer names")
@@ -69,6 +113,8 @@ def main(argv=None):
   common.add_output_flags(parser,
                           smoke_help="two small layers, batch 2, for CI")
   args = parser.parse_args(argv)
+  if args.kernel_grad != "xla" and args.layout != "NHWC":
+    parser.error("--kernel_grad=shifted_matmuls needs --layout=NHWC")
   if args.smoke:
     args.batch, args.width, args.repeats, args.layers = 2, 8, 1, "stem,s4"
   if args.omp_wait_policy:
@@ -81,7 +127,8 @@ def main(argv=None):
   scale = args.width / 64
   print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY')}; jax "
-        f"{jax.__version__}; layout {args.layout}; batch {args.batch}; "
+        f"{jax.__version__}; layout {args.layout}; kernel gradient "
+        f"{args.kernel_grad}; batch {args.batch}; "
         f"load average {common.load_average()}")
   table = common.Table([
       ("layer", "<8", ""), ("x", ">3", ""), ("cin", ">4", ""),
@@ -108,6 +155,9 @@ def main(argv=None):
       dn = ("NCHW", "OIHW", "NCHW")
 
     def conv(x, w):
+      if args.kernel_grad == "shifted_matmuls":
+        return conv_shifted_matmul_kernel_grad(x, w, (stride, stride),
+                                               ((1, 1), (1, 1)))
       return jax.lax.conv_general_dilated(
           x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dn)
 
@@ -167,7 +217,8 @@ def main(argv=None):
         f"{total['jax']:.0f} ms, torch {total['torch']:.0f} ms; load average "
         f"{common.load_average()}")
   common.write_json(args.json, {"xla_flags": os.environ.get("XLA_FLAGS", ""),
-                                "layout": args.layout, "rows": rows,
+                                "layout": args.layout,
+                                "kernel_grad": args.kernel_grad, "rows": rows,
                                 "total_ms": total})
   return rows
 

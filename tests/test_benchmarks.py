@@ -93,6 +93,34 @@ def test_cpu_conv_micro_smoke(tmp_path, capsys):
   assert "ratio" in printed
 
 
+def test_cpu_conv_micro_jax_side_without_torch(tmp_path, capsys):
+  rows, printed, data = _run(cpu_conv_micro, tmp_path, capsys, "--no_torch",
+                             "--kernel_grad=shifted_matmuls")
+  assert data["kernel_grad"] == "shifted_matmuls"
+  assert all(_positive(r["jax_fwd_ms"], r["jax_bwd_ms"]) and
+             r["torch_bwd_ms"] is None for r in rows)
+  assert "kernel gradient shifted_matmuls" in printed
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shifted_matmul_kernel_grad_matches_xla(stride):
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(stride)
+  x = rng.normal(size=(3, 8, 8, 5)).astype(np.float32)
+  w = rng.normal(size=(3, 3, 5, 4)).astype(np.float32)
+  r = rng.normal(size=(3, 8 // stride, 8 // stride, 4)).astype(np.float32)
+  padding = ((1, 1), (1, 1))
+
+  def loss(conv):
+    return lambda x, w: (conv(x, w, (stride, stride), padding) * r).sum()
+
+  ours = jax.grad(loss(cpu_conv_micro.conv_shifted_matmul_kernel_grad),
+                  argnums=(0, 1))(x, w)
+  xla = jax.grad(loss(cpu_conv_micro._xla_conv), argnums=(0, 1))(x, w)
+  for a, b in zip(ours, xla):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_cpu_variants_compile_and_the_import_default():
   """Every CPU variant is a valid per-program option set, and on jaxlib 0.10
   `import maskcon_jax` makes CPU convolutions use Eigen, not YNNPACK."""
