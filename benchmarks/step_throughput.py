@@ -112,6 +112,16 @@ CPU_VARIANTS = {
     "eigen_conv_no_ynn_reduce": {
         YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
     "no_ynn": {YNN_FUSION_OPTION: ""},
+    # XLA's scheduler that orders independent ops to run concurrently; both
+    # settings, on top of Eigen convolutions.
+    "eigen_conv_concurrency_sched": {
+        YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                           "LIBRARY_FUSION_TYPE_REDUCE",
+        "xla_cpu_enable_concurrency_optimized_scheduler": True},
+    "eigen_conv_sequential_sched": {
+        YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                           "LIBRARY_FUSION_TYPE_REDUCE",
+        "xla_cpu_enable_concurrency_optimized_scheduler": False},
     "process": None,  # Whatever XLA_FLAGS (and maskcon_jax) set.
 }
 
