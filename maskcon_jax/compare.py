@@ -11,15 +11,16 @@ of `maskcon_jax.train_step.MODES` plus config overrides for that mode only
 (``grafit:w=1.0``, ``maskcon:t=0.1:w=0.8``; a dotted FIELD reaches a nested
 field). ``--config.*`` overrides apply to every mode. Every (mode, seed) run
 trains in its own ``WORKDIR/<entry>/seed_<seed>/`` with
-`trainer.train_and_evaluate`, then `evaluate.run_evaluation` adds kNN top-1.
+`trainer.train_and_evaluate`, then `evaluate.run_evaluation` adds kNN top-1,
+MAP@R and a linear probe.
 Rerunning the command resumes unfinished runs and skips finished ones whose
 saved config is unchanged.
 
 Writes ``WORKDIR/comparison.md`` (the table, also printed),
 ``WORKDIR/comparison.png`` (fine Recall@1 per mode, error bars = std over
 seeds) and ``WORKDIR/comparison.json`` (the rows, per-seed numbers included).
-``--noevaluate`` skips the extra evaluation (kNN and R@K beyond the config's
-``retrieval_ks`` then read n/a), which on large training splits can take
+``--noevaluate`` skips the extra evaluation (kNN, MAP@R, the probe and R@K
+beyond the config's ``retrieval_ks`` then read n/a), which on large training splits can take
 longer than a short training run.
 
 Exit status: 0 done; 2 a problem to fix, one ``error: ...`` line on stderr
@@ -62,7 +63,9 @@ JSON_FILE = "comparison.json"
 TIMING_FILE = "comparison_timing.json"
 # The table's metrics: (key in results / eval_test.json, column header).
 METRICS = (("fine_recall@1", "fine R@1"), ("fine_recall@5", "fine R@5"),
-           ("fine_recall@10", "fine R@10"), ("knn_fine_top1", "kNN top-1"))
+           ("fine_recall@10", "fine R@10"), ("knn_fine_top1", "kNN top-1"),
+           ("fine_map@r", "fine MAP@R"),
+           ("linear_probe_fine_top1", "linear probe"))
 
 
 def available_modes() -> tuple[str, ...]:
@@ -291,8 +294,8 @@ def run_comparison(config: ml_collections.ConfigDict,
     workdir: where the runs (``<entry>/seed_<seed>/``) and the comparison
       files go.
     seeds: training seeds; ``[config.seed]`` if None or empty.
-    evaluate: also run `evaluate.run_evaluation` on each run for kNN top-1
-      and Recall@K up to 10.
+    evaluate: also run `evaluate.run_evaluation` on each run for kNN top-1,
+      MAP@R, the linear probe and Recall@K up to 10.
 
   Returns:
     One dict per entry of ``modes``, in order: ``label``, ``spec``,
@@ -365,7 +368,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   spread = ("mean ± sample std over seeds " if len(seeds) > 1 else "seed ")
   note = (f"\nFine-label retrieval on the test split; {spread}"
           f"{', '.join(map(str, seeds))}. kNN top-1 uses the training split "
-          "as the bank (k = 20). Wall time: seconds in training (compilation, "
+          "as the bank (k = 20); MAP@R ranks each query's R same-class items "
+          "(Musgrave et al.); the linear probe is a softmax classifier of "
+          "the fine labels on frozen training features. Wall time: seconds in training (compilation, "
           "queue pre-fill, training and its final evaluation), per seed.\n")
   return "\n".join(lines) + "\n" + note
 
@@ -414,7 +419,8 @@ def define_flags() -> None:
   flags.DEFINE_list("seeds", None, "Comma-separated training seeds; the "
                     "config's seed if unset.")
   flags.DEFINE_boolean("evaluate", True, "Also run maskcon_jax.evaluate on "
-                       "each run (kNN top-1, Recall@K up to 10).")
+                       "each run (kNN top-1, MAP@R, linear probe, Recall@K up "
+                       "to 10).")
   flags.mark_flags_as_required(["config", "workdir", "modes"])
 
 

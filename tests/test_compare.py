@@ -44,15 +44,17 @@ def test_writes_table_plot_and_json(compared):
   table = (workdir / "comparison.md").read_text()
   body = [l for l in table.splitlines() if l.startswith("| ")]
   assert body[0].startswith("| mode | steps | fine R@1 | fine R@5 | fine R@10 "
-                            "| kNN top-1 | wall time (s) |")
+                            "| kNN top-1 | fine MAP@R | linear probe "
+                            "| wall time (s) |")
   assert [l.split(" | ")[0] for l in body[1:]] == ["| maskcon",
                                                    "| grafit (w=1.0)"]
   for line in body[1:]:
     cells = [c.strip() for c in line.strip("| ").split(" | ")]
     assert cells[1] == "4"  # One epoch of 64 examples at batch 16.
-    for cell in cells[2:6]:  # R@1, R@5, R@10, kNN: mean ± std over 2 seeds.
+    # R@1, R@5, R@10, kNN, MAP@R, probe: mean ± std over 2 seeds.
+    for cell in cells[2:8]:
       assert re.fullmatch(r"[01]\.\d{3} ± \d\.\d{3}", cell), line
-    assert float(cells[6]) > 0
+    assert float(cells[8]) > 0
   assert "seeds 3, 4" in table
 
   from matplotlib import image
@@ -74,7 +76,8 @@ def test_rows_are_mean_and_sample_std_of_the_runs(compared):
       assert results["complete"] and results["step"] == 4
       report = json.loads((run_dir / "eval_test.json").read_text())
       assert run["fine_recall@1"] == results["fine_recall@1"]
-      assert run["knn_fine_top1"] == report["knn_fine_top1"]
+      for key in ("knn_fine_top1", "fine_map@r", "linear_probe_fine_top1"):
+        assert run[key] == report[key], key
       # tiny's retrieval_ks stop at 5; evaluate's report adds R@10.
       assert run["fine_recall@10"] == report["fine_recall@10"]
       r1.append(results["fine_recall@1"])
