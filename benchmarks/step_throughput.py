@@ -1,19 +1,22 @@
 r"""Train-step throughput of the full MaskCon step (augmentation included).
 
 Times the jitted, donated train step on synthetic uint8 images for a grid of
-architecture, width, image size, batch, queue size, precision and device
+mode (any of ``train_step.MODES``, built by ``train_step.step_for_config`` as
+in training), architecture, width, image size, batch, queue size, precision and device
 count, and prints one table (and writes JSON with --json). Needs jax, flax and
 optax only, so it runs on a bare accelerator image.
 
   python benchmarks/step_throughput.py                       # reference config
   python benchmarks/step_throughput.py --batch_sizes=256,512 \
       --precisions=bfloat16 --peak_tflops=989                 # one H100 (dense bf16)
+  python benchmarks/step_throughput.py --modes=maskcon,wcl,selfcon,saliency
   python benchmarks/step_throughput.py --smoke                # seconds; for CI
 
 Columns: compile_s (lowering + compilation), step_ms (median over --steps
 after --warmup), img_s (batch / median), img_s_dev (per device), gflop_img
-(model FLOPs per training image: key forward + query forward and backward,
-counted from the model's convolutions and matmuls), tflop_s (achieved model
+(model FLOPs per training image: for the queue modes key forward + query
+forward and backward, see ``FORWARDS_PER_IMAGE`` for the others; counted
+from the model's convolutions and matmuls), tflop_s (achieved model
 FLOP/s) and mfu (achieved / (--peak_tflops x devices)) when a peak is given.
 
 On CPU the step runs with the XLA options `maskcon_jax` sets at import (see
@@ -83,19 +86,28 @@ def _sub_jaxprs(params):
       yield value
 
 
-def model_flops_per_image(model, image_size: int, channels: int) -> float:
-  """Model FLOPs of one training image: key forward + query forward/backward.
+# Encoder forward passes per training image, backward = 2 x forward (the
+# usual MFU convention): a queue mode's key forward + query forward/backward
+# is 4; WCL's two views forward/backward 6; SelfCon's one view 3; saliency's
+# key forwards of the weak and the strong view and of one hard negative plus
+# the query's forward/backward 6 (with the default num_hard_negatives = 1).
+FORWARDS_PER_IMAGE = {"wcl": 6, "selfcon": 3, "saliency": 6}
 
-  The usual MFU convention: backward = 2 x forward, so a MaskCon step costs
-  4 forward passes per image; augmentation, loss and optimizer are not
-  counted.
+
+def model_flops_per_image(model, image_size: int, channels: int,
+                          mode: str = "maskcon") -> float:
+  """Model FLOPs of one training image of ``mode``'s step.
+
+  ``FORWARDS_PER_IMAGE`` (4 for the queue modes) times the FLOPs of one
+  forward of ``model`` (multi-exit and second heads included); augmentation,
+  loss and optimizer are not counted.
   """
   x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), x)
   forward = jax.make_jaxpr(functools.partial(model.apply, train=False))(
       variables, x)
-  return 4.0 * _jaxpr_flops(forward.jaxpr)
+  return FORWARDS_PER_IMAGE.get(mode, 4) * _jaxpr_flops(forward.jaxpr)
 
 
 # Per-program XLA options for comparing CPU code paths in one process. The
@@ -157,12 +169,15 @@ def build_step(arch, width, image_size, batch_size, queue_size, precision,
   mesh = jax.sharding.Mesh(np.array(devices), ("data",),
                            axis_types=(jax.sharding.AxisType.Auto,))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  model = models.Encoder(
-      backbone=models.build_backbone(arch, width, image_size),
-      embed_dim=embed_dim, proj_hidden_dim=512, num_coarse=num_coarse,
-      dtype=models.DTYPES[precision])
-  config = _Config(num_epochs=200, warmup_epochs=5, learning_rate=0.02,
-                   weight_decay=5e-4, momentum=0.9)
+  # The official hyperparameters; method fields take METHOD_DEFAULTS.
+  config = _Config(arch=arch, width=width, image_size=image_size,
+                   embed_dim=embed_dim, proj_hidden_dim=512,
+                   precision=precision, mode=mode, t0=0.1, t=0.05, w=0.5,
+                   ema_momentum=0.99, key_bn="global", bn_splits=1,
+                   query_bn="global", strong_policy=strong_policy,
+                   weak_policy=weak_policy, num_epochs=200, warmup_epochs=5,
+                   learning_rate=0.02, weight_decay=5e-4, momentum=0.9)
+  model = models.build_encoder(config, num_coarse)
   schedule = train_state_lib.learning_rate_schedule(config, 390)
   tx = train_state_lib.make_optimizer(config, schedule)
   create = functools.partial(
@@ -173,10 +188,8 @@ def build_step(arch, width, image_size, batch_size, queue_size, precision,
   state = jax.jit(create, out_shardings=jax.tree.map(lambda _: replicated,
                                                      abstract))(
                                                          jax.random.key(0))
-  step_fn = jax.jit(functools.partial(
-      steps.train_step, mode=mode, t0=0.1, t=0.05, w=0.5, ema_momentum=0.99,
-      image_size=image_size, mean=(0.5,) * channels, std=(0.25,) * channels,
-      strong_policy=strong_policy, weak_policy=weak_policy),
+  step_fn = jax.jit(steps.step_for_config(
+      config, mean=(0.5,) * channels, std=(0.25,) * channels),
       donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = {
@@ -202,7 +215,8 @@ def measure(arch, width, image_size, batch_size, queue_size, precision,
                      precision, num_devices, mode=mode, num_coarse=num_coarse,
                      embed_dim=embed_dim, channels=channels,
                      strong_policy=strong_policy, weak_policy=weak_policy)
-  flops = model_flops_per_image(built.model, image_size, channels) * batch_size
+  flops = model_flops_per_image(built.model, image_size, channels,
+                                mode) * batch_size
   for _ in range(warmup):
     built.run()
   times = []
@@ -213,7 +227,7 @@ def measure(arch, width, image_size, batch_size, queue_size, precision,
   step_s = statistics.median(times)
   if not np.isfinite(float(built.metrics["loss"])):
     raise FloatingPointError("non-finite loss in benchmark")
-  return dict(arch=arch, width=width, image_size=image_size, batch=batch_size,
+  return dict(mode=mode, arch=arch, width=width, image_size=image_size, batch=batch_size,
               queue=queue_size, precision=precision, devices=num_devices,
               compile_s=built.compile_s, step_ms=1e3 * step_s,
               img_s=batch_size / step_s,
@@ -231,7 +245,8 @@ def main(argv=None):
   parser.add_argument("--precisions", type=common.strs, default=["float32"])
   parser.add_argument("--device_counts", type=common.ints, default=None,
                       help="default: all devices")
-  parser.add_argument("--mode", default="maskcon")
+  parser.add_argument("--modes", type=common.strs, default=["maskcon"],
+                      help="comma-separated train_step.MODES")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--peak_tflops", type=float, default=None,
@@ -244,7 +259,7 @@ def main(argv=None):
   device_counts = args.device_counts or [jax.device_count()]
 
   table = common.Table([
-      ("arch", "<9", ""), ("width", ">5", ""), ("px", ">4", ""),
+      ("mode", "<8", ""), ("arch", "<9", ""), ("width", ">5", ""), ("px", ">4", ""),
       ("batch", ">6", ""), ("queue", ">6", ""), ("precision", ">9", ""),
       ("dev", ">3", ""), ("compile_s", ">9", ".1f"), ("step_ms", ">9", ".2f"),
       ("img_s", ">9", ".0f"), ("img_s_dev", ">9", ".0f"),
@@ -253,12 +268,12 @@ def main(argv=None):
   common.print_machine(device_count=True, load=False)
   print(table.header())
   rows, single = [], {}
-  for combo in itertools.product(args.archs, args.widths, args.image_sizes,
-                                 args.batch_sizes, args.queue_sizes,
-                                 args.precisions, device_counts):
-    row = measure(*combo, mode=args.mode, steps_timed=args.steps,
+  for mode, *combo in itertools.product(
+      args.modes, args.archs, args.widths, args.image_sizes, args.batch_sizes,
+      args.queue_sizes, args.precisions, device_counts):
+    row = measure(*combo, mode=mode, steps_timed=args.steps,
                   warmup=args.warmup)
-    key = combo[:-1]
+    key = (mode, *combo[:-1])
     if row["devices"] == 1:
       single[key] = row["img_s"]
     row["scaling"] = (row["img_s_dev"] / single[key] if key in single
@@ -267,7 +282,7 @@ def main(argv=None):
                   if args.peak_tflops and row["tflop_s"] else None)
     rows.append(row)
     print(table.row(*(row[k] for k in (
-        "arch", "width", "image_size", "batch", "queue", "precision",
+        "mode", "arch", "width", "image_size", "batch", "queue", "precision",
         "devices", "compile_s", "step_ms", "img_s", "img_s_dev", "gflop_img",
         "tflop_s", "mfu", "scaling"))), flush=True)
   common.write_json(args.json, {"device": str(jax.devices()[0]),

@@ -11,6 +11,7 @@ the same ``TrainState``, so checkpoints, resumption and evaluation are shared.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -20,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from maskcon_jax import augment
 from maskcon_jax import losses
+from maskcon_jax import models
 from maskcon_jax import train_state as train_state_lib
 
 Array = jax.Array
@@ -682,3 +684,51 @@ def saliency_train_step(state: train_state_lib.TrainState,
       target_batch_stats=target_batch_stats, queue_KxD=queue_KxD,
       queue_labels_K=queue_labels_K, queue_ptr=queue_ptr)
   return new_state, metrics
+
+
+def step_for_config(config, *, mean: Sequence[float], std: Sequence[float],
+                    schedule: Callable[[Array], Array] | None = None,
+                    mesh=None) -> Callable:
+  """``config``'s train step ``(state, batch) -> (state, metrics)``, not jitted.
+
+  Binds the step function of ``config.mode`` to the config's hyperparameters
+  (method fields it leaves out take ``models.METHOD_DEFAULTS``), so the
+  trainer, benchmarks and notebooks build the same step.
+
+  Args:
+    config: a training config (an ``ml_collections.ConfigDict`` or any mapping
+      with attribute access and ``get``).
+    mean, std: the dataset's normalisation.
+    schedule: the learning-rate schedule, only for logging it.
+    mesh: the device mesh (key BN ``shuffle`` and query BN ``per_device``).
+  """
+  option = functools.partial(models.method_option, config)
+  views = dict(image_size=config.image_size, mean=tuple(mean), std=tuple(std))
+  query = dict(schedule=schedule, query_bn=config.query_bn, mesh=mesh)
+  keys = dict(ema_momentum=config.ema_momentum, key_bn=config.key_bn,
+              bn_splits=config.bn_splits, strong_policy=config.strong_policy,
+              weak_policy=config.weak_policy)
+  if config.mode == "wcl":
+    return functools.partial(
+        wcl_train_step, t0=config.t0, view_policy=config.strong_policy,
+        same_coarse_nn=option("wcl_same_coarse_nn"),
+        graph_weight=option("wcl_graph_weight"), **query, **views)
+  if config.mode == "selfcon":
+    return functools.partial(
+        selfcon_train_step, t0=config.t0,
+        base_temperature=option("selfcon_base_temperature"),
+        label_free=option("selfcon_label_free"),
+        view_policy=config.strong_policy, **query, **views)
+  if config.mode == "saliency":
+    return functools.partial(
+        saliency_train_step, t0=config.t0, alpha=option("alpha"),
+        num_hard_negatives=option("num_hard_negatives"),
+        strategy=option("saliency_strategy"), grid=option("saliency_grid"),
+        fg_std=option("saliency_fg_std"),
+        query_ratio=tuple(option("saliency_query_ratio")),
+        negative_ratio=tuple(option("saliency_negative_ratio")),
+        query_noise_std=option("saliency_query_noise_std"),
+        negative_noise_std=option("saliency_negative_noise_std"),
+        blur=models.saliency_blur(config), **keys, **query, **views)
+  return functools.partial(train_step, mode=config.mode, t0=config.t0,
+                           t=config.t, w=config.w, **keys, **query, **views)

@@ -371,48 +371,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
 
 def make_train_step(exp: Experiment):
   """The jitted train step with ``exp``'s hyperparameters; donates the state."""
-  config = exp.config
-  views = dict(image_size=config.image_size, mean=tuple(exp.dataset.mean),
-               std=tuple(exp.dataset.std))
-  # Method fields absent from a config (e.g. configs/default.py with
-  # --config.mode=wcl) take models.METHOD_DEFAULTS.
-  option = functools.partial(models.method_option, config)
-  if config.mode == "wcl":
-    step = functools.partial(
-        steps.wcl_train_step, t0=config.t0, view_policy=config.strong_policy,
-        same_coarse_nn=option("wcl_same_coarse_nn"),
-        graph_weight=option("wcl_graph_weight"), schedule=exp.schedule,
-        query_bn=config.query_bn, mesh=exp.mesh, **views)
-  elif config.mode == "selfcon":
-    step = functools.partial(
-        steps.selfcon_train_step, t0=config.t0,
-        base_temperature=option("selfcon_base_temperature"),
-        label_free=option("selfcon_label_free"),
-        view_policy=config.strong_policy, schedule=exp.schedule,
-        query_bn=config.query_bn, mesh=exp.mesh, **views)
-  elif config.mode == "saliency":
-    step = functools.partial(
-        steps.saliency_train_step, t0=config.t0, alpha=option("alpha"),
-        num_hard_negatives=option("num_hard_negatives"),
-        strategy=option("saliency_strategy"), grid=option("saliency_grid"),
-        fg_std=option("saliency_fg_std"),
-        query_ratio=tuple(option("saliency_query_ratio")),
-        negative_ratio=tuple(option("saliency_negative_ratio")),
-        query_noise_std=option("saliency_query_noise_std"),
-        negative_noise_std=option("saliency_negative_noise_std"),
-        blur=models.saliency_blur(config), ema_momentum=config.ema_momentum,
-        strong_policy=config.strong_policy, weak_policy=config.weak_policy,
-        schedule=exp.schedule, key_bn=config.key_bn,
-        bn_splits=config.bn_splits, query_bn=config.query_bn, mesh=exp.mesh,
-        **views)
-  else:
-    step = functools.partial(
-        steps.train_step, mode=config.mode, t0=config.t0, t=config.t,
-        w=config.w, ema_momentum=config.ema_momentum,
-        strong_policy=config.strong_policy, weak_policy=config.weak_policy,
-        schedule=exp.schedule, key_bn=config.key_bn,
-        bn_splits=config.bn_splits, query_bn=config.query_bn, mesh=exp.mesh,
-        **views)
+  step = steps.step_for_config(exp.config, mean=exp.dataset.mean,
+                               std=exp.dataset.std, schedule=exp.schedule,
+                               mesh=exp.mesh)
   return jax.jit(step, donate_argnums=0)
 
 

@@ -32,11 +32,14 @@ def _positive(*values):
 
 
 def test_step_throughput_smoke(tmp_path, capsys):
-  rows, printed, data = _run(step_throughput, tmp_path, capsys)
-  assert len(rows) == 1 and data["rows"][0]["arch"] == "resnet10"
-  row = data["rows"][0]
-  assert {"step_ms", "img_s", "gflop_img", "compile_s"} <= set(row)
-  assert _positive(row["step_ms"], row["img_s"], row["gflop_img"])
+  # SelfCon: a method mode's step and multi-exit encoder build the same way.
+  rows, printed, data = _run(step_throughput, tmp_path, capsys,
+                             "--modes=maskcon,selfcon")
+  assert [(r["mode"], r["arch"]) for r in data["rows"]] == [
+      ("maskcon", "resnet10"), ("selfcon", "resnet10")]
+  for row in data["rows"]:
+    assert {"step_ms", "img_s", "gflop_img", "compile_s"} <= set(row)
+    assert _positive(row["step_ms"], row["img_s"], row["gflop_img"])
   assert "step_ms" in printed and "# device:" in printed
 
 
