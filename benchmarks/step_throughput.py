@@ -243,6 +243,8 @@ def main(argv=None):
   parser.add_argument("--batch_sizes", type=common.ints, default=[128])
   parser.add_argument("--queue_sizes", type=common.ints, default=[8192])
   parser.add_argument("--precisions", type=common.strs, default=["float32"])
+  parser.add_argument("--channels", type=int, default=3,
+                      help="image channels (1 for Fashion-MNIST)")
   parser.add_argument("--device_counts", type=common.ints, default=None,
                       help="default: all devices")
   parser.add_argument("--modes", type=common.strs, default=["maskcon"],
@@ -272,7 +274,7 @@ def main(argv=None):
       args.modes, args.archs, args.widths, args.image_sizes, args.batch_sizes,
       args.queue_sizes, args.precisions, device_counts):
     row = measure(*combo, mode=mode, steps_timed=args.steps,
-                  warmup=args.warmup)
+                  warmup=args.warmup, channels=args.channels)
     key = (mode, *combo[:-1])
     if row["devices"] == 1:
       single[key] = row["img_s"]
