@@ -268,6 +268,12 @@ def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
     for seed in seeds:
       run_config = config.copy_and_resolve_references()
       run_config.mode = mode
+      if any(f.split(".")[0] not in run_config for f in overrides):
+        # A method option the config file leaves out (e.g. saliency_strategy
+        # on configs/default.py): add the optional fields with their
+        # defaults, as the training command line does. Only then, so other
+        # runs keep configs equal to their saved config.json.
+        configuration.add_defaults(run_config)
       for field, value in overrides.items():
         _set_field(run_config, field, value, spec)
       run_config.seed = seed

@@ -135,6 +135,17 @@ def test_user_errors_before_any_run(modes, seeds, message, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_method_option_the_config_file_leaves_out():
+  # configs/tiny.py has no saliency fields; an entry may still set one, and
+  # the other entries' configs stay exactly the file's.
+  plan = compare._build_configs(
+      _config(), ["moco", "saliency:saliency_strategy=mean:alpha=1.0"], [3])
+  (moco,), (saliency,) = (runs for *_, runs in plan)
+  assert "saliency_strategy" not in moco and "alpha" not in moco
+  assert saliency.saliency_strategy == "mean" and saliency.alpha == 1.0
+  assert saliency.saliency_grid is None  # The other options: defaults.
+
+
 def test_cli_bad_mode_is_one_line_error(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "maskcon_jax.compare", "--config",
