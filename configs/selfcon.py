@@ -2,7 +2,8 @@ r"""SelfCon (self-contrastive learning with a multi-exit network), CPU-sized.
 
   python -m maskcon_jax.train --config configs/selfcon.py --workdir runs/selfcon
 
-Expected: see README comparison (the modes table). One strong view per image;
+Expected (README, "All seven methods"; 3 epochs, about 10-14 minutes on a
+2-core CPU): fine R@1 0.790, kNN 0.840. One strong view per image;
 SupCon over its backbone and sub-network embeddings, positives = same coarse
 label, scaled by t0 / tau_b (Bae et al., AAAI 2023). Retrieval uses the
 backbone features; `--config.eval_exit_ensemble=True` uses the concatenated

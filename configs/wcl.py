@@ -2,8 +2,9 @@ r"""WCL (weakly supervised contrastive learning) on Fashion-MNIST, CPU-sized.
 
   python -m maskcon_jax.train --config configs/wcl.py --workdir runs/wcl
 
-Expected: see README comparison (the modes table). WCL is unsupervised: two
-strong views per image through the query encoder, NT-Xent on the first head
+Expected (README, "All seven methods"; 3 epochs, about 10-14 minutes on a
+2-core CPU): fine R@1 0.800, kNN 0.844, linear probe 0.862. WCL is
+unsupervised: two strong views per image through the query encoder, NT-Xent on the first head
 plus SupCon on the second head with weak labels from the connected
 components of each view's 1-NN graph, swapped between the views (Zheng et
 al., ICCV 2021). `--config.wcl_same_coarse_nn=True` lets the coarse labels in
