@@ -4,12 +4,12 @@ r"""Saliency-guided masking on MoCo (Chin et al., WACV 2024), CPU-sized.
 
 Expected (README, "All seven methods"; 3 epochs, about 10-14 minutes on a
 2-core CPU): fine R@1 0.574, below MoCo's 0.760 on these 28 px images (the
-README says why). MoCo with a masked query and masked hard negatives: the
-key encoder's last activation map, summed over channels, rates a patch grid; the query (strong view) hides a share of
-salient and non-salient patches (ratio ~ U[.05, .25]), each hard negative
-(the key's weak view) hides only salient ones (ratio ~ U[.4, .7]) and enters
-the logits as alpha * q.t / t0. Strategies: hp (high-pass inputs, noise
-fill; the paper's best), blur, mean.
+README says why). MoCo with a masked query and masked hard negatives: the key
+encoder's last activation map, summed over channels, rates a patch grid; the
+query (strong view) hides a share of salient and non-salient patches (ratio ~
+U[.05, .25]), each hard negative (the key's weak view) hides only salient ones
+(ratio ~ U[.4, .7]) and enters the logits as alpha * q.t / t0. Strategies: hp
+(high-pass inputs, noise fill; the paper's best), blur, mean.
 
 Paper values kept: alpha 2, one hard negative per image, the mask ratios,
 foreground threshold mean - 0.6 std, noise std .18 / .14. Scaled to 28 px:

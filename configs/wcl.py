@@ -4,11 +4,11 @@ r"""WCL (weakly supervised contrastive learning) on Fashion-MNIST, CPU-sized.
 
 Expected (README, "All seven methods"; 3 epochs, about 10-14 minutes on a
 2-core CPU): fine R@1 0.800, kNN 0.844, linear probe 0.862. WCL is
-unsupervised: two strong views per image through the query encoder, NT-Xent on the first head
-plus SupCon on the second head with weak labels from the connected
-components of each view's 1-NN graph, swapped between the views (Zheng et
-al., ICCV 2021). `--config.wcl_same_coarse_nn=True` lets the coarse labels in
-by restricting each sample's nearest neighbour to its coarse class.
+unsupervised: two strong views per image through the query encoder, NT-Xent on
+the first head plus SupCon on the second head with weak labels from the
+connected components of each view's 1-NN graph, swapped between the views
+(Zheng et al., ICCV 2021). `--config.wcl_same_coarse_nn=True` lets the coarse
+labels in by restricting each sample's nearest neighbour to its coarse class.
 
 Paper values kept: temperature 0.1 for both losses, graph-loss weight 1,
 three-layer BN heads (smaller: 512 hidden, 128 out, instead of 4096/256).
