@@ -32,11 +32,12 @@ def _positive(*values):
 
 
 def test_step_throughput_smoke(tmp_path, capsys):
-  # SelfCon: a method mode's step and multi-exit encoder build the same way.
+  # SelfCon: a method mode's step and multi-exit encoder build the same way
+  # (the MaskCon step is timed by test_input_throughput_smoke's step row).
   rows, printed, data = _run(step_throughput, tmp_path, capsys,
-                             "--modes=maskcon,selfcon")
+                             "--modes=selfcon")
   assert [(r["mode"], r["arch"]) for r in data["rows"]] == [
-      ("maskcon", "resnet10"), ("selfcon", "resnet10")]
+      ("selfcon", "resnet10")]
   for row in data["rows"]:
     assert {"step_ms", "img_s", "gflop_img", "compile_s"} <= set(row)
     assert _positive(row["step_ms"], row["img_s"], row["gflop_img"])
