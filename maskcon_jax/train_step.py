@@ -154,6 +154,13 @@ def encode_keys(apply_fn, target_params, target_batch_stats, views, *,
   return losses.l2_normalize(out["projection"]), stats
 
 
+def _key_permutation(rng: Array, batch_size: int, key_bn: str) -> Array | None:
+  """The batch permutation of shuffle-BN; None for the other key BN modes."""
+  if key_bn != "shuffle":
+    return None
+  return jax.random.permutation(rng, batch_size)
+
+
 def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
                mode: str, t0: float, t: float, w: float, ema_momentum: float,
                image_size: int, mean: Sequence[float], std: Sequence[float],
@@ -188,11 +195,11 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
   # The official code moves the key encoder before computing the keys.
   target_params = train_state_lib.ema_update(state.target_params, state.params,
                                              ema_momentum)
-  permutation = (jax.random.permutation(shuffle_rng, labels_B.shape[0])
-                 if key_bn == "shuffle" else None)
   k_BxD, target_batch_stats = encode_keys(
       state.apply_fn, target_params, state.target_batch_stats, weak_views,
-      bn_mode=key_bn, bn_splits=bn_splits, permutation=permutation, mesh=mesh)
+      bn_mode=key_bn, bn_splits=bn_splits,
+      permutation=_key_permutation(shuffle_rng, labels_B.shape[0], key_bn),
+      mesh=mesh)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -597,13 +604,8 @@ def saliency_train_step(state: train_state_lib.TrainState,
     query_ratio, negative_ratio: ranges of the masking ratios.
     query_noise_std, negative_noise_std: noise of the ``hp`` fill.
     blur: ``(sigma, kernel_size)`` of the ``blur`` fill.
-    ema_momentum: ``m`` of the key encoder's EMA.
-    image_size, mean, std: view size and normalisation.
-    strong_policy, weak_policy: names in ``augment.VIEW_POLICIES``.
-    schedule: the learning-rate schedule, only for logging it.
-    key_bn, bn_splits: the key encoder's BatchNorm (see ``encode_keys``).
-    query_bn: ``global`` or ``per_device`` BatchNorm for the query encoder.
-    mesh: the device mesh (``shuffle`` and ``per_device`` need it).
+    ema_momentum, image_size, mean, std, strong_policy, weak_policy,
+      schedule, key_bn, bn_splits, query_bn, mesh: as for `train_step`.
 
   Returns:
     The new state and a dict of scalar metrics.
@@ -619,13 +621,10 @@ def saliency_train_step(state: train_state_lib.TrainState,
   target_params = train_state_lib.ema_update(state.target_params, state.params,
                                              ema_momentum)
 
-  def permutation(rng):
-    return (jax.random.permutation(rng, b) if key_bn == "shuffle" else None)
-
   key_kwargs = dict(bn_mode=key_bn, bn_splits=bn_splits, mesh=mesh)
   key_out, target_batch_stats = key_forward(
       state.apply_fn, target_params, state.target_batch_stats, weak_views,
-      permutation=permutation(shuffle_rngs[0]), **key_kwargs)
+      permutation=_key_permutation(shuffle_rngs[0], b, key_bn), **key_kwargs)
   k_BxD = losses.l2_normalize(key_out["projection"])
   # The strong view's map comes from a key-encoder pass over the strong views;
   # its BatchNorm statistics are dropped, so the key encoder's running
@@ -650,7 +649,8 @@ def saliency_train_step(state: train_state_lib.TrainState,
     # Each batch of negatives gets its own shuffle, as the official code.
     negative_out, target_batch_stats = key_forward(
         state.apply_fn, target_params, target_batch_stats, negative_views,
-        permutation=permutation(shuffle_rngs[1 + m]), **key_kwargs)
+        permutation=_key_permutation(shuffle_rngs[1 + m], b, key_bn),
+        **key_kwargs)
     hard.append(losses.l2_normalize(negative_out["projection"]))
     hidden.append(jnp.mean(negative_pixels))
   t_BxMxD = jnp.stack(hard, axis=1)

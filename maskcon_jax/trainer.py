@@ -232,14 +232,19 @@ def evaluate(state, dataset, config, mesh) -> dict[str, float]:
   return metrics
 
 
-def _make_state(config, model, tx, dataset, mesh):
-  """Creates the state directly on the devices, replicated."""
-  create = functools.partial(
+def state_initializer(config, model, tx, dataset):
+  """``rng -> TrainState`` for ``config``'s model, optimizer and queue."""
+  return functools.partial(
       train_state_lib.create_train_state, model=model, tx=tx,
       image_shape=(config.image_size, config.image_size,
                    dataset.image_shape[-1]),
       queue_size=config.queue_size, embed_dim=config.embed_dim,
       num_coarse=dataset.hierarchy.num_coarse)
+
+
+def _make_state(config, model, tx, dataset, mesh):
+  """Creates the state directly on the devices, replicated."""
+  create = state_initializer(config, model, tx, dataset)
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(create, rng)
   shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)

@@ -5,7 +5,6 @@ every step and no mid-run evaluation (see OVERRIDES): the command-line runs
 are then slow enough to be hit mid-step.
 """
 
-import functools
 import json
 import os
 import random
@@ -23,7 +22,6 @@ import pytest
 
 from configs import tiny
 from maskcon_jax import train
-from maskcon_jax import train_state
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
 from tests.conftest import REPO_ROOT
@@ -264,12 +262,7 @@ def test_checkpoint_of_other_shapes_is_refused(reference, tmp_path,
   def abstract_state_only(config, model, tx, dataset, mesh):
     # The check needs only the shapes: skip compiling a new initialisation.
     del mesh
-    create = functools.partial(
-        train_state.create_train_state, model=model, tx=tx,
-        image_shape=(config.image_size, config.image_size,
-                     dataset.image_shape[-1]),
-        queue_size=config.queue_size, embed_dim=config.embed_dim,
-        num_coarse=dataset.hierarchy.num_coarse)
+    create = trainer.state_initializer(config, model, tx, dataset)
     return None, jax.eval_shape(create, jax.random.key(config.seed)), None
 
   monkeypatch.setattr(trainer, "_make_state", abstract_state_only)
