@@ -21,7 +21,8 @@ perspective warp), the PIL behaviour is followed, since MaskCon's data
 loaders hand PIL images to the transforms. The per-dataset views of the paper
 (`cifar_strong`, `cars_strong`, `cars_weak`, `sop`) are registered in
 `VIEW_POLICIES` next to the MoCo v2 `weak` / `strong` pair; AutoAugment lives
-in `maskcon_jax.autoaugment`.
+in `maskcon_jax.autoaugment` (`cifar_strong` uses the official MaskCon code's
+policy, `cifar_strong_tv` torchvision's).
 
 Each random op has a public form that takes a key and a private form that
 takes uniforms drawn in advance. The views draw all their uniforms with a
@@ -1023,28 +1024,64 @@ def _flip_then_perspective(
   return _homography_warp(x, matrix)
 
 
+def _cifar_strong_augment(
+    rng: jax.Array, image: jax.Array, size: int,
+    flavour: autoaugment.Flavour,
+) -> jax.Array:
+  """Crop + flip + AutoAugment of `flavour`; both CIFAR views draw alike."""
+  uniforms = jax.random.uniform(rng, (_CIFAR_STRONG_UNIFORMS,))
+  weak_u, policy_u = _split_uniforms(
+      uniforms, _WEAK_UNIFORMS, autoaugment.AUTOAUGMENT_UNIFORMS)
+  x = _weak_augment(weak_u, image, size)
+  return autoaugment.apply_autoaugment(policy_u, x, flavour=flavour)
+
+
 def cifar_strong_augment(
     rng: jax.Array, image: jax.Array, *, size: int
 ) -> jax.Array:
-  """Crop (0.2-1) + flip + AutoAugment CIFAR-10 policy, in [0, 1].
+  """Crop (0.2-1) + flip + the official MaskCon AutoAugment, in [0, 1].
 
-  The query view for CIFAR-10/100 and ImageNet32. AutoAugment follows
-  torchvision's `AutoAugment(AutoAugmentPolicy.CIFAR10)` (fill 0); see
-  `maskcon_jax.autoaugment`.
+  The official MaskCon code's query view for its small-image datasets
+  (CIFARtoy, CIFAR-100, ImageNet32; `get_augment(..., 'strong')`):
+  `RandomResizedCrop(size, (0.2, 1))`, `RandomHorizontalFlip()` and its own
+  `CIFAR10Policy()` (from DeepVoltaire/AutoAugment), i.e.
+  `autoaugment.OFFICIAL`: grey fill (128), Rotate never negated, bicubic
+  shears, untruncated translations, Solarize thresholds from 256, one step
+  probability of 0.8 where torchvision has 0.6, and `u < p` step draws. As
+  elsewhere here, images stay float between the ops where the official
+  pipeline rounds PIL images to uint8. `cifar_strong_tv_augment` is the same
+  view with torchvision's AutoAugment.
 
   Args:
     rng: PRNG key.
-    image: `(H, W, C)` image, `uint8` or float in [0, 1].
+    image: `(H, W, C)` image, `uint8` or float in [0, 1] (1 or 3 channels).
     size: Output height and width (static).
 
   Returns:
     Float32 `(size, size, C)` in [0, 1].
   """
-  uniforms = jax.random.uniform(rng, (_CIFAR_STRONG_UNIFORMS,))
-  weak_u, policy_u = _split_uniforms(
-      uniforms, _WEAK_UNIFORMS, autoaugment.AUTOAUGMENT_UNIFORMS)
-  x = _weak_augment(weak_u, image, size)
-  return autoaugment.apply_autoaugment(policy_u, x)
+  return _cifar_strong_augment(rng, image, size, autoaugment.OFFICIAL)
+
+
+def cifar_strong_tv_augment(
+    rng: jax.Array, image: jax.Array, *, size: int
+) -> jax.Array:
+  """Crop (0.2-1) + flip + torchvision's AutoAugment CIFAR-10, in [0, 1].
+
+  `cifar_strong_augment` with torchvision's
+  `AutoAugment(AutoAugmentPolicy.CIFAR10)` (fill 0, `autoaugment.TORCHVISION`)
+  in place of the official MaskCon policy; it draws the same uniforms, so a
+  key gives both views the same crop, flip and sub-policy choice.
+
+  Args:
+    rng: PRNG key.
+    image: `(H, W, C)` image, `uint8` or float in [0, 1] (1 or 3 channels).
+    size: Output height and width (static).
+
+  Returns:
+    Float32 `(size, size, C)` in [0, 1].
+  """
+  return _cifar_strong_augment(rng, image, size, autoaugment.TORCHVISION)
 
 
 def cars_strong_augment(
@@ -1135,6 +1172,18 @@ def cifar_strong_view(
   return normalize(cifar_strong_augment(rng, image, size=size), mean, std)
 
 
+def cifar_strong_tv_view(
+    rng: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> jax.Array:
+  """`cifar_strong_tv_augment` then `normalize`; float32 `(size, size, C)`."""
+  return normalize(cifar_strong_tv_augment(rng, image, size=size), mean, std)
+
+
 def cars_strong_view(
     rng: jax.Array,
     image: jax.Array,
@@ -1205,13 +1254,15 @@ ViewFn = Callable[..., jax.Array]
 
 # Random view policies by name, each `fn(rng, image, *, size, mean, std)`.
 # `weak` / `strong` are the MoCo v2 pair; the others are the paper's
-# per-dataset views: CIFAR-10/100 and ImageNet32 use `cifar_strong` (query)
-# and `cifar_weak` (key), Cars196 `cars_strong` / `cars_weak`, SOP `sop` for
-# both.
+# per-dataset views: CIFAR-10/100 and ImageNet32 use `cifar_strong` (query,
+# the official code's AutoAugment) and `cifar_weak` (key), Cars196
+# `cars_strong` / `cars_weak`, SOP `sop` for both. `cifar_strong_tv` is the
+# CIFAR query view with torchvision's AutoAugment instead.
 VIEW_POLICIES: dict[str, ViewFn] = {
     'weak': weak_view,
     'strong': strong_view,
     'cifar_strong': cifar_strong_view,
+    'cifar_strong_tv': cifar_strong_tv_view,
     'cifar_weak': weak_view,
     'cars_strong': cars_strong_view,
     'cars_weak': cars_weak_view,

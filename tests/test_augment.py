@@ -877,6 +877,7 @@ def test_normalization_statistics():
 def test_dataset_view_policies_are_registered():
   policies = augment.VIEW_POLICIES
   assert policies['cifar_strong'] is augment.cifar_strong_view
+  assert policies['cifar_strong_tv'] is augment.cifar_strong_tv_view
   assert policies['cifar_weak'] is augment.weak_view
   assert policies['cars_strong'] is augment.cars_strong_view
   assert policies['cars_weak'] is augment.cars_weak_view
@@ -885,6 +886,7 @@ def test_dataset_view_policies_are_registered():
 
 _DATASET_AUGMENTS = {
     'cifar_strong': augment.cifar_strong_augment,
+    'cifar_strong_tv': augment.cifar_strong_tv_augment,
     'cars_strong': augment.cars_strong_augment,
     'cars_weak': augment.cars_weak_augment,
     'sop': augment.sop_augment,
@@ -920,7 +922,18 @@ def _uniforms(key, num):
   return jax.random.uniform(key, (num,))
 
 
-def test_cifar_strong_is_weak_then_autoaugment():
+# cifar_strong is the official MaskCon code's view (its own AutoAugment);
+# cifar_strong_tv keeps torchvision's AutoAugment.
+_CIFAR_STRONG_FLAVOURS = {
+    'cifar_strong': (augment.cifar_strong_augment, autoaugment.OFFICIAL),
+    'cifar_strong_tv': (augment.cifar_strong_tv_augment,
+                        autoaugment.TORCHVISION),
+}
+
+
+@pytest.mark.parametrize('policy', sorted(_CIFAR_STRONG_FLAVOURS))
+def test_cifar_strong_is_weak_then_autoaugment(policy):
+  augment_fn, flavour = _CIFAR_STRONG_FLAVOURS[policy]
   image = _random_uint8(29, (32, 32, 3))
 
   @jax.jit
@@ -928,14 +941,54 @@ def test_cifar_strong_is_weak_then_autoaugment():
   def both(key, image):
     u = _uniforms(key, 46)
     weak = augment._weak_augment(u[:41], image, 32)
-    return (augment.cifar_strong_augment(key, image, size=32), weak,
-            autoaugment.apply_autoaugment(u[41:], weak))
+    return (augment_fn(key, image, size=32), weak,
+            autoaugment.apply_autoaugment(u[41:], weak, flavour=flavour))
 
   out, weak, want = (np.asarray(x) for x in both(
       jax.random.split(jax.random.PRNGKey(30), 64), image))
   np.testing.assert_array_equal(out, want)
   # AutoAugment changes most views (each sub-policy step runs with p <= 0.9).
   assert np.mean(np.any(out != weak, axis=(1, 2, 3))) > 0.3
+
+
+def test_cifar_strong_tv_is_the_torchvision_view_and_differs_from_official():
+  # cifar_strong_tv is what cifar_strong was before the official policy:
+  # crop + flip + torchvision's AutoAugment with the default arguments.
+  # Both views draw the same uniforms, so they share crop, flip and
+  # sub-policy and differ only where the two AutoAugments do.
+  image = _random_uint8(33, (32, 32, 3))
+
+  @jax.jit
+  @jax.vmap
+  def views(key):
+    u = _uniforms(key, 46)
+    weak = augment._weak_augment(u[:41], image, 32)
+    return (augment.cifar_strong_tv_augment(key, image, size=32),
+            autoaugment.apply_autoaugment(u[41:], weak),
+            augment.cifar_strong_augment(key, image, size=32))
+
+  tv, default, official = (np.asarray(x) for x in views(
+      jax.random.split(jax.random.PRNGKey(34), 64)))
+  np.testing.assert_array_equal(tv, default)
+  differs = np.any(tv != official, axis=(1, 2, 3))
+  assert 0.1 < differs.mean() < 0.9
+
+
+def test_cifar_strong_grey_image_matches_its_rgb_copy():
+  # A 1-channel image gives, channel by channel, the view of its 3-channel
+  # copy (fill 128/255 on the single channel; luma of a grey pixel = itself).
+  grey = _random_uint8(35, (36, 40, 1))
+  rgb = np.repeat(grey, 3, axis=-1)
+  keys = jax.random.split(jax.random.PRNGKey(36), 64)
+  views = jax.jit(jax.vmap(functools.partial(augment.cifar_strong_augment,
+                                             size=32), in_axes=(0, None)))
+  out1, out3 = np.asarray(views(keys, grey)), np.asarray(views(keys, rgb))
+  assert out1.shape == (64, 32, 32, 1) and out3.shape == (64, 32, 32, 3)
+  np.testing.assert_allclose(out3, np.broadcast_to(out1, out3.shape),
+                             atol=1e-6)
+  # Some views show the grey fill of a translation, shear or rotation.
+  fill = np.float32(128 / 255)
+  assert np.mean(np.any(out1 == fill, axis=(1, 2, 3))) > 0.05
 
 
 def test_cars_views_apply_their_transforms_in_the_paper_order():

@@ -14,6 +14,13 @@ uint8 level scale (`round(255 * x)`). Tolerances:
 * Geometric ops: exact on every pixel whose PIL source point lies more than
   1e-3 px from a pixel boundary (float32 and double can round differently
   only there), and on at least 95% of all pixels.
+
+The official MaskCon flavour is compared with a PIL reference written from
+the official code's op definitions (`_official_op`), on random RGB images
+and grey images converted to RGB, at 28 and 32 px. Its nearest-neighbour
+ops are exact there; its bicubic shears lie 0 to 1 level above PIL, which
+truncates the interpolated value to uint8 where `autoaugment` keeps the
+float (tolerances in `test_official_ops_match_pil_reference`).
 """
 
 import functools
@@ -550,3 +557,492 @@ def test_autoaugment_applies_the_drawn_steps():
   np.testing.assert_array_equal(out, manual)
   changed = np.any(out != image, axis=(1, 2, 3))
   assert 0.3 < changed.mean() < 1.0
+
+
+# ---------------------------------------------------------------------------
+# The official MaskCon flavour against a PIL reference.
+# ---------------------------------------------------------------------------
+
+# The official code's SubPolicy magnitude ranges, computed as it computes
+# them (NumPy float64; translations are fractions of the image size).
+_OFFICIAL_RANGES = {
+    'ShearX': np.linspace(0, 0.3, 10),
+    'ShearY': np.linspace(0, 0.3, 10),
+    'TranslateX': np.linspace(0, 150 / 331, 10),
+    'TranslateY': np.linspace(0, 150 / 331, 10),
+    'Rotate': np.linspace(0, 30, 10),
+    'Color': np.linspace(0.0, 0.9, 10),
+    'Posterize': np.round(np.linspace(8, 4, 10), 0).astype(int),
+    'Solarize': np.linspace(256, 0, 10),
+    'Contrast': np.linspace(0.0, 0.9, 10),
+    'Sharpness': np.linspace(0.0, 0.9, 10),
+    'Brightness': np.linspace(0.0, 0.9, 10),
+}
+_OFFICIAL_FILL = (128, 128, 128)
+_OFFICIAL_SIGNED = {'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Color',
+                    'Contrast', 'Sharpness', 'Brightness'}
+
+
+def _official_rotate(pil, degrees):
+  """The official rotate: an RGBA rotation composited over a grey image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rotated = pil.convert('RGBA').rotate(degrees)
+  grey = Image.new('RGBA', rotated.size, (128,) * 4)
+  return Image.composite(rotated, grey, rotated).convert(pil.mode)
+
+
+def _official_op(name, pil, magnitude, sign):
+  """The official SubPolicy's op `name` on an RGB PIL image, via PIL calls.
+
+  `magnitude` is the official range value and `sign` the official
+  `random.choice([-1, 1])` draw (Rotate and the lookup-table ops have none).
+  """
+  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageEnhance, ImageOps
+  # pylint: enable=g-import-not-at-top
+
+  width, height = pil.size
+  affine = {
+      'ShearX': ((1, magnitude * sign, 0, 0, 1, 0), Image.BICUBIC),
+      'ShearY': ((1, 0, 0, magnitude * sign, 1, 0), Image.BICUBIC),
+      'TranslateX': ((1, 0, magnitude * width * sign, 0, 1, 0), None),
+      'TranslateY': ((1, 0, 0, 0, 1, magnitude * height * sign), None),
+  }
+  if name in affine:
+    matrix, resample = affine[name]
+    if resample is None:  # The official translate keeps transform's default.
+      return pil.transform(pil.size, Image.AFFINE, matrix,
+                           fillcolor=_OFFICIAL_FILL)
+    return pil.transform(pil.size, Image.AFFINE, matrix, resample,
+                         fillcolor=_OFFICIAL_FILL)
+  if name == 'Rotate':
+    return _official_rotate(pil, magnitude)
+  if name in ('Color', 'Contrast', 'Sharpness', 'Brightness'):
+    return getattr(ImageEnhance, name)(pil).enhance(1 + magnitude * sign)
+  if name == 'Posterize':
+    return ImageOps.posterize(pil, int(magnitude))
+  if name == 'Solarize':
+    return ImageOps.solarize(pil, magnitude)
+  return getattr(ImageOps, name.lower())(pil)
+
+
+def _official_cases():
+  """(op name, bin, sign) for every op, every bin and both signs."""
+  cases = [(name, 0, 1) for name in ('AutoContrast', 'Equalize', 'Invert')]
+  for name in sorted(_OFFICIAL_RANGES):
+    signs = (1, -1) if name in _OFFICIAL_SIGNED else (1,)
+    cases += [(name, b, s) for b in range(10) for s in signs]
+  return cases
+
+
+_OFFICIAL_CASES = _official_cases()
+_apply_official = jax.jit(jax.vmap(
+    functools.partial(aa.apply_op, flavour=aa.OFFICIAL), in_axes=(None, 0, 0)))
+
+
+def _jax_official_magnitude(space, name, magnitude_bin, sign):
+  """The `apply_op` magnitude that the official (name, bin, sign) means."""
+  if name not in space or len(space[name][0]) == 1:
+    return 0.0
+  magnitude = space[name][0][magnitude_bin]
+  # PIL's translate matrix (1, 0, c, ...) reads the input at x + c, moving the
+  # content by -c; apply_op's translate magnitude is the content's move.
+  if name in ('TranslateX', 'TranslateY'):
+    sign = -sign
+  return magnitude * sign
+
+
+def _near_border(matrix, height, width, margin=1e-3):
+  """Pixels whose PIL source point lies within `margin` of the image edge."""
+  u, v = _source_points(matrix, height, width)
+  return ((np.abs(u) < margin) | (np.abs(u - width) < margin)
+          | (np.abs(v) < margin) | (np.abs(v - height) < margin))
+
+
+@pytest.mark.parametrize('size', [28, 32])
+@pytest.mark.parametrize('kind', ['rgb', 'grey'])
+def test_official_ops_match_pil_reference(size, kind):
+  """Every official op, bin and sign against the official op in PIL.
+
+  Tolerances, on uint8 levels: lookup-table ops exact (AutoContrast as in
+  `test_autocontrast_matches_integer_formula_and_pil`); TranslateX/Y and the
+  policy's Rotate (bin 2, 20/3 degrees) exact on every pixel (nearest
+  neighbour; at these sizes no source point lies near a pixel boundary), the
+  other Rotate bins as `_assert_geometric_match` allows; enhance ops
+  0 or +1 level above PIL (see `test_enhance_ops_match_formula_and_pil`);
+  ShearX/Y (bicubic) in [0, 1] levels above PIL, whose filter truncates the
+  interpolated double to uint8 where this keeps the float, except at the
+  few pixels whose source point lies on the image's edge (within 1e-3 px),
+  where float32 and PIL's double decide in/out differently.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(size)
+  if kind == 'rgb':
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    pil = Image.fromarray(image, 'RGB')
+    inputs = {3: image}
+  else:
+    grey = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    pil = Image.fromarray(grey, 'L').convert('RGB')
+    # The 1-channel image and its 3-channel copy must agree with PIL's RGB.
+    inputs = {1: grey[..., None], 3: np.asarray(pil)}
+  space = aa.augmentation_space(10, size, size, aa.OFFICIAL)
+  ops = np.asarray([aa.OP_INDEX[name] for name, _, _ in _OFFICIAL_CASES])
+  mags = np.asarray([_jax_official_magnitude(space, *case)
+                     for case in _OFFICIAL_CASES], np.float32)
+  outputs = {c: np.asarray(_apply_official(_float(x), ops, mags))
+             for c, x in inputs.items()}
+  if kind == 'grey':
+    # Channel by channel the same as the 1-channel image (Color and Contrast
+    # go through a float32 luma whose weights sum to 1: within an ulp).
+    np.testing.assert_allclose(outputs[3], np.broadcast_to(
+        outputs[1], outputs[3].shape), atol=1e-6)
+  checked_shear = 0
+  for i, (name, magnitude_bin, sign) in enumerate(_OFFICIAL_CASES):
+    magnitude = _OFFICIAL_RANGES.get(name, [0] * 10)[magnitude_bin]
+    want = _unpil(_official_op(name, pil, magnitude, sign))
+    for channels, out in outputs.items():
+      msg = f'{name} bin={magnitude_bin} sign={sign} channels={channels}'
+      got = out[i]
+      if channels == 1:
+        want_c = want[..., :1]
+      else:
+        want_c = want
+      if name in ('ShearX', 'ShearY'):
+        matrix = ((1, magnitude * sign, 0, 0, 1, 0) if name == 'ShearX'
+                  else (1, 0, 0, magnitude * sign, 1, 0))
+        edge = _near_border(matrix, size, size)
+        diff = got * 255 - want_c
+        clear = np.broadcast_to(~edge[..., None], diff.shape)
+        assert diff[clear].min() >= -1e-3 and diff[clear].max() <= 1 + 1e-3, (
+            msg, diff[clear].min(), diff[clear].max())
+        assert edge.sum() <= size // 2, msg
+        checked_shear += 1
+      elif name in ('Color', 'Contrast', 'Sharpness', 'Brightness'):
+        diff = _levels(got) - want_c
+        assert diff.min() >= 0 and diff.max() <= 1, (msg, diff.min(),
+                                                      diff.max())
+      elif name == 'AutoContrast':
+        diff = _levels(got) - want_c
+        assert set(np.unique(diff)) <= {0, 1}, msg
+      elif name == 'Rotate' and magnitude_bin not in (0, 2):
+        # PIL rotates in 16.16 fixed point (an error of up to 2.4e-4 px at
+        # these sizes), this in float32: the odd pixel whose source point is
+        # that close to a pixel boundary may differ (20 degrees at 32 px
+        # has one).
+        _assert_geometric_match(_levels(got), want_c, _pil_rotate_matrix(
+            magnitude, size, size))
+      else:
+        np.testing.assert_array_equal(_levels(got), want_c, err_msg=msg)
+  assert checked_shear == 2 * 10 * 2 * len(outputs)
+
+
+def test_official_shear_is_bicubic_and_torchvision_nearest():
+  # On a smooth horizontal ramp a shear by 0.3 moves rows by fractional
+  # offsets: nearest copies input levels, bicubic interpolates between them.
+  ramp = np.tile(np.linspace(0.1, 0.9, 16, dtype=np.float32), (16, 1))
+  image = ramp[..., None]
+  nearest = np.asarray(_shear_x(image, 0.3))
+  bicubic = np.asarray(jax.jit(aa.shear_x, static_argnames=(
+      'fill', 'resample'))(image, 0.3, fill=0.5, resample='bicubic'))
+  inside = nearest[1:8, 2:12, 0]
+  assert np.all(np.isin(inside, ramp))
+  assert not np.all(np.isin(bicubic[1:8, 2:12, 0], ramp))
+  # Away from the clamped border, PIL's a = -1 kernel maps a linear ramp
+  # f(i) = i to f(i0) + 2 d - 3 d^2 + 2 d^3 at i0 + d (the weights
+  # (2d^2 - d - d^3, 1 - 2d^2 + d^3, d + d^2 - d^3, d^3 - d^2) on offsets
+  # -1..2); Keys' a = -0.5 kernel would give the linear value i0 + d.
+  # Source column: x + 0.3 (y + 0.5).
+  y, x = np.mgrid[:16, :16]
+  source = x + 0.3 * (y + 0.5)
+  i0 = np.floor(source)
+  d = source - i0
+  want = 0.1 + 0.8 / 15 * (i0 + 2 * d - 3 * d**2 + 2 * d**3)
+  np.testing.assert_allclose(bicubic[1:8, 2:10, 0], want[1:8, 2:10],
+                             atol=1e-5)
+  assert np.abs(bicubic[1:8, 2:10, 0] - (0.1 + 0.8 / 15 * source[
+      1:8, 2:10])).max() > 1e-3
+  with pytest.raises(ValueError, match='resample'):
+    aa.shear_x(image, 0.3, resample='bilinear')
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_affine_transform_bicubic_matches_pil(channels):
+  # The general bicubic warp (the shears' row-wise path is checked against
+  # it below) on matrices with both axes fractional: a rotation as
+  # Image.rotate builds it, and a shear-and-shift. Tolerance as for the
+  # official shears: [0, 1] level above PIL's truncated value, except where
+  # a source point lies on the image edge.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  image = _uint8(19, (28, 32, channels))
+  matrices = [_pil_rotate_matrix(17.3, 28, 32),
+              (1.0, 0.21, -3.3, -0.13, 1.0, 2.6),
+              # Source points one float32 ulp from pixel centres along whole
+              # columns (4/15 (x + 0.5) + y is an integer for x = 7, 22).
+              (1.0, 0.0, 0.0, -4 / 15, 1.0, 0.0),
+              (1.0, 0.2, 0.0, 0.0, 1.0, 0.0)]
+  matrices = np.float32(matrices)
+  # Under vmap and jit, as the policy runs it.
+  warp = jax.jit(jax.vmap(functools.partial(
+      aa.affine_transform_bicubic, fill=128 / 255), in_axes=(None, 0)))
+  out = np.asarray(warp(_float(image), matrices))
+  fill = 128 if channels == 1 else (128,) * 3
+  for matrix, got in zip(matrices.astype(np.float64), out):
+    matrix = tuple(matrix)
+    want = _unpil(_pil(image).transform((32, 28), Image.AFFINE, matrix,
+                                        Image.BICUBIC, fillcolor=fill))
+    edge = _near_border(matrix, 28, 32)
+    diff = (got * 255 - want)[~edge]
+    assert diff.min() >= -1e-3 and diff.max() <= 1 + 1e-3, (matrix,
+                                                            diff.min(),
+                                                            diff.max())
+    assert edge.sum() <= 16
+  warp = jax.jit(aa.affine_transform_bicubic, static_argnames='fill')
+  # The row-wise shears equal the general warp (up to float rounding).
+  shear = jax.jit(aa.shear_x, static_argnames=('fill', 'resample'))
+  shear_y = jax.jit(aa.shear_y, static_argnames=('fill', 'resample'))
+  for factor in (0.26666668, -0.23333333, 0.2, -1.7):
+    for fn, matrix in ((shear, (1, factor, 0, 0, 1, 0)),
+                       (shear_y, (1, 0, 0, factor, 1, 0))):
+      got = np.asarray(fn(_float(image), factor, fill=0.5,
+                          resample='bicubic'))
+      want = np.asarray(warp(_float(image), np.float32(matrix), fill=0.5))
+      edge = _near_border(matrix, 28, 32)
+      np.testing.assert_allclose(got[~edge], want[~edge], atol=1e-5,
+                                 err_msg=str(matrix))
+
+
+def test_official_augmentation_space_and_tables():
+  for size in ((28, 28), (32, 32), (20, 40)):
+    height, width = size
+    space = aa.augmentation_space(10, height, width, aa.OFFICIAL)
+    tv_space = aa.augmentation_space(10, height, width)
+    for name, values in _OFFICIAL_RANGES.items():
+      scale = {'TranslateX': width, 'TranslateY': height}.get(name, 1)
+      np.testing.assert_allclose(space[name][0], values * scale, rtol=1e-6,
+                                 atol=1e-6, err_msg=name)
+      assert space[name][1] == (name in _OFFICIAL_SIGNED), name
+    # Solarize starts at 256 (inverts nothing) rather than torchvision's 255.
+    assert space['Solarize'][0][0] == 256 and tv_space['Solarize'][0][0] == 255
+    assert not space['Rotate'][1] and tv_space['Rotate'][1]
+    for name in set(space) - {'Solarize', 'Rotate'}:
+      np.testing.assert_array_equal(space[name][0], tv_space[name][0])
+      assert space[name][1] == tv_space[name][1]
+  # The policy tables differ from torchvision's in one probability (the
+  # second Equalize of sub-policy 16), in Solarize's thresholds and in
+  # Rotate's sign.
+  assert aa.OFFICIAL.policy is aa.OFFICIAL_CIFAR10_POLICY
+  ops, probs, mags, signed = aa.policy_tables(aa.OFFICIAL_CIFAR10_POLICY, 32,
+                                              32, aa.OFFICIAL)
+  tv_ops, tv_probs, tv_mags, tv_signed = aa.policy_tables(
+      aa.CIFAR10_POLICY, 32, 32)
+  np.testing.assert_array_equal(ops, tv_ops)
+  differ = np.argwhere(probs != tv_probs)
+  np.testing.assert_array_equal(differ, [[16, 1]])
+  np.testing.assert_allclose([probs[16, 1], tv_probs[16, 1]], [0.8, 0.6])
+  np.testing.assert_allclose(probs.mean(), 26.7 / 50, rtol=1e-6)
+  solarize = ops == aa.OP_INDEX['Solarize']
+  rotate = ops == aa.OP_INDEX['Rotate']
+  np.testing.assert_array_equal(mags[~solarize], tv_mags[~solarize])
+  np.testing.assert_allclose(mags[solarize], np.linspace(256, 0, 10)[
+      [2, 8, 5, 3]], rtol=1e-6)
+  np.testing.assert_array_equal(signed[~rotate], tv_signed[~rotate])
+  assert not signed[rotate].any() and tv_signed[rotate].all()
+  assert aa.get_flavour('official') is aa.OFFICIAL
+  assert aa.get_flavour(aa.TORCHVISION) is aa.TORCHVISION
+  with pytest.raises(ValueError, match='flavour'):
+    aa.get_flavour('timm')
+
+
+@pytest.mark.parametrize('flavour', [aa.TORCHVISION, aa.OFFICIAL],
+                         ids=lambda f: f.name)
+def test_policy_draws_per_flavour(flavour):
+  num = 5000
+  keys = jax.random.split(jax.random.PRNGKey(11), num)
+
+  @jax.jit
+  @jax.vmap
+  def params(key):
+    uniforms = jax.random.uniform(key, (aa.AUTOAUGMENT_UNIFORMS,))
+    return aa.autoaugment_params(uniforms, 32, 32, flavour=flavour)
+
+  index, step_ops, step_mags = (np.asarray(x) for x in params(keys))
+  ops, probs, mags, signed = aa.policy_tables(flavour.policy, 32, 32, flavour)
+  run = step_ops != aa.OP_INDEX['Identity']
+  np.testing.assert_array_equal(step_ops[run], ops[index][run])
+  np.testing.assert_allclose(np.abs(step_mags[run]), mags[index][run])
+  assert abs(run.mean() - probs[index].mean()) < 0.025
+  assert not np.any(run[index == 14, 1])
+  rotate = run & (step_ops == aa.OP_INDEX['Rotate'])
+  solarize = run & (step_ops == aa.OP_INDEX['Solarize'])
+  translate = run & ((step_ops == aa.OP_INDEX['TranslateX'])
+                     | (step_ops == aa.OP_INDEX['TranslateY']))
+  assert rotate.sum() > 50 and solarize.sum() > 50 and translate.sum() > 200
+  negative_rotations = np.mean(step_mags[rotate] < 0)
+  # Translations (both flavours) take either sign; the policy's bins 3, 8 and
+  # 9 at 32 px, untruncated.
+  assert 0.4 < np.mean(step_mags[translate] < 0) < 0.6
+  np.testing.assert_allclose(
+      np.unique(np.abs(step_mags[translate])),
+      np.linspace(0, 150 / 331 * 32, 10)[[3, 8, 9]], rtol=1e-6)
+  if flavour is aa.OFFICIAL:
+    # Never negated: always 20/3 degrees counter-clockwise.
+    assert negative_rotations == 0
+    np.testing.assert_allclose(step_mags[rotate], 20 / 3, rtol=1e-6)
+    thresholds = np.linspace(256, 0, 10)[[2, 3, 5, 8]]
+  else:
+    assert 0.4 < negative_rotations < 0.6
+    thresholds = np.linspace(255, 0, 10)[[2, 3, 5, 8]]
+  np.testing.assert_allclose(np.unique(step_mags[solarize]),
+                             np.sort(thresholds), rtol=1e-6)
+
+
+def test_official_step_runs_only_below_its_probability():
+  # Uniforms aimed at sub-policy 1 (Rotate p=0.7, TranslateX p=0.3), with
+  # the step draws exactly at the probabilities: torchvision runs a step if
+  # u <= p, the official code if random.random() < p.
+  p = np.float32([0.7, 0.3])
+  at = np.asarray([1.5 / 25, *p, 0.9, 0.9], np.float32)
+  below = np.asarray([1.5 / 25, *np.nextafter(p, 0), 0.9, 0.9], np.float32)
+  params = jax.jit(aa.autoaugment_params, static_argnums=(1, 2),
+                   static_argnames='flavour')
+  rotate, translate = aa.OP_INDEX['Rotate'], aa.OP_INDEX['TranslateX']
+  for flavour, uniforms, want in (
+      (aa.TORCHVISION, at, [rotate, translate]),
+      (aa.OFFICIAL, at, [0, 0]),
+      (aa.OFFICIAL, below, [rotate, translate]),
+  ):
+    index, step_ops, _ = params(uniforms, 32, 32, flavour=flavour)
+    assert int(index) == 1
+    np.testing.assert_array_equal(step_ops, want, err_msg=flavour.name)
+
+
+@pytest.mark.parametrize('size', [28, 32])
+def test_official_translate_offsets_round_half_up(size):
+  # Every TranslateX bin, both signs, on an image whose pixel values are
+  # their column indices: the official flavour shifts the content by the
+  # float offset rounded half up (PIL samples the input at floor(x + 0.5 -
+  # t)); torchvision truncates the offset first.
+  offsets = np.linspace(0, 150 / 331 * size, 10, dtype=np.float32)
+  offsets = np.concatenate([offsets, -offsets[1:]])
+  columns = np.tile(np.arange(size, dtype=np.float32), (size, 1))[..., None]
+  ops = np.full(offsets.shape, aa.OP_INDEX['TranslateX'])
+  official = np.asarray(_apply_official(columns, ops, offsets))
+  tv = np.asarray(_apply_op(columns, ops, offsets))
+  for t, off, tvo in zip(offsets, official, tv):
+    for out, shift, fill in ((off, int(np.floor(t + 0.5)), 128 / 255),
+                             (tvo, int(np.trunc(t)), 0.0)):
+      source = np.arange(size) - shift
+      want = np.where((source >= 0) & (source < size), source, np.float32(
+          fill)).astype(np.float32)
+      np.testing.assert_array_equal(out[0, :, 0], want, err_msg=str(t))
+  # 14.50 px at 32 px, bin 9: 15 px officially, 14 px in torchvision.
+  if size == 32:
+    assert round(float(offsets[9]), 2) == 14.5
+
+
+def test_official_geometric_fill_is_grey_128():
+  for channels in (1, 3):
+    image = np.full((8, 8, channels), 0.2, np.float32)
+    ops = np.asarray([aa.OP_INDEX[n] for n in ('TranslateX', 'TranslateY',
+                                               'ShearX', 'Rotate')])
+    out = np.asarray(_apply_official(image, ops, np.float32(
+        [3.0, -3.0, 0.3, 30.0])))
+    fill = np.float32(128 / 255)
+    np.testing.assert_array_equal(out[0][:, :3], fill)
+    np.testing.assert_array_equal(out[1][5:], fill)
+    np.testing.assert_array_equal(out[2][7, 6:], fill)
+    assert out[3][0, 0, 0] == fill and out[3][4, 4, 0] == np.float32(0.2)
+    assert np.all(_levels(out[:, :, :3][out[:, :, :3] == fill]) == 128)
+
+
+@pytest.mark.parametrize('flavour', [aa.TORCHVISION, aa.OFFICIAL],
+                         ids=lambda f: f.name)
+def test_flavour_ops_at_neutral_magnitude_are_identity(flavour):
+  apply = jax.jit(jax.vmap(functools.partial(aa.apply_op, flavour=flavour),
+                           in_axes=(None, 0, 0)))
+  ops = np.asarray([aa.OP_INDEX[name] for name, _ in _NEUTRAL])
+  mags = np.asarray([m for _, m in _NEUTRAL], np.float32)
+  for channels in (1, 3):
+    image = _float(_uint8(12 + channels, (10, 13, channels)))
+    out = np.asarray(apply(image, ops, mags))
+    for (name, _), got in zip(_NEUTRAL, out):
+      if name in ('Brightness', 'Color', 'Contrast', 'Sharpness'):
+        # x + 1 * (x - degenerate) rounds.
+        np.testing.assert_allclose(got, image, atol=1e-6, err_msg=name)
+      else:
+        # Lookup tables, and warps whose taps (bicubic: weight 1 on the
+        # centre tap, 0 on the others) land on pixel centres: exact.
+        np.testing.assert_array_equal(got, image, err_msg=name)
+
+
+def test_official_ops_preserve_shape_dtype_and_range():
+  num_ops = len(aa.OP_NAMES)
+  rng = np.random.default_rng(14)
+  for channels in (1, 3):
+    image = rng.random((9, 11, channels), dtype=np.float32)
+    # Extreme levels make the bicubic kernel over- and undershoot.
+    image[::2, ::2] = 1.0
+    image[1::2, 1::2] = 0.0
+    mags = rng.uniform(-40, 40, num_ops).astype(np.float32)
+    mags[aa.OP_INDEX['ShearX']] = 0.27
+    mags[aa.OP_INDEX['ShearY']] = -0.23
+    mags[aa.OP_INDEX['Posterize']] = 5
+    mags[aa.OP_INDEX['Solarize']] = 100
+    for name in ('Brightness', 'Color', 'Contrast', 'Sharpness'):
+      mags[aa.OP_INDEX[name]] = rng.uniform(-1, 1)
+    out = np.asarray(_apply_official(image, np.arange(num_ops), mags))
+    assert out.shape == (num_ops, 9, 11, channels)
+    assert out.dtype == np.float32
+    assert np.all(np.isfinite(out))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_official_autoaugment_grey_matches_repeated_rgb():
+  # The whole policy, many draws: a grey image gives the same result as its
+  # 3-channel copy, channel by channel, and every channel of the latter is
+  # identical.
+  grey = _float(_uint8(15, (32, 32, 1)))
+  rgb = np.repeat(grey, 3, axis=-1)
+  keys = jax.random.split(jax.random.PRNGKey(16), 128)
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def run(key, image):
+    return aa.autoaugment(key, image, flavour=aa.OFFICIAL)
+
+  out1, out3 = np.asarray(run(keys, grey)), np.asarray(run(keys, rgb))
+  np.testing.assert_array_equal(out3[..., 0], out3[..., 1])
+  np.testing.assert_array_equal(out3[..., 0], out3[..., 2])
+  np.testing.assert_allclose(out3, np.broadcast_to(out1, out3.shape),
+                             atol=1e-6)
+  changed = np.any(out1 != grey, axis=(1, 2, 3))
+  assert 0.3 < changed.mean() < 1.0
+
+
+def test_official_autoaugment_applies_the_drawn_steps():
+  image = _float(_uint8(17, (16, 16, 3)))
+  keys = jax.random.split(jax.random.PRNGKey(18), 64)
+
+  @jax.jit
+  @functools.partial(jax.vmap, in_axes=(0, None))
+  def both(key, image):
+    uniforms = jax.random.uniform(key, (aa.AUTOAUGMENT_UNIFORMS,))
+    _, step_ops, step_mags = aa.autoaugment_params(uniforms, 16, 16,
+                                                   flavour='official')
+    manual = image
+    for step in range(2):
+      manual = aa.apply_op(manual, step_ops[step], step_mags[step],
+                           flavour='official')
+    return (aa.autoaugment(key, image, flavour=aa.OFFICIAL), manual,
+            aa.autoaugment(key, image))
+
+  out, manual, tv = (np.asarray(x) for x in both(keys, image))
+  np.testing.assert_array_equal(out, manual)
+  # The same draws give different images in the two flavours whenever a
+  # geometric step or Solarize runs (fill, shear filter, offsets, bins).
+  differs = np.any(out != tv, axis=(1, 2, 3))
+  assert 0.1 < differs.mean() < 0.9
