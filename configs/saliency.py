@@ -43,6 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Patches per side; unset: the key encoder's last feature map (4 at 28 px).
   config.saliency_grid = config_dict.placeholder(int)
   config.saliency_fg_std = 0.6
+  # intent (the paper) | official (the official code's row-sorted lookup).
+  config.saliency_fg_rule = "intent"
   config.saliency_query_ratio = (0.05, 0.25)
   config.saliency_negative_ratio = (0.4, 0.7)
   config.saliency_query_noise_std = 0.18

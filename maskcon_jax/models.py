@@ -38,9 +38,46 @@ from maskcon_jax.errors import ConfigError
 ModuleDef = Any
 
 # torchvision's ResNet initialisation: kaiming-normal (fan_out) convolutions,
-# and PyTorch's default uniform(+-1/sqrt(fan_in)) for linear weights.
+# and PyTorch's default uniform(+-1/sqrt(fan_in)) for linear weights. The
+# official small-image stem is a fresh nn.Conv2d installed after torchvision's
+# init loop, so it keeps PyTorch's default (the same uniform as linear layers).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+torch_default_conv_init = dense_init
+
+# How 3x3 convolutions pad. "torch": one pixel on every side, as PyTorch's
+# padding=1 (for stride 2 on an even input the windows are centred on the
+# even pixels, aligned with the 1x1 stride-2 shortcut). "same": XLA's SAME,
+# which for stride 2 on an even input pads only the bottom/right, so the
+# main path is shifted by one pixel against the shortcut; runs trained
+# before conv_padding existed used it, and keep it when reloaded.
+CONV_PADDINGS = ("torch", "same")
+DEFAULT_CONV_PADDING = "torch"
+LEGACY_CONV_PADDING = "same"
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's default ``nn.Linear`` bias: uniform(+-1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def torch_dense(features: int, fan_in: int, *, dtype: Any, name: str):
+  """``nn.Dense`` initialised as PyTorch's ``nn.Linear(fan_in, features)``."""
+  return nn.Dense(features, dtype=dtype, kernel_init=dense_init,
+                  bias_init=torch_bias_init(fan_in), name=name)
+
+
+def _torch_padded_conv(features: int, kernel_size: Sequence[int],
+                       strides: Sequence[int] = (1, 1), **kwargs):
+  """``nn.Conv`` padded by ``(k - 1) // 2`` on both sides, as PyTorch's
+  ResNet (padding=1 for 3x3, 0 for 1x1, 3 for the 7x7 stem)."""
+  kwargs.setdefault("padding", [((k - 1) // 2, (k - 1) // 2)
+                                for k in kernel_size])
+  return nn.Conv(features, kernel_size, strides, **kwargs)
 
 # Images up to this size use the CIFAR-style stem (3x3 stride-1, no max-pool).
 SMALL_IMAGE_MAX_SIZE = 64
@@ -91,10 +128,18 @@ class Bottleneck(nn.Module):
     return nn.relu(residual + y)
 
 
-def _conv_and_norm(dtype: Any, train: bool) -> tuple[ModuleDef, ModuleDef]:
+def _conv_and_norm(dtype: Any, train: bool, padding: str = DEFAULT_CONV_PADDING
+                   ) -> tuple[ModuleDef, ModuleDef]:
   """The convolution and BatchNorm constructors every ResNet stage uses."""
-  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                           kernel_init=conv_init, padding="SAME")
+  if padding not in CONV_PADDINGS:
+    raise ConfigError(f"config.conv_padding={padding!r} is not supported; use "
+                      f"one of: {', '.join(CONV_PADDINGS)}.")
+  if padding == "torch":
+    conv = functools.partial(_torch_padded_conv, use_bias=False, dtype=dtype,
+                             kernel_init=conv_init)
+  else:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                             kernel_init=conv_init, padding="SAME")
   # PyTorch BN defaults: momentum 0.1 (= Flax 0.9), eps 1e-5. Statistics and
   # normalisation stay in float32 even when convolutions run in bfloat16.
   norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -116,13 +161,15 @@ class ResNet(nn.Module):
   small_images: bool = True
   dtype: Any = jnp.float32
   return_stages: bool = False
+  conv_padding: str = DEFAULT_CONV_PADDING
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, norm = _conv_and_norm(self.dtype, train)
+    conv, norm = _conv_and_norm(self.dtype, train, self.conv_padding)
     x = x.astype(self.dtype)
     if self.small_images:
-      x = conv(self.width, (3, 3), name="conv1")(x)
+      x = conv(self.width, (3, 3), kernel_init=torch_default_conv_init,
+               name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
     else:
       x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
@@ -150,9 +197,10 @@ class ProjectionHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=dense_init)
-    x = nn.relu(dense(self.hidden_dim, name="fc1")(x))
-    return dense(self.embed_dim, name="fc2")(x).astype(jnp.float32)
+    x = nn.relu(torch_dense(self.hidden_dim, x.shape[-1], dtype=self.dtype,
+                            name="fc1")(x))
+    return torch_dense(self.embed_dim, self.hidden_dim, dtype=self.dtype,
+                       name="fc2")(x).astype(jnp.float32)
 
 
 class BNProjectionHead(nn.Module):
@@ -163,11 +211,14 @@ class BNProjectionHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=dense_init)
+    dense = functools.partial(torch_dense, dtype=self.dtype)
     _, norm = _conv_and_norm(self.dtype, train)
-    x = nn.relu(norm(name="bn1")(dense(self.hidden_dim, name="fc1")(x)))
-    x = nn.relu(norm(name="bn2")(dense(self.hidden_dim, name="fc2")(x)))
-    return dense(self.embed_dim, name="fc3")(x).astype(jnp.float32)
+    x = nn.relu(norm(name="bn1")(dense(self.hidden_dim, x.shape[-1],
+                                       name="fc1")(x)))
+    x = nn.relu(norm(name="bn2")(dense(self.hidden_dim, self.hidden_dim,
+                                       name="fc2")(x)))
+    return dense(self.embed_dim, self.hidden_dim, name="fc3")(x).astype(
+        jnp.float32)
 
 
 def highpass(images_NxHxWxC: jax.Array, sigma: float,
@@ -228,8 +279,8 @@ class Encoder(nn.Module):
                               dtype=self.dtype, name=name)
                for name in ("projector", "projector2")[:1 + self.second_head]]
       projections = [h(features) for h in heads]
-    coarse_logits = nn.Dense(self.num_coarse, kernel_init=dense_init,
-                             dtype=self.dtype, name="classifier")(features)
+    coarse_logits = torch_dense(self.num_coarse, features.shape[-1],
+                                dtype=self.dtype, name="classifier")(features)
     out.update({"features": features, "projection": projections[0],
                 "coarse_logits": coarse_logits.astype(jnp.float32)})
     if self.second_head:
@@ -248,10 +299,11 @@ class ExitSubNetwork(nn.Module):
   first_stage: int
   width: int = 64
   dtype: Any = jnp.float32
+  conv_padding: str = DEFAULT_CONV_PADDING
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv, norm = _conv_and_norm(self.dtype, train)
+    conv, norm = _conv_and_norm(self.dtype, train, self.conv_padding)
     for stage in range(self.first_stage, len(self.stage_sizes)):
       for block in range(self.stage_sizes[stage]):
         strides = 2 if block == 0 else 1
@@ -291,6 +343,7 @@ class SelfConEncoder(nn.Module):
   num_coarse: int = 2
   ensemble_features: bool = False
   dtype: Any = jnp.float32
+  conv_padding: str = DEFAULT_CONV_PADDING
 
   @nn.compact
   def __call__(self, images, train: bool = True):
@@ -302,15 +355,15 @@ class SelfConEncoder(nn.Module):
       x = stage_maps[stage - 1]
       if self.exit_size == "fc":
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        exit_features.append(nn.Dense(
-            d, kernel_init=dense_init, dtype=self.dtype,
+        exit_features.append(torch_dense(
+            d, pooled.shape[-1], dtype=self.dtype,
             name=f"exit{stage}_fc")(pooled).astype(jnp.float32))
       else:
         sizes = (self.stage_sizes if self.exit_size == "same"
                  else [max(1, n // 2) for n in self.stage_sizes])
         exit_features.append(ExitSubNetwork(
             stage_sizes=sizes, block_cls=self.block_cls, first_stage=stage,
-            width=self.width, dtype=self.dtype,
+            width=self.width, dtype=self.dtype, conv_padding=self.conv_padding,
             name=f"exit{stage}_net")(x, train))
     projection = ProjectionHead(d, self.embed_dim, dtype=self.dtype,
                                 name="projector")(features)
@@ -318,8 +371,8 @@ class SelfConEncoder(nn.Module):
         ProjectionHead(d, self.embed_dim, dtype=self.dtype,
                        name=f"exit{stage}_projector")(f)
         for stage, f in zip(self.exit_stages, exit_features)]
-    coarse_logits = nn.Dense(self.num_coarse, kernel_init=dense_init,
-                             dtype=self.dtype, name="classifier")(features)
+    coarse_logits = torch_dense(self.num_coarse, d, dtype=self.dtype,
+                                name="classifier")(features)
     exit_features_NxExD = jnp.stack(exit_features, axis=1)
     out_features = features
     if self.ensemble_features:
@@ -364,13 +417,29 @@ def feature_dim(arch: str, width: int) -> int:
   return 8 * width * block_cls.expansion
 
 
-def build_backbone(arch: str, width: int,
-                   image_size: int) -> Callable[..., ResNet]:
+def build_backbone(arch: str, width: int, image_size: int,
+                   conv_padding: str = DEFAULT_CONV_PADDING
+                   ) -> Callable[..., ResNet]:
   """A ResNet constructor; the small-image stem is chosen from ``image_size``."""
   stage_sizes, block_cls = ARCHITECTURES[arch]
   return functools.partial(
       ResNet, stage_sizes=stage_sizes, block_cls=block_cls, width=width,
-      small_images=image_size <= SMALL_IMAGE_MAX_SIZE)
+      small_images=image_size <= SMALL_IMAGE_MAX_SIZE,
+      conv_padding=conv_padding)
+
+
+def conv_padding_of(config) -> str:
+  """``config.conv_padding``, checked; the default where the config has none.
+
+  Raises:
+    ConfigError: an unknown value.
+  """
+  padding = config.get("conv_padding", None) or DEFAULT_CONV_PADDING
+  if padding not in CONV_PADDINGS:
+    raise ConfigError(f"config.conv_padding={padding!r} is not supported; use "
+                      f"one of: {', '.join(CONV_PADDINGS)} (torch = "
+                      "PyTorch's padding, same = runs made before it).")
+  return padding
 
 
 # Fields of the WCL, SelfCon and saliency modes. A config may leave any of
@@ -398,6 +467,9 @@ METHOD_DEFAULTS = {
     "saliency_strategy": "hp",
     "saliency_grid": None,
     "saliency_fg_std": 0.6,
+    # "intent": the paper's rule; "official": the official code's row-sorted
+    # lookup (see train_step.foreground_patches).
+    "saliency_fg_rule": "intent",
     "saliency_query_ratio": (0.05, 0.25),
     "saliency_negative_ratio": (0.4, 0.7),
     "saliency_query_noise_std": 0.18,
@@ -406,6 +478,7 @@ METHOD_DEFAULTS = {
     "saliency_blur_sigma": None,
 }
 SALIENCY_STRATEGIES = ("hp", "blur", "mean")
+SALIENCY_FG_RULES = ("intent", "official")
 
 
 def method_option(config, name: str) -> Any:
@@ -481,11 +554,15 @@ def validate_method_options(config) -> None:
   elif mode == "saliency":
     check_number("alpha")
     hard = opt("num_hard_negatives")
-    if not isinstance(hard, int) or isinstance(hard, bool) or hard < 1:
-      fail("num_hard_negatives", "must be a positive integer")
+    if not isinstance(hard, int) or isinstance(hard, bool) or hard < 0:
+      fail("num_hard_negatives", "must be an integer >= 0 (0: no hard "
+           "negatives)")
     if opt("saliency_strategy") not in SALIENCY_STRATEGIES:
       fail("saliency_strategy", f"is not supported; use one of: "
            f"{', '.join(SALIENCY_STRATEGIES)}")
+    if opt("saliency_fg_rule") not in SALIENCY_FG_RULES:
+      fail("saliency_fg_rule", f"is not supported; use one of: "
+           f"{', '.join(SALIENCY_FG_RULES)}")
     grid = opt("saliency_grid")
     if grid is not None and (not isinstance(grid, int) or isinstance(
         grid, bool) or not 1 <= grid <= config.image_size):
@@ -518,7 +595,9 @@ def build_encoder(config, num_coarse: int) -> nn.Module:
   validate_method_options(config)
   dtype = DTYPES[config.get("precision", "float32")]
   mode = config.get("mode", "maskcon")
-  backbone = build_backbone(config.arch, config.width, config.image_size)
+  padding = conv_padding_of(config)
+  backbone = build_backbone(config.arch, config.width, config.image_size,
+                            padding)
   if mode == "selfcon":
     stage_sizes, block_cls = ARCHITECTURES[config.arch]
     return SelfConEncoder(
@@ -528,7 +607,7 @@ def build_encoder(config, num_coarse: int) -> nn.Module:
         exit_size=method_option(config, "selfcon_size"),
         embed_dim=config.embed_dim, num_coarse=num_coarse,
         ensemble_features=method_option(config, "eval_exit_ensemble"),
-        dtype=dtype)
+        dtype=dtype, conv_padding=padding)
   extra = {}
   if mode == "wcl":
     extra = dict(head="bn_mlp", second_head=True)

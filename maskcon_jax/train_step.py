@@ -445,14 +445,29 @@ def saliency_grid_map(feature_map_hxwxC: Array, grid: int) -> Array:
   return jax.image.resize(saliency_hxw, (grid, grid), method="bilinear")
 
 
-def foreground_patches(saliency_GxG: Array, fg_std: float = 0.6) -> Array:
-  """Foreground: saliency ``>= mean - fg_std * std`` over the patches.
+def foreground_patches(saliency_GxG: Array, fg_std: float = 0.6,
+                       rule: str = "intent") -> Array:
+  """The foreground patches of a saliency grid (bool ``(G, G)``).
 
-  The official rule (a patch at or above the mean, or below it by at most
-  0.6 standard deviations), written as one threshold.
+  With ``thr = mean - fg_std * std`` over the patches:
+
+  * ``intent`` (the paper, and our default): a patch is foreground if its
+    saliency is ``>= thr``, i.e. at or above the mean, or below it by at most
+    ``fg_std`` standard deviations (the official rule, as one threshold).
+  * ``official``: what the official ``localize.py`` computes. It sorts each
+    row of the grid (``np.sort`` sorts along the last axis) and then tests the
+    *sorted* value at ``(i, j)`` for each patch ``(i, j)``, so in every row
+    the right-most columns are foreground, as many as that row has patches
+    ``>= thr``, wherever the salient patches are.
   """
   mean = jnp.mean(saliency_GxG)
-  return saliency_GxG >= mean - fg_std * jnp.std(saliency_GxG)
+  threshold = mean - fg_std * jnp.std(saliency_GxG)
+  if rule == "intent":
+    return saliency_GxG >= threshold
+  if rule == "official":
+    return jnp.sort(saliency_GxG, axis=-1) >= threshold
+  raise ValueError(f"Unknown foreground rule {rule!r}; expected one of "
+                   f"{models.SALIENCY_FG_RULES}.")
 
 
 def patch_mask_counts(fg_GxG: Array, ratio: Array, *, background: bool,
@@ -527,7 +542,8 @@ def saliency_masked_views(rng: Array, views_BxHxWxC: Array,
                           saliency_BxGxG: Array, *, strategy: str,
                           ratio_range: tuple[float, float], background: bool,
                           noise_std: float, fg_std: float,
-                          blur: tuple[float, int]) -> tuple[Array, Array]:
+                          blur: tuple[float, int],
+                          fg_rule: str = "intent") -> tuple[Array, Array]:
   """Masks each view on its patch grid and fills the hidden patches.
 
   Fills: ``hp`` Gaussian noise of ``noise_std`` (the encoder high-passes its
@@ -542,7 +558,8 @@ def saliency_masked_views(rng: Array, views_BxHxWxC: Array,
   g = saliency_BxGxG.shape[-1]
   mask_rng, noise_rng = jax.random.split(rng)
   uniforms = jax.random.uniform(mask_rng, (b, 1 + g * g))
-  fg_BxGxG = jax.vmap(lambda s: foreground_patches(s, fg_std))(saliency_BxGxG)
+  fg_BxGxG = jax.vmap(lambda s: foreground_patches(s, fg_std, fg_rule))(
+      saliency_BxGxG)
   fg_cap = 0.55 if strategy == "hp" else None
   masks_BxGxG = jax.vmap(lambda u, fg: sample_patch_mask(
       u, fg, ratio_range, background=background, fg_cap=fg_cap))(uniforms,
@@ -569,6 +586,7 @@ def saliency_train_step(state: train_state_lib.TrainState,
                         batch: dict[str, Array], *, t0: float, alpha: float,
                         num_hard_negatives: int, strategy: str,
                         grid: int | None, fg_std: float,
+                        fg_rule: str = "intent",
                         query_ratio: tuple[float, float],
                         negative_ratio: tuple[float, float],
                         query_noise_std: float, negative_noise_std: float,
@@ -597,10 +615,12 @@ def saliency_train_step(state: train_state_lib.TrainState,
     batch: ``image`` uint8 ``(B, H, W, C)`` and ``coarse_label`` ``(B,)``.
     t0: temperature.
     alpha: scale of the hard-negative similarities.
-    num_hard_negatives: masked negative views per image.
+    num_hard_negatives: masked negative views per image (0: none, MoCo on
+      the masked query).
     strategy: ``hp``, ``blur`` or ``mean`` fill (``saliency_masked_views``).
     grid: patches per side; None: the feature map's size.
-    fg_std: foreground threshold (``foreground_patches``).
+    fg_std, fg_rule: the foreground threshold and rule
+      (``foreground_patches``).
     query_ratio, negative_ratio: ranges of the masking ratios.
     query_noise_std, negative_noise_std: noise of the ``hp`` fill.
     blur: ``(sigma, kernel_size)`` of the ``blur`` fill.
@@ -637,7 +657,8 @@ def saliency_train_step(state: train_state_lib.TrainState,
   query_saliency = to_grid(strong_out["feature_map"])
 
   mask_rngs = jax.random.split(mask_rng, 1 + num_hard_negatives)
-  mask_kwargs = dict(strategy=strategy, fg_std=fg_std, blur=blur)
+  mask_kwargs = dict(strategy=strategy, fg_std=fg_std, blur=blur,
+                     fg_rule=fg_rule)
   query_views, query_pixels = saliency_masked_views(
       mask_rngs[0], strong_views, query_saliency, ratio_range=query_ratio,
       background=True, noise_std=query_noise_std, **mask_kwargs)
@@ -653,7 +674,9 @@ def saliency_train_step(state: train_state_lib.TrainState,
         **key_kwargs)
     hard.append(losses.l2_normalize(negative_out["projection"]))
     hidden.append(jnp.mean(negative_pixels))
-  t_BxMxD = jnp.stack(hard, axis=1)
+  # No hard negatives (an ablation): MoCo on the masked query alone.
+  t_BxMxD = (jnp.stack(hard, axis=1) if hard else
+             jnp.zeros((b, 0, k_BxD.shape[-1]), k_BxD.dtype))
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -671,13 +694,14 @@ def saliency_train_step(state: train_state_lib.TrainState,
   metrics = {
       "loss": loss,
       "positive_similarity": jnp.mean(jnp.sum(q_BxD * k_BxD, axis=-1)),
-      "hard_negative_similarity": jnp.mean(
-          jnp.einsum("bd,bmd->bm", q_BxD, t_BxMxD)),
       "query_hidden_fraction": jnp.mean(query_pixels),
-      "negative_hidden_fraction": jnp.mean(jnp.stack(hidden)),
       "foreground_fraction": jnp.mean(jax.vmap(
-          lambda s: foreground_patches(s, fg_std))(query_saliency)),
+          lambda s: foreground_patches(s, fg_std, fg_rule))(query_saliency)),
   }
+  if hard:
+    metrics["hard_negative_similarity"] = jnp.mean(
+        jnp.einsum("bd,bmd->bm", q_BxD, t_BxMxD))
+    metrics["negative_hidden_fraction"] = jnp.mean(jnp.stack(hidden))
   metrics = _finish_metrics(metrics, grads, state, schedule)
   new_state = _apply_gradients(
       state, grads, batch_stats=batch_stats, target_params=target_params,
@@ -725,6 +749,7 @@ def step_for_config(config, *, mean: Sequence[float], std: Sequence[float],
         num_hard_negatives=option("num_hard_negatives"),
         strategy=option("saliency_strategy"), grid=option("saliency_grid"),
         fg_std=option("saliency_fg_std"),
+        fg_rule=option("saliency_fg_rule"),
         query_ratio=tuple(option("saliency_query_ratio")),
         negative_ratio=tuple(option("saliency_negative_ratio")),
         query_noise_std=option("saliency_query_noise_std"),

@@ -317,6 +317,36 @@ def test_foreground_rule_matches_official(seed):
       saliency.astype(np.float32)))
 
 
+def np_official_foreground(mask):
+  """The official localize.py, line by line: get_FG_idx on np.sort(mask)
+  (rows sorted) at the flattened argsort's (i, j) positions."""
+  size = mask.shape[0]
+  index = np.dstack(np.unravel_index(np.argsort(-mask.ravel()),
+                                     (size, size)))[0]
+  sorted_mask = np.sort(mask)
+  mean, std = sorted_mask.mean(), np.std(sorted_mask)
+  fg = np.zeros(mask.shape, bool)
+  for i, j in index:
+    if sorted_mask[i, j] >= mean:
+      fg[i, j] = True
+    elif sorted_mask[i, j] < mean and abs(sorted_mask[i, j] - mean) <= (
+        0.6 * std):
+      fg[i, j] = True
+  return fg
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_official_foreground_rule_matches_localize_py(seed):
+  saliency = np.random.default_rng(seed).gamma(2.0, size=(7, 7)).astype(
+      np.float32)
+  got = np.asarray(train_step.foreground_patches(jnp.asarray(saliency),
+                                                 rule="official"))
+  np.testing.assert_array_equal(got, np_official_foreground(saliency))
+  # It is a different rule: positions follow the columns, not the saliency.
+  assert not np.array_equal(got, np_foreground(saliency))
+  assert got.sum() == np_foreground(saliency).sum()
+
+
 def test_saliency_grid_map_sums_channels_and_resizes():
   fmap = jnp.arange(4 * 4 * 3, dtype=jnp.float32).reshape(4, 4, 3)
   np.testing.assert_allclose(
@@ -530,8 +560,10 @@ def test_filters_scale_from_224_px():
      "config.selfcon_size='large' is not supported"),
     (dict(mode="saliency", saliency_strategy="noise"),
      "config.saliency_strategy='noise' is not supported"),
-    (dict(mode="saliency", num_hard_negatives=0),
-     "config.num_hard_negatives=0 must be a positive integer"),
+    (dict(mode="saliency", saliency_fg_rule="sorted"),
+     "config.saliency_fg_rule='sorted' is not supported"),
+    (dict(mode="saliency", num_hard_negatives=-1),
+     "config.num_hard_negatives=-1 must be an integer >= 0"),
     (dict(mode="saliency", saliency_query_ratio=(0.5, 0.2)),
      "config.saliency_query_ratio=(0.5, 0.2) must be a pair"),
     (dict(mode="wcl", wcl_same_coarse_nn=1),
@@ -556,3 +588,32 @@ def test_method_configs(name, mode):
             "saliency": ("saliency_", "alpha", "num_hard")}[mode]
   wanted = {k for k in models.METHOD_DEFAULTS if k.startswith(prefix)}
   assert wanted <= set(config)
+
+
+def test_saliency_step_without_hard_negatives_is_moco_on_the_masked_query():
+  """num_hard_negatives=0 (an ablation): the loss is MoCo's InfoNCE on the
+  masked query, and the step trains and reports no hard-negative metrics."""
+  rng = np.random.default_rng(0)
+  q, k = (jnp.asarray(rng.normal(size=(4, 8)), jnp.float32) for _ in range(2))
+  q, k = losses.l2_normalize(q), losses.l2_normalize(k)
+  queue = losses.l2_normalize(jnp.asarray(rng.normal(size=(16, 8)),
+                                          jnp.float32))
+  none = jnp.zeros((4, 0, 8), jnp.float32)
+  np.testing.assert_allclose(
+      losses.hard_negative_moco_loss(q, k, queue, none, t0=0.2, alpha=2.0),
+      losses.moco_loss(q, k, queue, t0=0.2), rtol=1e-6)
+
+  from configs import tiny
+  from maskcon_jax import trainer
+  config = tiny.get_config()
+  config.mode = "saliency"
+  config.num_hard_negatives = 0
+  config.strong_policy = "weak"
+  exp = trainer.build_experiment(config)
+  step = jax.jit(train_step.step_for_config(
+      config, mean=exp.dataset.mean, std=exp.dataset.std, mesh=exp.mesh))
+  batch = {"image": jnp.asarray(exp.dataset.train_images[:16]),
+           "coarse_label": jnp.asarray(exp.dataset.train_coarse[:16])}
+  state, metrics = step(exp.state, batch)
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  assert "hard_negative_similarity" not in metrics

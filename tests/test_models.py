@@ -5,9 +5,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from maskcon_jax import models
+from maskcon_jax.errors import ConfigError
 
 
 def _config(**overrides):
@@ -70,3 +72,99 @@ def test_bfloat16_keeps_float32_params_and_outputs():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   out = model.apply(variables, x, train=False)
   assert out["projection"].dtype == jnp.float32
+
+
+def _conv_reference(x_HxW, kernel_3x3, stride, pads):
+  """NumPy cross-correlation of one channel with explicit (low, high) pads."""
+  (top, bottom), (left, right) = pads
+  padded = np.pad(x_HxW, ((top, bottom), (left, right)))
+  out_h = (padded.shape[0] - 3) // stride + 1
+  out_w = (padded.shape[1] - 3) // stride + 1
+  out = np.zeros((out_h, out_w))
+  for i in range(out_h):
+    for j in range(out_w):
+      window = padded[i * stride:i * stride + 3, j * stride:j * stride + 3]
+      out[i, j] = np.sum(window * kernel_3x3)
+  return out
+
+
+@pytest.mark.parametrize("padding,pads", [
+    # PyTorch's padding=1: one pixel on every side.
+    ("torch", ((1, 1), (1, 1))),
+    # XLA's SAME for stride 2 on an even input: only bottom/right.
+    ("same", ((0, 1), (0, 1)))])
+@pytest.mark.parametrize("size", [8, 7])
+def test_strided_conv_padding_positions(padding, pads, size):
+  """The 3x3 stride-2 convolution of a ResNet stage reads the same input
+  pixels as PyTorch's Conv2d(padding=1) ("torch") or XLA's SAME ("same")."""
+  conv, _ = models._conv_and_norm(jnp.float32, False, padding)
+  layer = conv(1, (3, 3), (2, 2))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, size, size, 1)).astype(np.float32)
+  kernel = rng.normal(size=(3, 3)).astype(np.float32)
+  params = {"params": {"kernel": jnp.asarray(kernel[:, :, None, None])}}
+  out = np.asarray(layer.apply(params, jnp.asarray(x)))[0, :, :, 0]
+  if size % 2 == 1:
+    pads = ((1, 1), (1, 1))  # Odd inputs: both paddings are symmetric.
+  np.testing.assert_allclose(out, _conv_reference(x[0, :, :, 0], kernel, 2,
+                                                  pads), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_padding_aligns_main_path_with_shortcut():
+  """With PyTorch's padding, a downsampling block's 3x3 path is centred on
+  the pixels its 1x1 stride-2 shortcut samples (even rows and columns): an
+  impulse at an odd position reaches the same output cells through both."""
+  conv, _ = models._conv_and_norm(jnp.float32, False, "torch")
+  main = conv(1, (3, 3), (2, 2))
+  shortcut = conv(1, (1, 1), (2, 2))
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  x[0, 4, 4, 0] = 1.0  # An even position: the shortcut's sample (2, 2).
+  main_out = main.apply({"params": {"kernel": jnp.zeros((3, 3, 1, 1)).at[
+      1, 1].set(1.0)}}, x)
+  short_out = shortcut.apply({"params": {"kernel": jnp.ones((1, 1, 1, 1))}},
+                             x)
+  # The centre tap of the 3x3 path sees what the shortcut sees.
+  np.testing.assert_array_equal(np.asarray(main_out), np.asarray(short_out))
+
+
+def test_unknown_conv_padding_is_a_config_error():
+  with pytest.raises(ConfigError, match="conv_padding"):
+    models.build_encoder(_config(conv_padding="valid"), num_coarse=3)
+
+
+def test_default_padding_is_torch_and_same_changes_the_function():
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  outs = {}
+  for padding in models.CONV_PADDINGS:
+    model = models.build_encoder(_config(conv_padding=padding), num_coarse=3)
+    variables = model.init(jax.random.key(0), x, train=False)
+    outs[padding] = model.apply(variables, x, train=False)["features"]
+  default = models.build_encoder(_config(), num_coarse=3)
+  variables = default.init(jax.random.key(0), x, train=False)
+  np.testing.assert_array_equal(
+      default.apply(variables, x, train=False)["features"], outs["torch"])
+  assert not np.allclose(outs["torch"], outs["same"])
+
+
+def test_initialisation_follows_pytorch_defaults():
+  """Linear layers: weight and bias uniform(+-1/sqrt(fan_in)) (nn.Linear);
+  the small-image stem: nn.Conv2d's default, uniform(+-1/sqrt(9 * C_in))."""
+  model = models.build_encoder(_config(width=8, proj_hidden_dim=64,
+                                       embed_dim=32), num_coarse=3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)),
+                      train=False)["params"]
+  fc1 = params["projector"]["fc1"]  # 64 features in (8 * width) -> 64.
+  for name in ("kernel", "bias"):
+    values = np.asarray(fc1[name])
+    bound = 1 / np.sqrt(64)
+    assert np.abs(values).max() <= bound
+    # Spread over the whole range: not zeros, not a narrower init.
+    assert np.abs(values).max() > 0.8 * bound
+  bias = np.asarray(params["classifier"]["bias"])
+  assert np.all(bias != 0) and np.abs(bias).max() <= 1 / np.sqrt(64)
+  stem = np.asarray(params["backbone"]["conv1"]["kernel"])
+  bound = 1 / np.sqrt(9 * 3)
+  assert np.abs(stem).max() <= bound and np.abs(stem).max() > 0.8 * bound
+  # The other convolutions keep torchvision's kaiming-normal (fan_out).
+  block = np.asarray(params["backbone"]["layer1_0"]["Conv_0"]["kernel"])
+  assert abs(block.std() - np.sqrt(2 / (9 * 8))) < 0.25 * np.sqrt(2 / (9 * 8))
