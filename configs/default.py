@@ -32,8 +32,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = config_dict.placeholder(str)
   config.max_train_examples = config_dict.placeholder(int)
   config.max_test_examples = config_dict.placeholder(int)
+  # None: max_*_examples keep the first N examples. An integer: each split
+  # keeps the first N indices of np.random.default_rng(subset_seed)
+  # .permutation(split size), in that order (the whole split, permuted, when
+  # there is no max). In-memory datasets only.
+  config.subset_seed = config_dict.placeholder(int)
+  # None: the dataset's own channels. 3: gray repeated to RGB; 1: RGB to luma
+  # (PIL's convert("L")). In-memory datasets only (streamed data is RGB).
+  config.image_channels = config_dict.placeholder(int)
+  # A CSV (fine,coarse rows) or JSON ({"fine": "coarse"}) file replacing the
+  # dataset's own fine -> coarse map; required by dataset="folder".
+  config.coarse_map = config_dict.placeholder(str)
   config.image_size = 28
-  config.strong_policy = "strong"
+  # The official small-image views: keys see RandomResizedCrop(scale 0.2-1)
+  # + horizontal flip; queries the same + the official CIFAR-10 AutoAugment.
+  config.strong_policy = "cifar_strong"
   config.weak_policy = "weak"
 
   # Model.
@@ -42,6 +55,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.embed_dim = 128
   config.proj_hidden_dim = 512
   config.precision = "float32"  # float32 | bfloat16
+  # 3x3 convolutions pad one pixel on each side, as PyTorch; "same" is XLA's
+  # SAME, which runs made before this field existed used.
+  config.conv_padding = "torch"  # torch | same
+  # Start both encoders from other weights: another run's workdir, or a
+  # torchvision ResNet state dict (.npz or .safetensors), e.g. ImageNet's as
+  # the paper does. Read only when a run starts (see maskcon_jax/pretrained.py
+  # and the README's "Use a trained model").
+  config.init_from = config_dict.placeholder(str)
 
   # Devices and BatchNorm. MoCo's shuffle-BN for the key encoder (on one
   # device it is the same as global BN); per-device BN for the query encoder,

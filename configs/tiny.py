@@ -30,4 +30,7 @@ def get_config():
   config.log_every_steps = 2
   config.checkpoint_every_steps = 4
   config.retrieval_ks = (1, 2, 5)
+  # The MoCo v2 strong view (crop, flip, colour): cheaper to compile than the
+  # default AutoAugment, which tests/test_augment*.py cover on their own.
+  config.strong_policy = "strong"
   return config

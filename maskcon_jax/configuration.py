@@ -24,10 +24,22 @@ QUEUE_INITS = ("prefill", "random")
 
 # Fields whose change makes an existing checkpoint unusable: they fix the
 # shapes of its arrays or what its step means (data order, steps per epoch).
+#
+# subset_seed picks (and orders) the training examples, image_channels fixes
+# the input shape, and coarse_map the training labels. coarse_map is a path:
+# two different paths count as the same map when both files can be read and
+# hold the same rows (`check_compatible`), so a copied map resumes; a map
+# edited in place at the same path is not detected.
 CHECKPOINT_FIELDS = ("mode", "dataset", "arch", "width", "embed_dim",
                      "proj_hidden_dim", "queue_size", "image_size", "precision",
                      "synthetic", "seed", "batch_size", "selfcon_position",
-                     "selfcon_size")
+                     "selfcon_size", "subset_seed", "image_channels",
+                     "coarse_map", "conv_padding")
+
+# init_from is in neither list: only a fresh run reads it (a checkpoint holds
+# the weights it gave), so a resumption with another init_from continues the
+# checkpoint and `check_compatible` reports the change, like any setting that
+# makes the run differ from an uninterrupted run of the new config.
 
 # Fields that may change between a run and its resumption without changing
 # what is trained: when to log, save or evaluate, where the data is, how many
@@ -35,7 +47,7 @@ CHECKPOINT_FIELDS = ("mode", "dataset", "arch", "width", "embed_dim",
 RESUME_FREE_FIELDS = ("stop_after_steps", "log_every_steps",
                       "checkpoint_every_steps", "eval_every_epochs",
                       "eval_batch_size", "retrieval_ks", "num_devices",
-                      "distributed", "data_dir", "coarse_map", "train_csv",
+                      "distributed", "data_dir", "train_csv",
                       "test_csv", "max_nonfinite_steps", "debug_nan_at_step",
                       "debug_nan_num_steps", "eval_exit_ensemble",
                       "knn_monitor_every_steps", "knn_monitor_size")
@@ -195,6 +207,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 what="a positive step number or unset")
   _optional_int(config, "debug_nan_num_steps", minimum=1,
                 what="a positive integer")
+  _optional_int(config, "subset_seed", minimum=0,
+                what="an integer >= 0, or unset to keep the first examples")
+  channels = config.get("image_channels")
+  if channels is not None and (isinstance(channels, bool) or
+                               not isinstance(channels, int) or
+                               channels not in (1, 3)):
+    raise ConfigError(f"config.image_channels={_show(channels)} must be 1 "
+                      "(gray), 3 (RGB) or unset (the dataset's own channels).")
+  coarse_map = config.get("coarse_map")
+  if coarse_map is not None and not isinstance(coarse_map, str):
+    raise ConfigError(f"config.coarse_map={_show(coarse_map)} must be the path "
+                      "of a CSV or JSON fine -> coarse map, or unset.")
+  init_from = config.get("init_from")
+  if init_from is not None and (not isinstance(init_from, str) or
+                                not init_from):
+    raise ConfigError(f"config.init_from={_show(init_from)} must be a run's "
+                      "workdir or a torchvision state dict (.npz or "
+                      ".safetensors), or unset.")
 
 
 def check_run_layout(config: ml_collections.ConfigDict, *, num_train: int,
@@ -293,6 +323,12 @@ def check_compatible(saved: dict[str, Any],
     return defaults.get(field) if found is None else found
 
   def differs(field):
+    if field == "conv_padding":
+      # A run saved before the field existed used XLA's SAME padding.
+      return (saved.get(field) or models.LEGACY_CONV_PADDING) != (
+          models.conv_padding_of(config))
+    if field == "coarse_map":
+      return not _same_coarse_map(value(saved, field), value(current, field))
     return _plain(value(saved, field)) != value(current, field)
 
   def show(field):
@@ -306,3 +342,25 @@ def check_compatible(saved: dict[str, Any],
   others = sorted((set(saved) | set(current)) - set(CHECKPOINT_FIELDS) -
                   set(RESUME_FREE_FIELDS))
   return [show(f) for f in others if differs(f)]
+
+
+def _same_coarse_map(saved: Any, current: Any) -> bool:
+  """Whether two ``config.coarse_map`` values give the same labels.
+
+  The same path (or both unset) is the same map. Different paths are the
+  same map only when both files can be read now and hold the same rows, as
+  `maskcon_jax.datasets.files.read_coarse_map` reads them; a map that cannot
+  be compared (moved away, unreadable) counts as different, so a resumed run
+  never trains on other coarse labels unnoticed.
+  """
+  saved, current = saved or None, current or None
+  if saved == current:
+    return True
+  if not isinstance(saved, str) or not isinstance(current, str):
+    return False
+  # pylint: disable-next=g-import-not-at-top
+  from maskcon_jax.datasets import files
+  try:
+    return files.read_coarse_map(saved) == files.read_coarse_map(current)
+  except UserError:
+    return False

@@ -4,6 +4,8 @@ Everything here is plain Python and numpy: the tables can be inspected and
 tested without TensorFlow. The loaders in `maskcon_jax.datasets` turn them into
 `LabelHierarchy` objects and per-example labels.
 
+* Fashion-MNIST: two groupings of the 10 classes (`FASHION_MNIST_GROUPINGS`),
+  the natural one (tops, footwear, other) and a deliberately misleading one.
 * CIFAR-100: the dataset's own 20 superclasses.
 * CIFARtoy: 8 CIFAR-10 classes in two coarse groups, a "good" grouping that
   follows appearance (vehicles vs animals) and a "bad" one that cuts across it.
@@ -33,6 +35,66 @@ CIFAR100_MEAN = (0.507, 0.487, 0.441)
 CIFAR100_STD = (0.267, 0.256, 0.276)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ---------------------------------------------------------------------------
+# Fashion-MNIST.
+# ---------------------------------------------------------------------------
+
+FASHION_MNIST_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                       'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+
+# Coarse groupings of the 10 Fashion-MNIST classes: grouping -> the coarse
+# classes in id order, each as (name, member classes).
+#
+# * ``natural`` (dataset ``fashion_mnist``): tops, footwear and the rest.
+# * ``mixed`` (dataset ``fashion_mnist_mixed``): a misleading grouping. Each
+#   coarse class holds part of every natural group (tops, footwear, other),
+#   and the visually close pairs T-shirt/Shirt, Pullover/Coat and
+#   Sandal/Sneaker are split across the two, so the coarse labels say little
+#   about appearance: the Fashion-MNIST analogue of CIFARtoy's "bad" grouping.
+FASHION_MNIST_GROUPINGS = {
+    'natural': (
+        ('tops', ('T-shirt/top', 'Pullover', 'Coat', 'Shirt')),
+        ('footwear', ('Sandal', 'Sneaker', 'Ankle boot')),
+        ('other', ('Trouser', 'Dress', 'Bag')),
+    ),
+    'mixed': (
+        ('mixed_a', ('T-shirt/top', 'Trouser', 'Pullover', 'Sandal', 'Bag')),
+        ('mixed_b', ('Dress', 'Coat', 'Shirt', 'Sneaker', 'Ankle boot')),
+    ),
+}
+
+
+def fashion_mnist_grouping(
+    grouping: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """One of `FASHION_MNIST_GROUPINGS` as label tables.
+
+  Args:
+    grouping: ``'natural'`` or ``'mixed'``.
+
+  Returns:
+    ``(fine_to_coarse, coarse_names)``: the coarse id of each Fashion-MNIST
+    label 0-9, and the coarse class names in id order.
+
+  Raises:
+    ValueError: an unknown grouping, or one that does not put every class in
+      exactly one coarse class.
+  """
+  if grouping not in FASHION_MNIST_GROUPINGS:
+    raise ValueError(f'Fashion-MNIST grouping {grouping!r} is not one of '
+                     f'{", ".join(FASHION_MNIST_GROUPINGS)}.')
+  groups = FASHION_MNIST_GROUPINGS[grouping]
+  coarse_of = {}
+  for c, (_, members) in enumerate(groups):
+    for name in members:
+      coarse_of.setdefault(name, []).append(c)
+  if sorted(coarse_of) != sorted(FASHION_MNIST_NAMES) or any(
+      len(c) != 1 for c in coarse_of.values()):
+    raise ValueError(f'Fashion-MNIST grouping {grouping!r} must put each of '
+                     'the 10 classes in exactly one coarse class.')
+  return (tuple(coarse_of[n][0] for n in FASHION_MNIST_NAMES),
+          tuple(name for name, _ in groups))
+
 
 # ---------------------------------------------------------------------------
 # CIFAR-10 and CIFARtoy.

@@ -148,6 +148,33 @@ def _broken_image(tmp, _):
   _image_folders(tmp, broken="train/dog/1.png")
 
 
+def _mapped_folders(tmp, _):
+  _image_folders(tmp)
+
+
+def _synthetic_map(tmp, name, rows):
+  (tmp / name).write_text("".join(f"{f},{c}\n" for f, c in rows.items()))
+
+
+def _map_with_unknown_class(tmp, _):
+  # tiny's synthetic data has fine classes 'pattern 0' to 'pattern 7'.
+  _synthetic_map(tmp, "map.csv", {**{f"pattern {f}": f % 2 for f in range(8)},
+                                  "pattern 9": 1})
+
+
+def _map_with_one_coarse_class(tmp, _):
+  _synthetic_map(tmp, "map.csv", {f"pattern {f}": "x" for f in range(8)})
+
+
+def _previous_run_with_another_map(tmp, _):
+  _synthetic_map(tmp, "a.csv", {f"pattern {f}": f % 2 for f in range(8)})
+  _synthetic_map(tmp, "b.csv", {f"pattern {f}": f % 4 for f in range(8)})
+  (tmp / "run").mkdir()
+  saved = tiny.get_config()
+  saved.coarse_map = str(tmp / "a.csv")
+  (tmp / "run" / "config.json").write_text(json.dumps(saved.to_dict()))
+
+
 def _bad_config_file(tmp, _):
   (tmp / "bad_config.py").write_text("x = \n")
 
@@ -247,6 +274,35 @@ CASES = [
     ("unmapped_class", _folder(), _unmapped_class,
      "error: Coarse map '{tmp}/images/coarse.csv' leaves 1 class folders "
      "unmapped: 'dog'; add a row for each."),
+    ("coarse_map_unknown_class", ["--config.coarse_map={tmp}/map.csv"],
+     _map_with_unknown_class,
+     "error: Coarse map '{tmp}/map.csv' names 1 classes that synthetic does "
+     "not have: 'pattern 9'; use its fine class names ('pattern 0', "
+     "'pattern 1', 'pattern 2', ...) or indices 0-7."),
+    ("coarse_map_one_coarse_class", ["--config.coarse_map={tmp}/map.csv"],
+     _map_with_one_coarse_class,
+     "error: Coarse map '{tmp}/map.csv' puts all 8 fine classes of synthetic "
+     "in one coarse class 'x': map them to at least two coarse classes."),
+    ("coarse_map_missing", ["--config.coarse_map={tmp}/nope.json"], None,
+     "error: config.coarse_map='{tmp}/nope.json' does not exist: point it at "
+     "a CSV of fine,coarse rows or a JSON {{\"fine\": \"coarse\"}} file."),
+    ("negative_subset_seed", ["--config.subset_seed=-1"], None,
+     "error: config.subset_seed=-1 must be an integer >= 0, or unset to keep "
+     "the first examples."),
+    ("bad_image_channels", ["--config.image_channels=2"], None,
+     "error: config.image_channels=2 must be 1 (gray), 3 (RGB) or unset (the "
+     "dataset's own channels)."),
+    ("subset_seed_on_streamed_data",
+     _folder("--config.in_memory=False", "--config.subset_seed=0"),
+     _mapped_folders,
+     "error: config.subset_seed=0 needs the data in memory, but "
+     "config.dataset='folder' streams: set config.in_memory=True or unset "
+     "config.subset_seed."),
+    ("resumed_with_another_coarse_map", ["--config.coarse_map={tmp}/b.csv"],
+     _previous_run_with_another_map,
+     "error: the workdir holds a checkpoint of an incompatible config: "
+     "coarse_map ('{tmp}/a.csv' -> '{tmp}/b.csv'); use a new --workdir or the "
+     "original values."),
     ("undecodable_image", _folder(), _broken_image,
      re.compile(r"error: Cannot decode image '{tmp}/images/train/dog/1\.png' "
                 r"of {tmp}/images/train \(.+\): delete or replace the file "
@@ -369,6 +425,9 @@ _FIELDS = {
     "stop_after_steps": _field(_SMALL_INTS),
     "max_nonfinite_steps": _field(_SMALL_INTS),
     "debug_nan_at_step": _field(_SMALL_INTS),
+    "subset_seed": _field(st.integers(-3, 2**33)),
+    "image_channels": _field(st.integers(-1, 4)),
+    "coarse_map": _field(st.text(max_size=6)),
 }
 NUM_TRAIN, DEVICES = 64, 8
 

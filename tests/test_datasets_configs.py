@@ -43,3 +43,21 @@ def test_paper_config(name):
   # Overridable from the command line, and unset by default.
   assert 'in_memory' in config and config.in_memory is None
   assert 'Expected' in importlib.import_module(f'configs.{name}').__doc__
+
+
+def test_fashion_mnist_mixed_config():
+  module = importlib.import_module('configs.fashion_mnist_mixed')
+  config = module.get_config()
+  default = importlib.import_module('configs.default').get_config()
+  assert config.dataset == 'fashion_mnist_mixed'
+  assert config.dataset in input_pipeline.DATASETS
+  # Everything else is the default config's: only the grouping changes.
+  others = {k: v for k, v in config.to_dict().items() if k != 'dataset'}
+  assert others == {k: v for k, v in default.to_dict().items()
+                    if k != 'dataset'}
+  doc = module.__doc__
+  assert ('python -m maskcon_jax.train --config configs/fashion_mnist_mixed.py'
+          ' --workdir runs/mixed') in doc
+  assert "Expected result: see the README's mixed-grouping table." in doc
+  for pair in ('T-shirt/Shirt', 'Pullover/Coat', 'Sandal/Sneaker'):
+    assert pair in doc

@@ -267,6 +267,26 @@ def test_folder_map_errors(image_folder, tmp_path):
     load(coarse_map=str(tmp_path / 'list.json'))
 
 
+def test_folder_numbered_classes_are_named_not_indexed(image_folder,
+                                                       tmp_path):
+  # The folders '7' and '10' exist, so integers are folder names: '2' is not
+  # the third folder but a class with no folder.
+  with pytest.raises(DataError, match=r"names 1 classes with no folder .*"
+                     r"'2'; remove them") as info:
+    input_pipeline.load_dataset(_config(
+        dataset='folder', data_dir=str(image_folder),
+        coarse_map=_write_map(tmp_path / 'map.csv', {**_MAP, '2': 'animal'})))
+  assert '\n' not in str(info.value)
+
+
+def test_folder_allows_one_coarse_class(image_folder, tmp_path):
+  # Its map is its only labelling, so one coarse class is the user's call.
+  ds = input_pipeline.load_dataset(_config(
+      dataset='folder', data_dir=str(image_folder), image_size=4,
+      coarse_map=_write_map(tmp_path / 'one.csv', {k: 'all' for k in _MAP})))
+  assert ds.hierarchy.coarse_names == ('all',)
+
+
 def test_folder_missing_directories(image_folder, tmp_path):
   coarse_map = _write_map(tmp_path / 'map.csv', _MAP)
   with pytest.raises(ConfigError, match='data_dir'):
@@ -379,3 +399,34 @@ def test_csv_errors(tmp_path, csv_images):
     load(str(data / 'absent.csv'))
   with pytest.raises(ConfigError, match='test_csv'):
     input_pipeline.load_dataset(_config(dataset='csv', train_csv=good))
+
+
+def test_csv_with_fine_labels_takes_a_coarse_map(tmp_path, csv_images):
+  data = tmp_path / 'data'
+  train = _write_csv(data / 'train.csv', [
+      (csv_images[0], 'b', 'b1'), (csv_images[1], 'a', 'a2'),
+      (csv_images[2], 'a', 'a1'), (csv_images[3], 'b', 'b1')])
+  test = _write_csv(data / 'test.csv', [
+      (csv_images[4], 'a', 'a3'), (csv_images[5], 'b', 'b1')])
+  # Fine classes a1, a2, a3, b1 (by index 0 and by name) regrouped.
+  coarse_map = _write_map(tmp_path / 'map.csv', {'0': 'odd', 'a2': 'even',
+                                                 'a3': 'odd', 'b1': 'even'})
+  config = _config(dataset='csv', train_csv=train, test_csv=test,
+                   image_size=4, coarse_map=coarse_map)
+  ds = input_pipeline.load_dataset(config)
+  assert ds.hierarchy.coarse_names == ('even', 'odd')
+  assert ds.hierarchy.fine_to_coarse == (1, 0, 1, 0)
+  np.testing.assert_array_equal(ds.train_fine, [3, 1, 0, 3])
+  np.testing.assert_array_equal(ds.train_coarse, [0, 0, 1, 0])
+  np.testing.assert_array_equal(ds.test_coarse, [1, 0])
+
+  # Streamed from the files, the same labels image by image.
+  config.in_memory = False
+  stream = input_pipeline.load_dataset(config)
+  value_to_coarse = {0: 0, 20: 0, 40: 1, 60: 0}
+  for batch in stream.train_batches(2, seed=3, epoch=0):
+    np.testing.assert_array_equal(
+        batch['coarse_label'],
+        [value_to_coarse[v] for v in batch['image'][:, 0, 0, 0]])
+  batch = next(iter(stream.test_batches(2)))
+  np.testing.assert_array_equal(batch['coarse_label'], [1, 0])

@@ -34,6 +34,64 @@ def test_cifar100_table():
 
 
 # ----------------------------------------------------------------------------
+# Fashion-MNIST groupings.
+# ----------------------------------------------------------------------------
+
+# Every class's group, written out by name (not derived from the package).
+_MIXED_GROUP = {
+    'T-shirt/top': 'mixed_a', 'Trouser': 'mixed_a', 'Pullover': 'mixed_a',
+    'Dress': 'mixed_b', 'Coat': 'mixed_b', 'Sandal': 'mixed_a',
+    'Shirt': 'mixed_b', 'Sneaker': 'mixed_b', 'Bag': 'mixed_a',
+    'Ankle boot': 'mixed_b'}
+_NATURAL_GROUP = {
+    'T-shirt/top': 'tops', 'Pullover': 'tops', 'Coat': 'tops', 'Shirt': 'tops',
+    'Sandal': 'footwear', 'Sneaker': 'footwear', 'Ankle boot': 'footwear',
+    'Trouser': 'other', 'Dress': 'other', 'Bag': 'other'}
+
+
+def test_fashion_mnist_mixed_hierarchy_table():
+  h = input_pipeline.HIERARCHIES['fashion_mnist_mixed']
+  assert h is input_pipeline.FASHION_MNIST_MIXED_HIERARCHY
+  assert h.fine_names == ('T-shirt/top', 'Trouser', 'Pullover', 'Dress',
+                          'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                          'Ankle boot')
+  assert h.coarse_names == ('mixed_a', 'mixed_b')
+  groups = {name: h.coarse_names[h.fine_to_coarse[f]]
+            for f, name in enumerate(h.fine_names)}
+  assert groups == _MIXED_GROUP
+  # Labels 0, 1, 2, 5, 8 form group A and 3, 4, 6, 7, 9 group B.
+  np.testing.assert_array_equal(np.flatnonzero(np.asarray(h.fine_to_coarse)
+                                               == 0), [0, 1, 2, 5, 8])
+
+
+@pytest.mark.parametrize('a,b', [('T-shirt/top', 'Shirt'),
+                                 ('Pullover', 'Coat'), ('Sandal', 'Sneaker')])
+def test_fashion_mnist_mixed_splits_the_close_pairs(a, b):
+  h = input_pipeline.FASHION_MNIST_MIXED_HIERARCHY
+  coarse = dict(zip(h.fine_names, h.fine_to_coarse))
+  assert coarse[a] != coarse[b]
+
+
+def test_fashion_mnist_mixed_cuts_across_every_natural_group():
+  h = input_pipeline.FASHION_MNIST_MIXED_HIERARCHY
+  mixed = dict(zip(h.fine_names, h.fine_to_coarse))
+  for natural in ('tops', 'footwear', 'other'):
+    members = [n for n, g in _NATURAL_GROUP.items() if g == natural]
+    assert {mixed[n] for n in members} == {0, 1}, natural
+
+
+def test_fashion_mnist_natural_grouping_is_the_datasets_own():
+  table, names = hierarchies.fashion_mnist_grouping('natural')
+  assert names == ('tops', 'footwear', 'other')
+  assert {n: names[c] for n, c in zip(hierarchies.FASHION_MNIST_NAMES,
+                                      table)} == _NATURAL_GROUP
+  assert input_pipeline.HIERARCHIES['fashion_mnist'].fine_to_coarse == (
+      0, 2, 0, 2, 0, 1, 0, 1, 2, 1)
+  with pytest.raises(ValueError, match='not one of natural, mixed'):
+    hierarchies.fashion_mnist_grouping('bad')
+
+
+# ----------------------------------------------------------------------------
 # Cars196.
 # ----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ downloaded. Its random labels ignore every hierarchy; where a test checks the
 label mapping it serves fixed examples through ``as_dataset_fn`` instead.
 """
 
+import json
+
 import ml_collections
 import numpy as np
 import pytest
@@ -204,6 +206,87 @@ def test_sop_product_under_two_super_categories_is_a_data_error():
       {'class_id': np.array([1, 1]), 'super_class_id': np.array([0, 1])})):
     with pytest.raises(DataError, match='two super-categories'):
       input_pipeline.load_dataset(_config(dataset='sop'))
+
+
+# ----------------------------------------------------------------------------
+# coarse_map, subset_seed and image_channels on TFDS data.
+# ----------------------------------------------------------------------------
+
+
+def _write_json(path, rows):
+  path.write_text(json.dumps(rows))
+  return str(path)
+
+
+def test_coarse_map_on_streamed_and_in_memory_cifartoy(tmp_path):
+  fine_table, _ = hierarchies.cifartoy_tables('good')
+  # CIFARtoy's fine classes by name: wheels vs the rest.
+  wheels = {'automobile', 'truck'}
+  names = ('airplane', 'automobile', 'bird', 'cat', 'dog', 'horse', 'ship',
+           'truck')
+  path = _write_json(tmp_path / 'wheels.json',
+                     {n: ('wheels' if n in wheels else 'other')
+                      for n in names})
+  expected = np.asarray([1 if n in wheels else 0 for n in names])
+  with tfds.testing.mock_data(
+      as_dataset_fn=_fixed_examples({'label': _CIFAR10_LABELS})):
+    ds = input_pipeline.load_dataset(
+        _config(dataset='cifartoy_good', image_size=6, coarse_map=path))
+    stream = input_pipeline.load_dataset(
+        _config(dataset='cifartoy_good', image_size=6, coarse_map=path,
+                in_memory=False))
+    batches = list(stream.train_batches(3, seed=1, epoch=0))
+    tests = list(stream.test_batches(4))
+  assert ds.hierarchy.coarse_names == ('other', 'wheels')
+  assert stream.hierarchy == ds.hierarchy
+  kept = np.flatnonzero(~np.isin(_CIFAR10_LABELS, (4, 6)))
+  np.testing.assert_array_equal(ds.train_fine,
+                                fine_table[_CIFAR10_LABELS[kept]])
+  np.testing.assert_array_equal(ds.train_coarse, expected[ds.train_fine])
+  np.testing.assert_array_equal(ds.test_coarse, expected[ds.test_fine])
+  # Streamed: every batch's coarse labels follow the map, image by image.
+  for b in batches + tests:
+    fine = fine_table[_CIFAR10_LABELS[b['image'][:, 0, 0, 0]]]
+    np.testing.assert_array_equal(b['fine_label'], fine)
+    np.testing.assert_array_equal(b['coarse_label'], expected[fine])
+    assert b['coarse_label'].dtype == np.int32
+  assert len(batches) == 3
+
+
+def test_coarse_map_overrides_cifar100s_own_superclass_field(tmp_path):
+  labels = np.arange(12) * 7 % 100
+  superclass = np.full(12, 19)  # Whatever the stored field says.
+  path = _write_json(tmp_path / 'parity.json',
+                     {str(f): str(f % 2) for f in range(100)})
+  with tfds.testing.mock_data(as_dataset_fn=_fixed_examples(
+      {'label': labels, 'coarse_label': superclass})):
+    stream = input_pipeline.load_dataset(_config(
+        dataset='cifar100', image_size=6, coarse_map=path, in_memory=False))
+    batch = next(iter(stream.test_batches(12)))
+  np.testing.assert_array_equal(batch['fine_label'], labels)
+  np.testing.assert_array_equal(batch['coarse_label'], labels % 2)
+  assert stream.hierarchy.coarse_names == ('0', '1')
+
+
+def test_subset_seed_and_channels_on_an_in_memory_tfds_copy():
+  labels = np.arange(40) % 10
+  with tfds.testing.mock_data(
+      as_dataset_fn=_fixed_examples({'label': labels})):
+    full = input_pipeline.load_dataset(
+        _config(dataset='cars196', image_size=6, in_memory=True))
+    small = input_pipeline.load_dataset(_config(
+        dataset='cars196', image_size=6, in_memory=True, subset_seed=4,
+        max_train_examples=9, max_test_examples=3, image_channels=1))
+  train_rows = np.random.default_rng(4).permutation(40)[:9]
+  test_rows = np.random.default_rng(4).permutation(40)[:3]
+  np.testing.assert_array_equal(small.train_fine, full.train_fine[train_rows])
+  np.testing.assert_array_equal(small.test_fine, full.test_fine[test_rows])
+  # Gray images (R = G = B = i) keep their value as luma.
+  assert small.image_shape == (6, 6, 1)
+  np.testing.assert_array_equal(small.train_images[..., 0],
+                                full.train_images[train_rows][..., 0])
+  np.testing.assert_allclose(
+      small.mean, [np.dot((0.299, 0.587, 0.114), hierarchies.IMAGENET_MEAN)])
 
 
 # ----------------------------------------------------------------------------

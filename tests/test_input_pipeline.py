@@ -1,5 +1,6 @@
 """Tests for maskcon_jax.input_pipeline."""
 
+import dataclasses
 import gzip
 import os
 import pathlib
@@ -527,6 +528,218 @@ def test_synthetic_defaults_and_validation():
     input_pipeline.load_dataset(_synthetic_config(num_fine=2, num_coarse=3))
   with pytest.raises(ConfigError, match='image_size'):
     input_pipeline.load_dataset(_synthetic_config(image_size=0))
+
+
+# ----------------------------------------------------------------------------
+# fashion_mnist_mixed.
+# ----------------------------------------------------------------------------
+
+# The misleading grouping, written out by label: T-shirt/top, Trouser,
+# Pullover, Sandal, Bag -> mixed_a; Dress, Coat, Shirt, Sneaker, Ankle boot ->
+# mixed_b.
+_MIXED_OF_LABEL = (0, 0, 0, 1, 1, 0, 1, 1, 0, 1)
+
+
+def test_fashion_mnist_mixed_dataset(tmp_path):
+  written = _fake_fashion_mnist(tmp_path, gz=False)
+  ds = input_pipeline.load_dataset(
+      _config(dataset='fashion_mnist_mixed', data_dir=str(tmp_path)))
+  plain = input_pipeline.load_dataset(
+      _config(dataset='fashion_mnist', data_dir=str(tmp_path)))
+  assert ds.name == 'fashion_mnist_mixed'
+  assert ds.hierarchy.coarse_names == ('mixed_a', 'mixed_b')
+  assert ds.hierarchy.fine_names == plain.hierarchy.fine_names
+  # Same files, images, fine labels and statistics as fashion_mnist.
+  np.testing.assert_array_equal(ds.train_images[..., 0], written[IDX_NAMES[0]])
+  np.testing.assert_array_equal(ds.train_fine, written[IDX_NAMES[1]])
+  np.testing.assert_array_equal(ds.test_fine, written[IDX_NAMES[3]])
+  assert (ds.mean, ds.std) == (plain.mean, plain.std)
+  table = np.asarray(_MIXED_OF_LABEL)
+  np.testing.assert_array_equal(ds.train_coarse, table[ds.train_fine])
+  np.testing.assert_array_equal(ds.test_coarse, table[ds.test_fine])
+  assert input_pipeline.HIERARCHIES['fashion_mnist_mixed'] is ds.hierarchy
+
+
+def test_fashion_mnist_mixed_is_registered_like_fashion_mnist():
+  assert 'fashion_mnist_mixed' in input_pipeline.DATASETS
+  assert not input_pipeline.is_streaming(
+      _config(dataset='fashion_mnist_mixed'))
+  with pytest.raises(ConfigError, match='always loaded into memory'):
+    input_pipeline.is_streaming(
+        _config(dataset='fashion_mnist_mixed', in_memory=False))
+
+
+# ----------------------------------------------------------------------------
+# Random subsets (subset_seed).
+# ----------------------------------------------------------------------------
+
+
+def _assert_rows(small, full, train_rows, test_rows):
+  for split, rows in (('train', train_rows), ('test', test_rows)):
+    for field in ('images', 'fine', 'coarse'):
+      np.testing.assert_array_equal(getattr(small, f'{split}_{field}'),
+                                    getattr(full, f'{split}_{field}')[rows])
+
+
+@pytest.mark.parametrize('seed,max_train,max_test', [
+    (0, 100, 7), (1228, 1, 360), (5, None, 20), (2, 10**6, None)])
+def test_subset_seed_on_digits_matches_numpy(seed, max_train, max_test):
+  full = input_pipeline.load_dataset(_config(dataset='digits'))
+  small = input_pipeline.load_dataset(_config(
+      dataset='digits', subset_seed=seed, max_train_examples=max_train,
+      max_test_examples=max_test))
+  # The reference: a fresh generator per split, first N of the permutation.
+  train_rows = np.random.default_rng(seed).permutation(1437)[:max_train]
+  test_rows = np.random.default_rng(seed).permutation(360)[:max_test]
+  _assert_rows(small, full, train_rows, test_rows)
+  assert small.num_train == min(max_train or 1437, 1437)
+  # Not the first examples (which a missing seed would give).
+  assert not np.array_equal(small.test_fine,
+                            full.test_fine[:len(small.test_fine)])
+
+
+def test_subset_seed_on_fashion_mnist_matches_numpy(tmp_path):
+  written = _fake_fashion_mnist(tmp_path, gz=True)
+  ds = input_pipeline.load_dataset(_config(
+      dataset='fashion_mnist', data_dir=str(tmp_path), subset_seed=0,
+      max_train_examples=12, max_test_examples=5))
+  train_rows = np.random.default_rng(0).permutation(23)[:12]
+  test_rows = np.random.default_rng(0).permutation(11)[:5]
+  np.testing.assert_array_equal(ds.train_images[..., 0],
+                                written[IDX_NAMES[0]][train_rows])
+  np.testing.assert_array_equal(ds.train_fine,
+                                written[IDX_NAMES[1]][train_rows])
+  np.testing.assert_array_equal(ds.test_images[..., 0],
+                                written[IDX_NAMES[2]][test_rows])
+  np.testing.assert_array_equal(ds.test_fine, written[IDX_NAMES[3]][test_rows])
+  np.testing.assert_array_equal(
+      ds.train_coarse,
+      input_pipeline.FASHION_MNIST_HIERARCHY.coarse_of(ds.train_fine))
+
+
+def test_subset_seed_without_max_permutes_the_whole_split():
+  full = input_pipeline.load_dataset(_config(dataset='synthetic'))
+  permuted = input_pipeline.load_dataset(
+      _config(dataset='synthetic', subset_seed=7))
+  _assert_rows(permuted, full,
+               np.random.default_rng(7).permutation(full.num_train),
+               np.random.default_rng(7).permutation(full.num_test))
+
+
+def test_real_fashion_mnist_parity_subsets(monkeypatch, tmp_path):
+  """The parity protocol's subsets, read independently from the IDX files."""
+  folder = input_pipeline.DEBIAN_FASHION_MNIST_DIR
+  if not os.path.isdir(folder):
+    pytest.skip(f'{folder} is missing (install with `apt-get install '
+                'dataset-fashion-mnist`).')
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  ds = input_pipeline.load_dataset(_config(
+      dataset='fashion_mnist', subset_seed=0, max_train_examples=12000,
+      max_test_examples=2000, image_channels=3))
+  assert (ds.num_train, ds.num_test) == (12000, 2000)
+  assert ds.image_shape == (28, 28, 3)
+  for split, prefix, size, count in (('train', 'train', 60000, 12000),
+                                     ('test', 't10k', 10000, 2000)):
+    path = os.path.join(folder, f'{prefix}-labels-idx1-ubyte')
+    if not os.path.exists(path):
+      path += '.gz'
+    labels = input_pipeline.read_idx(path, expected_ndim=1)
+    rows = np.random.default_rng(0).permutation(size)[:count]
+    np.testing.assert_array_equal(getattr(ds, f'{split}_fine'), labels[rows])
+
+
+@pytest.mark.parametrize('fields,match', [
+    (dict(subset_seed=-1), 'subset_seed=-1 must be an integer >= 0'),
+    (dict(subset_seed=True), 'subset_seed=True'),
+    (dict(subset_seed='0'), "subset_seed='0'"),
+    (dict(image_channels=2), r'image_channels=2 must be 1 \(gray\), 3'),
+    (dict(image_channels=3.0), 'image_channels=3.0'),
+    (dict(image_channels=3, synthetic=dict(channels=2)),
+     'has 2-channel images'),
+])
+def test_bad_subset_seed_or_channels_is_a_config_error(fields, match):
+  with pytest.raises(ConfigError, match=match) as info:
+    input_pipeline.load_dataset(_config(dataset='synthetic', **fields))
+  assert '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('fields,match', [
+    (dict(subset_seed=0), r"subset_seed=0 needs the data in memory, but "
+     r"config.dataset='cars196' streams: set config.in_memory=True"),
+    (dict(image_channels=1), r"image_channels=1 needs the data in memory"),
+])
+def test_streamed_data_refuses_subset_seed_and_gray(fields, match):
+  # Raised before anything is opened: no TensorFlow or data needed.
+  with pytest.raises(ConfigError, match=match) as info:
+    input_pipeline.load_dataset(_config(dataset='cars196', **fields))
+  assert '\n' not in str(info.value)
+
+
+# ----------------------------------------------------------------------------
+# image_channels.
+# ----------------------------------------------------------------------------
+
+
+def test_image_channels_3_repeats_fashion_mnist_gray(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  written = _fake_fashion_mnist(tmp_path, gz=False)
+  ds = input_pipeline.load_dataset(_config(
+      dataset='fashion_mnist', data_dir=str(tmp_path), image_channels=3))
+  assert ds.image_shape == (28, 28, 3) and ds.train_images.dtype == np.uint8
+  for c in range(3):
+    np.testing.assert_array_equal(ds.train_images[..., c],
+                                  written[IDX_NAMES[0]])
+    np.testing.assert_array_equal(ds.test_images[..., c],
+                                  written[IDX_NAMES[2]])
+  # What PIL's convert('RGB') of the 'L' image gives.
+  for i in (0, 7):
+    rgb = Image.fromarray(written[IDX_NAMES[0]][i], mode='L').convert('RGB')
+    np.testing.assert_array_equal(ds.train_images[i], np.asarray(rgb))
+  assert ds.mean == (0.2860,) * 3 and ds.std == (0.3530,) * 3
+  # Labels are untouched.
+  np.testing.assert_array_equal(ds.train_fine, written[IDX_NAMES[1]])
+  # The dataset's own channels: nothing changes.
+  same = input_pipeline.load_dataset(_config(
+      dataset='fashion_mnist', data_dir=str(tmp_path), image_channels=1))
+  assert same.image_shape == (28, 28, 1) and same.mean == (0.2860,)
+
+
+def test_image_channels_1_is_pil_luma():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  config = _config(dataset='synthetic', synthetic=dict(channels=3))
+  rgb = input_pipeline.load_dataset(config)
+  config.image_channels = 1
+  gray = input_pipeline.load_dataset(config)
+  assert gray.image_shape == rgb.image_shape[:2] + (1,)
+  for images, converted in ((rgb.train_images, gray.train_images),
+                            (rgb.test_images, gray.test_images)):
+    expected = np.stack([np.asarray(Image.fromarray(im, 'RGB').convert('L'))
+                         for im in images])
+    np.testing.assert_array_equal(converted[..., 0], expected)
+  # Every extreme and a random spread of colours, against PIL directly.
+  values = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+  values[0, :8] = [[r, g, b] for r in (0, 255) for g in (0, 255)
+                   for b in (0, 255)]
+  np.testing.assert_array_equal(
+      input_pipeline.rgb_to_luma(values[None])[0, ..., 0],
+      np.asarray(Image.fromarray(values, 'RGB').convert('L')))
+  # Gray repeated to RGB converts back to itself.
+  grays = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+  np.testing.assert_array_equal(
+      input_pipeline.rgb_to_luma(np.repeat(grays, 3, -1)), grays)
+
+
+def test_image_channels_1_weights_the_statistics():
+  ds = input_pipeline.load_dataset(
+      _config(dataset='synthetic', synthetic=dict(channels=3)))
+  coloured = dataclasses.replace(ds, mean=(0.2, 0.4, 0.6),
+                                 std=(0.1, 0.2, 0.3))
+  # pylint: disable-next=protected-access
+  gray = input_pipeline._with_channels(coloured, 1)
+  np.testing.assert_allclose(gray.mean, [0.299 * 0.2 + 0.587 * 0.4 +
+                                         0.114 * 0.6])
+  np.testing.assert_allclose(gray.std, [0.299 * 0.1 + 0.587 * 0.2 +
+                                        0.114 * 0.3])
 
 
 # ----------------------------------------------------------------------------

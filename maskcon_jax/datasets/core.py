@@ -498,6 +498,51 @@ class TfdsSource(ImageSource):
                      f'--data_dir={self.data_dir}`.')
 
 
+class CoarseRemappedSource(ImageSource):
+  """Another source's examples with coarse labels looked up from fine ones.
+
+  Serves ``config.coarse_map`` on streamed data: ``coarse_label`` becomes
+  ``fine_to_coarse[fine_label]`` inside tf.data, whatever the wrapped source
+  derived it from (a table, or a TFDS feature such as CIFAR-100's own
+  superclass), so the training labels follow the map exactly.
+  """
+
+  def __init__(self, source: ImageSource, fine_to_coarse: Sequence[int]):
+    """Initialises the source.
+
+    Args:
+      source: The source to wrap; it must have fine labels.
+      fine_to_coarse: The new coarse id of each fine class.
+    """
+    if not source.has_fine_labels:
+      raise ValueError(f'{source.description} has no fine labels to derive '
+                       'coarse labels from.')
+    self.source = source
+    self.fine_to_coarse = tuple(int(c) for c in fine_to_coarse)
+    self.num_examples = source.num_examples
+    self.has_fine_labels = True
+    self.description = source.description
+
+  def examples(self, *, seed, process_index, process_count, drop_remainder,
+               skip=0):
+    tf = import_tf()
+    ds, files = self.source.examples(
+        seed=seed, process_index=process_index, process_count=process_count,
+        drop_remainder=drop_remainder, skip=skip)
+    table = tf.constant(np.asarray(self.fine_to_coarse, np.int32))
+
+    def remap(example):
+      example = dict(example)
+      example['coarse_label'] = tf.gather(
+          table, tf.cast(example['fine_label'], tf.int32))
+      return example
+
+    return ds.map(remap, num_parallel_calls=tf.data.AUTOTUNE), files
+
+  def read_error(self, error):
+    return self.source.read_error(error)
+
+
 def scan_tfds_labels(builder: Any, tfds_name: str, data_dir: str, split: str,
                      label_keys: Sequence[str]) -> dict[str, np.ndarray]:
   """Reads only the label features of a TFDS split, in stored order.
@@ -811,6 +856,44 @@ def _pad_batch(batch: dict[str, np.ndarray],
     out[key] = np.concatenate([value, pad]) if n < batch_size else value
   out['mask'] = np.arange(batch_size) < n
   return out
+
+
+def with_hierarchy(dataset: Dataset | StreamingDataset,
+                   hierarchy: LabelHierarchy,
+                   name: str | None = None) -> Dataset | StreamingDataset:
+  """``dataset`` relabelled: coarse labels from ``hierarchy`` and fine labels.
+
+  Args:
+    dataset: A dataset with fine labels.
+    hierarchy: The new hierarchy; its fine classes must be the dataset's.
+    name: A new ``name`` (default: keep it).
+
+  Returns:
+    A dataset of the same kind sharing the images (in memory: coarse labels
+    recomputed; streaming: sources wrapped in `CoarseRemappedSource`).
+
+  Raises:
+    ValueError: the dataset has no fine labels, or a different number of
+      fine classes.
+  """
+  if not dataset.has_fine_labels:
+    raise ValueError(f'Dataset {dataset.name!r} has no fine labels.')
+  if hierarchy.num_fine != dataset.hierarchy.num_fine:
+    raise ValueError(f'The new hierarchy has {hierarchy.num_fine} fine '
+                     f'classes, dataset {dataset.name!r} '
+                     f'{dataset.hierarchy.num_fine}.')
+  name = dataset.name if name is None else name
+  if isinstance(dataset, StreamingDataset):
+    return dataclasses.replace(
+        dataset, name=name, hierarchy=hierarchy,
+        train_source=CoarseRemappedSource(dataset.train_source,
+                                          hierarchy.fine_to_coarse),
+        test_source=CoarseRemappedSource(dataset.test_source,
+                                         hierarchy.fine_to_coarse))
+  return dataclasses.replace(
+      dataset, name=name, hierarchy=hierarchy,
+      train_coarse=hierarchy.coarse_of(dataset.train_fine),
+      test_coarse=hierarchy.coarse_of(dataset.test_fine))
 
 
 def in_memory(dataset: StreamingDataset) -> Dataset:

@@ -5,6 +5,8 @@
   extracted ``Stanford_Online_Products`` folder that ``config.data_dir`` names.
 * ``folder``: ``ROOT/{train,test}/<fine class>/*.{png,jpg,jpeg}`` plus a
   fine -> coarse map (CSV ``fine,coarse`` rows or JSON ``{fine: coarse}``).
+  The same map files, read by `coarse_map_hierarchy`, replace the coarse
+  classes of any dataset with fine labels (``config.coarse_map``).
 * ``csv``: a train and a test CSV of ``path,coarse[,fine]`` rows.
 
 Images are decoded (PNG, JPEG; grayscale and RGBA become RGB) and resized to
@@ -145,16 +147,25 @@ def load_sop_split(split: int, *, data_dir: str | None, image_size: int,
 
 
 def read_coarse_map(path: str) -> dict[str, str]:
-  """Reads a fine -> coarse class map.
+  """Reads a fine -> coarse class map file as text.
 
-  ``*.json``: one object ``{"fine class": "coarse class", ...}``. Anything
-  else is read as CSV: ``fine,coarse`` rows, optionally after a
-  ``fine,coarse`` header row. Class names are compared as strings, so JSON
-  numbers and folder names like ``7`` match.
+  `coarse_map_hierarchy` turns the result into class ids.
+
+  ``*.json`` (any case): one object ``{"fine class": "coarse class", ...}``
+  with string or integer values. Anything else is read as CSV: ``fine,coarse``
+  rows, optionally after a ``fine,coarse`` header row. Fields are stripped of
+  surrounding spaces; JSON numbers become their text, so ``7`` and ``"7"``
+  are the same class.
+
+  Args:
+    path: The file (``~`` is expanded).
+
+  Returns:
+    ``{fine: coarse}`` as written in the file.
 
   Raises:
-    DataError: the file is missing, malformed, or maps a class twice to
-      different coarse classes.
+    DataError: the file is missing, unreadable or malformed, has an empty
+      field, or maps a class twice to different coarse classes.
   """
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
@@ -175,7 +186,16 @@ def read_coarse_map(path: str) -> dict[str, str]:
       raise DataError(f'Coarse map {path!r} must hold one JSON object '
                       '{"fine class": "coarse class", ...} with string or '
                       'integer values.')
-    return {str(k).strip(): str(v).strip() for k, v in mapping.items()}
+    mapping = {str(k).strip(): str(v).strip() for k, v in mapping.items()}
+    empty = [k for k, v in mapping.items() if not k or not v]
+    if empty:
+      raise DataError(f'Coarse map {path!r} has an empty class name (fine '
+                      f'{empty[0]!r}): give every entry a fine and a coarse '
+                      'class.')
+    if not mapping:
+      raise DataError(f'Coarse map {path!r} is an empty JSON object: add one '
+                      '"fine": "coarse" entry per fine class.')
+    return mapping
 
   mapping = {}
   for line, row in _csv_rows(path):
@@ -185,6 +205,9 @@ def read_coarse_map(path: str) -> dict[str, str]:
     if not mapping and [c.lower() for c in row] == ['fine', 'coarse']:
       continue  # Header.
     fine, coarse = row
+    if not fine or not coarse:
+      raise DataError(f'{path}:{line} has an empty field; the coarse map needs '
+                      'fine,coarse rows with both classes named.')
     if mapping.get(fine, coarse) != coarse:
       raise DataError(f'{path}:{line} maps class {fine!r} to {coarse!r}, an '
                       f'earlier row to {mapping[fine]!r}: keep one.')
@@ -194,13 +217,113 @@ def read_coarse_map(path: str) -> dict[str, str]:
   return mapping
 
 
+def coarse_map_hierarchy(path: str, fine_names: Sequence[str], *,
+                         dataset: str,
+                         mapping: dict[str, str] | None = None,
+                         folder_root: str | None = None
+                         ) -> core.LabelHierarchy:
+  """The hierarchy a coarse map file gives the fine classes ``fine_names``.
+
+  The one reading of ``config.coarse_map``, for ``folder`` and for every
+  dataset whose own fine -> coarse map it replaces:
+
+  * Fine classes (keys) are named as the dataset names them
+    (``LabelHierarchy.fine_names``: e.g. ``T-shirt/top`` for Fashion-MNIST,
+    ``0``-``9`` for digits, the folder names for ``folder``), compared
+    exactly. When none of those names is an integer, a key may instead be a
+    fine class index ``0``..``num_fine - 1``; when some are (digits, numbered
+    folders), integers are always names, so ``3`` never means two classes.
+  * Coarse classes (values) are the distinct values, numbered in sorted
+    order, integers numerically and before other names; their text becomes
+    ``coarse_names``. So values ``0``..``K-1`` are the coarse indices
+    themselves, other integers keep their order (``1, 2`` become ids
+    ``0, 1``, named ``'1'``, ``'2'``), and names sort alphabetically.
+  * Every fine class is mapped exactly once, and (except for ``folder``,
+    whose map is its only labelling) the map has at least two coarse classes:
+    a coarse label that never differs carries no supervision.
+
+  Args:
+    path: ``config.coarse_map``, for reading and for messages.
+    fine_names: The dataset's fine class names, in label order.
+    dataset: ``config.dataset``, for messages.
+    mapping: The file's `read_coarse_map` result if already read.
+    folder_root: For ``folder``, its ``config.data_dir``: the messages then
+      speak of class folders, and one coarse class is allowed.
+
+  Returns:
+    The hierarchy: ``fine_names`` and the coarse classes above.
+
+  Raises:
+    DataError: the file is unreadable or malformed, names an unknown fine
+      class, leaves one unmapped or maps one twice, or has one coarse class.
+  """
+  if mapping is None:
+    mapping = read_coarse_map(path)
+  fine_names = [str(n) for n in fine_names]
+  fine_ids = {n: i for i, n in enumerate(fine_names)}
+  by_index = not any(n.strip().isdigit() for n in fine_names)
+  coarse_of = {}  # fine id -> coarse name
+  key_of = {}  # fine id -> the key that mapped it
+  unknown = []
+  for key, coarse in mapping.items():
+    if key in fine_ids:
+      fine = fine_ids[key]
+    elif by_index and key.isdigit() and int(key) < len(fine_names):
+      fine = int(key)
+    else:
+      unknown.append(key)
+      continue
+    if fine in key_of and coarse_of[fine] != coarse:
+      raise DataError(f'Coarse map {path!r} maps fine class '
+                      f'{fine_names[fine]!r} twice, as {key_of[fine]!r} and '
+                      f'{key!r}, to {coarse_of[fine]!r} and {coarse!r}: keep '
+                      'one.')
+    coarse_of[fine] = coarse
+    key_of[fine] = key
+  if unknown:
+    if folder_root is not None:
+      raise DataError(
+          f'Coarse map {path!r} names {len(unknown)} classes with no folder '
+          f'in {folder_root}/train or {folder_root}/test: {_listing(unknown)};'
+          ' remove them or fix the names.')
+    indices = (f' or indices 0-{len(fine_names) - 1}' if by_index else '')
+    raise DataError(
+        f'Coarse map {path!r} names {len(unknown)} classes that {dataset} '
+        f'does not have: {_listing(unknown)}; use its fine class names '
+        f'({_examples(fine_names)}){indices}.')
+  unmapped = [n for i, n in enumerate(fine_names) if i not in coarse_of]
+  if unmapped:
+    what = ('class folders' if folder_root is not None else
+            f'fine classes of {dataset}')
+    raise DataError(f'Coarse map {path!r} leaves {len(unmapped)} {what} '
+                    f'unmapped: {_listing(unmapped)}; add a row for each.')
+  coarse_names = sorted(set(coarse_of.values()), key=natural_key)
+  if len(coarse_names) < 2 and folder_root is None:
+    raise DataError(f'Coarse map {path!r} puts all {len(fine_names)} fine '
+                    f'classes of {dataset} in one coarse class '
+                    f'{coarse_names[0]!r}: map them to at least two coarse '
+                    'classes.')
+  coarse_ids = {c: i for i, c in enumerate(coarse_names)}
+  return core.LabelHierarchy(
+      fine_to_coarse=[coarse_ids[coarse_of[i]]
+                      for i in range(len(fine_names))],
+      fine_names=fine_names, coarse_names=coarse_names)
+
+
+def _examples(names: Sequence[str], limit: int = 3) -> str:
+  """The first few of ``names`` in their own order, for a hint."""
+  shown = ', '.join(repr(n) for n in names[:limit])
+  return shown + (', ...' if len(names) > limit else '')
+
+
 def _csv_rows(path: str) -> Iterable[tuple[int, list[str]]]:
   """Yields ``(line number, stripped fields)`` of non-empty CSV rows."""
   try:
     with open(path, newline='', encoding='utf-8') as f:
       rows = list(csv.reader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f'Cannot read CSV {path!r} ({core.first_line(e)}).') from e
+    raise DataError(f'Cannot read CSV {path!r} ({core.first_line(e)}): save '
+                    'it as UTF-8 text with comma-separated fields.') from e
   for line, row in enumerate(rows, start=1):
     row = [field.strip() for field in row]
     if any(row):
@@ -239,7 +362,9 @@ def load_folder(root: str | None, coarse_map: str | None, *, image_size: int,
 
   Args:
     root: ``config.data_dir``.
-    coarse_map: ``config.coarse_map``, see `read_coarse_map`.
+    coarse_map: ``config.coarse_map``, see `read_coarse_map` and
+      `coarse_map_hierarchy` (fine keys are the folder names; one coarse
+      class is allowed).
     image_size: Side of the square images batches hold.
     max_train: Keep only the first N training images (None: all).
     max_test: Keep only the first N test images (None: all).
@@ -281,22 +406,9 @@ def load_folder(root: str | None, coarse_map: str | None, *, image_size: int,
 
   fine_names = sorted(set(listings['train']) | set(listings['test']),
                       key=natural_key)
-  mapping = read_coarse_map(coarse_map)
-  unmapped = [n for n in fine_names if n not in mapping]
-  if unmapped:
-    raise DataError(f'Coarse map {coarse_map!r} leaves {len(unmapped)} class '
-                    f'folders unmapped: {_listing(unmapped)}; add a row for '
-                    'each.')
-  unknown = sorted(set(mapping) - set(fine_names), key=natural_key)
-  if unknown:
-    raise DataError(f'Coarse map {coarse_map!r} names {len(unknown)} classes '
-                    f'with no folder in {root}/train or {root}/test: '
-                    f'{_listing(unknown)}; remove them or fix the names.')
-  coarse_names = sorted({mapping[n] for n in fine_names}, key=natural_key)
-  fine_to_coarse = [coarse_names.index(mapping[n]) for n in fine_names]
-  hierarchy = core.LabelHierarchy(fine_to_coarse=fine_to_coarse,
-                                  fine_names=fine_names,
-                                  coarse_names=coarse_names)
+  hierarchy = coarse_map_hierarchy(coarse_map, fine_names, dataset='folder',
+                                   folder_root=root)
+  fine_to_coarse = hierarchy.fine_to_coarse
 
   fine_ids = {n: i for i, n in enumerate(fine_names)}
   sources = []
