@@ -1,27 +1,54 @@
 r"""Trains several modes at the same budget and seeds and tabulates them.
 
   python -m maskcon_jax.compare --config configs/default.py \
-      --modes maskcon,moco,grafit:w=1.0,coins --workdir runs/compare
+      --modes maskcon,moco,grafit:w=1.0,coins,untrained --workdir runs/compare
   python -m maskcon_jax.compare --config configs/default.py \
-      --modes maskcon,grafit:w=1.0 --seeds 1228,1229 --workdir runs/compare \
-      --config.num_epochs=20
+      --modes 'maskcon:w=0.5|1.0:t=0.05|0.1,moco' --seeds 1228,1229,1230 \
+      --reference moco --workdir runs/compare --config.num_epochs=20
 
 Each entry of ``--modes`` is ``MODE[:FIELD=VALUE[:FIELD=VALUE...]]``: a mode
 of `maskcon_jax.train_step.MODES` plus config overrides for that mode only
 (``grafit:w=1.0``, ``maskcon:t=0.1:w=0.8``; a dotted FIELD reaches a nested
-field). ``--config.*`` overrides apply to every mode. Every (mode, seed) run
-trains in its own ``WORKDIR/<entry>/seed_<seed>/`` with
-`trainer.train_and_evaluate`, then `evaluate.run_evaluation` adds kNN top-1,
-MAP@R and a linear probe.
-Rerunning the command resumes unfinished runs and skips finished ones whose
-saved config is unchanged.
+field; each FIELD at most once). ``--config.*`` overrides apply to every mode,
+the optional method fields (`configuration.add_defaults`) included, as in
+``maskcon_jax.train``.
 
-Writes ``WORKDIR/comparison.md`` (the table, also printed),
-``WORKDIR/comparison.png`` (fine Recall@1 per mode, error bars = std over
-seeds) and ``WORKDIR/comparison.json`` (the rows, per-seed numbers included).
+Grids: ``FIELD=V1|V2|...`` gives one run per value, and several such fields
+give their cartesian product, each cell its own row and workdir:
+``maskcon:w=0.5|1.0:t=0.05|0.1`` is four entries, ``maskcon (w=0.5,
+t=0.05)``, ``maskcon (w=0.5, t=0.1)``, ``maskcon (w=1.0, t=0.05)`` and
+``maskcon (w=1.0, t=0.1)`` (the first field varies slowest). Quote the
+argument in a shell, where ``|`` is a pipe.
+
+``untrained`` is a pseudo-mode: the freshly initialised query encoder of the
+shared config (its mode's architecture, or ``untrained:mode=wcl``'s) at each
+seed, evaluated before any training step by `trainer.evaluate_untrained`. It
+takes FIELD=VALUE overrides as the others do; its row shows what training
+adds.
+
+Every (entry, seed) run trains in its own ``WORKDIR/<entry>/seed_<seed>/``
+(`directory_name`) with `trainer.train_and_evaluate`, then
+`evaluate.run_evaluation` adds kNN top-1, MAP@R and a linear probe.
+Rerunning the command resumes unfinished runs and skips finished ones whose
+saved config is unchanged (an optional field absent from an older
+config.json counts as its default).
+
+Statistics, per entry and metric: mean ± sample std (ddof=1) over seeds, and
+the paired difference to the reference entry (``--reference``, default: the
+first ``maskcon`` entry, else the first entry): the mean over the seeds both
+entries have of (entry - reference) at the same seed, ± its standard error,
+the sample std of those differences / sqrt(n). Runs of one seed share its
+data order and, with the same architecture, its initialisation; pairing
+removes what that shared part adds to the seed-to-seed spread, so it can
+resolve differences the two stds cannot.
+
+Writes ``WORKDIR/comparison.md`` (the tables, also printed),
+``WORKDIR/comparison.png`` (fine Recall@1 per entry: one dot per seed, mean
+± std, the untrained encoder as a dashed line; the value axis zoomed to the
+data) and ``WORKDIR/comparison.json`` (the rows, per-seed numbers included).
 ``--noevaluate`` skips the extra evaluation (kNN, MAP@R, the probe and R@K
-beyond the config's ``retrieval_ks`` then read n/a), which on large training splits can take
-longer than a short training run.
+beyond the config's ``retrieval_ks`` then read n/a), which on large training
+splits can take longer than a short training run.
 
 Exit status: 0 done; 2 a problem to fix, one ``error: ...`` line on stderr
 (checked for every mode and seed before any training); 75 stopped by SIGTERM
@@ -31,6 +58,7 @@ or SIGINT after a checkpoint, rerun to resume.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import logging as pylogging
 import math
@@ -50,6 +78,7 @@ import numpy as np  # noqa: E402
 
 from maskcon_jax import configuration  # noqa: E402
 from maskcon_jax import evaluate as evaluate_lib  # noqa: E402
+from maskcon_jax import models  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.errors import ConfigError, Interrupted, UserError  # noqa: E402
 
@@ -66,6 +95,12 @@ METRICS = (("fine_recall@1", "fine R@1"), ("fine_recall@5", "fine R@5"),
            ("fine_recall@10", "fine R@10"), ("knn_fine_top1", "kNN top-1"),
            ("fine_map@r", "fine MAP@R"),
            ("linear_probe_fine_top1", "linear probe"))
+
+
+# The pseudo-mode of the freshly initialised encoder (never trained).
+UNTRAINED = "untrained"
+# Separates a field's values in a grid entry: maskcon:w=0.5|1.0.
+GRID_SEPARATOR = "|"
 
 
 def available_modes() -> tuple[str, ...]:
@@ -90,36 +125,103 @@ def _parse_value(raw: str) -> Any:
     return raw.strip()
 
 
-def parse_mode_spec(spec: str) -> tuple[str, dict[str, Any]]:
-  """Splits ``MODE[:FIELD=VALUE...]`` into the mode and its overrides.
-
-  Args:
-    spec: e.g. ``"grafit:w=1.0"``.
-
-  Returns:
-    ``(mode, {field: value})``; values are Python literals where they parse
-    as one, else strings.
+def _split_spec(spec: str) -> tuple[str, list[tuple[str, list[str]]]]:
+  """``(mode, [(field, [raw value, ...]), ...])`` of an entry, syntax-checked.
 
   Raises:
-    UserError: an unknown mode or a malformed override.
+    UserError: an unknown mode, ``|`` in the mode, a malformed or repeated
+      override, or an empty or repeated alternative.
   """
   parts = [p.strip() for p in spec.strip().split(":")]
-  mode, overrides = parts[0], {}
+  mode = parts[0]
+  if GRID_SEPARATOR in mode:
+    raise UserError(f"--modes: {spec!r} has '|' in its mode; '|' separates "
+                    "the values of one FIELD (maskcon:w=0.5|1.0), and commas "
+                    "separate modes (maskcon,moco).")
   modes = available_modes()
-  if mode not in modes:
+  if mode not in modes and mode != UNTRAINED:
     raise UserError(f"--modes: unknown mode {mode!r} in {spec!r}; available: "
-                    f"{', '.join(modes)}.")
+                    f"{', '.join(modes)}, {UNTRAINED}.")
+  fields, seen = [], set()
   for part in parts[1:]:
     field, sep, raw = part.partition("=")
     field = field.strip()
     if not sep or not field or not raw.strip():
       raise UserError(f"--modes: {part!r} in {spec!r} is not FIELD=VALUE; "
                       "write e.g. grafit:w=1.0.")
-    if field == "mode":
+    # The untrained encoder has no mode of its own: mode= picks whose
+    # architecture it initialises.
+    if field == "mode" and mode != UNTRAINED:
       raise UserError(f"--modes: {spec!r} sets the mode twice; write the mode "
                       "first and only config fields after it.")
-    overrides[field] = _parse_value(raw)
-  return mode, overrides
+    if field in seen:
+      raise UserError(f"--modes: {spec!r} sets {field} twice; give it once, "
+                      f"with several values as {field}=0.5|1.0.")
+    seen.add(field)
+    values = [v.strip() for v in raw.split(GRID_SEPARATOR)]
+    if not all(values):
+      raise UserError(f"--modes: {part!r} in {spec!r} has an empty value; "
+                      f"separate non-empty values with '|', e.g. "
+                      f"{field}=0.5|1.0.")
+    parsed = [_parse_value(v) for v in values]
+    for i, value in enumerate(parsed):
+      # 1 and 1.0 are one value of a float field: two workdirs, one run.
+      if any(value == other for other in parsed[:i]):
+        raise UserError(f"--modes: {part!r} in {spec!r} lists {values[i]!r} "
+                        "twice; list each value once.")
+    fields.append((field, values))
+  return mode, fields
+
+
+def parse_mode_spec(spec: str) -> tuple[str, dict[str, Any]]:
+  """Splits ``MODE[:FIELD=VALUE...]`` into the mode and its overrides.
+
+  Args:
+    spec: e.g. ``"grafit:w=1.0"``; ``MODE`` may also be `UNTRAINED`. One run
+      only: see `expand_mode_spec` for grids (``w=0.5|1.0``).
+
+  Returns:
+    ``(mode, {field: value})``; values are Python literals where they parse
+    as one, else strings.
+
+  Raises:
+    UserError: an unknown mode, a malformed override, or a grid.
+  """
+  mode, fields = _split_spec(spec)
+  if any(len(values) > 1 for _, values in fields):
+    raise UserError(f"--modes: {spec!r} is a grid of several runs; expand it "
+                    "with compare.expand_mode_spec.")
+  return mode, {field: _parse_value(values[0]) for field, values in fields}
+
+
+def expand_mode_spec(spec: str) -> list[tuple[str, str, dict[str, Any]]]:
+  """The runs of one ``--modes`` entry, grids expanded.
+
+  Args:
+    spec: ``MODE[:FIELD=V1|V2...[:FIELD=...]]``, e.g.
+      ``"maskcon:w=0.5|1.0:t=0.05|0.1"``.
+
+  Returns:
+    ``[(cell_spec, mode, overrides), ...]`` over the cartesian product of the
+    fields' values, the first field varying slowest. ``cell_spec`` is the
+    single-run entry of that cell (``"maskcon:w=0.5:t=0.05"``); an entry
+    without ``|`` is its own cell, kept as written so its workdir name does
+    not change.
+
+  Raises:
+    UserError: as `parse_mode_spec`, grids aside.
+  """
+  mode, fields = _split_spec(spec)
+  if all(len(values) == 1 for _, values in fields):
+    return [(spec.strip(), mode,
+             {field: _parse_value(values[0]) for field, values in fields})]
+  cells = []
+  for combo in itertools.product(*(values for _, values in fields)):
+    names = [field for field, _ in fields]
+    cell_spec = ":".join([mode] + [f"{n}={v}" for n, v in zip(names, combo)])
+    cells.append((cell_spec, mode,
+                  {n: _parse_value(v) for n, v in zip(names, combo)}))
+  return cells
 
 
 def run_label(mode: str, overrides: dict[str, Any]) -> str:
@@ -129,9 +231,13 @@ def run_label(mode: str, overrides: dict[str, Any]) -> str:
   return f"{mode} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
 
 
-def _directory_name(spec: str) -> str:
-  # Keeps the override in the name (so grafit and grafit:w=1.0 never share a
-  # workdir) but only with characters that are safe in paths everywhere.
+def directory_name(spec: str) -> str:
+  """The folder of a single-run entry's runs under the comparison's workdir.
+
+  Keeps the overrides in the name (so ``grafit`` and ``grafit:w=1.0`` never
+  share a workdir) but only with characters that are safe in paths
+  everywhere: ``grafit:w=1.0`` -> ``grafit_w=1.0``.
+  """
   name = re.sub(r"[^A-Za-z0-9._=-]+", "_", spec.strip().replace(":", "_"))
   return name.strip("._") or "run"
 
@@ -193,21 +299,57 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
+def _optional_defaults() -> dict[str, Any]:
+  # The fields `configuration.add_defaults` adds, as config.json stores them.
+  return _json_round_trip({**configuration.RELIABILITY_DEFAULTS,
+                           **getattr(models, "METHOD_DEFAULTS", {})})
+
+
+def _comparable(record: dict[str, Any], *, saved: bool) -> dict[str, Any]:
+  """A config as config.json stores it, in a form where equal means the same
+  run.
+
+  An optional field that `configuration.add_defaults` adds means its default
+  to the trainer (`models.method_option`) when absent or None, and a field
+  set to None means what an absent one does (the config files' placeholders,
+  read with ``config.get``), so a run saved before such a field existed, or
+  before the command line added the optional fields, equals the same run
+  saved with them; a field set to another value still differs. The one field
+  whose absence means something else, ``conv_padding``, is resolved as the
+  trainer records (``saved=False``) and reloads (``saved=True``) it.
+  """
+  filled = dict(record)
+  for name, value in _optional_defaults().items():
+    if filled.get(name) is None:
+      filled[name] = value
+  if (filled.get("conv_padding") is None and
+      hasattr(models, "LEGACY_CONV_PADDING")):
+    filled["conv_padding"] = (models.LEGACY_CONV_PADDING if saved else
+                              models.DEFAULT_CONV_PADDING)
+  return {name: value for name, value in filled.items() if value is not None}
+
+
 def _is_finished(run_dir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether ``run_dir`` holds final results of exactly ``config``."""
   results = _read_json(os.path.join(run_dir, trainer.RESULTS_FILE))
   saved = _read_json(os.path.join(run_dir, trainer.CONFIG_FILE))
   if results is None or saved is None:
     return False
-  if saved != _json_round_trip(config.to_dict()):
+  current = _json_round_trip(config.to_dict())
+  if _comparable(saved, saved=True) != _comparable(current, saved=False):
     return False
   stop = config.get("stop_after_steps")
   return bool(results.get("complete")) or (
       stop is not None and results.get("step") == stop)
 
 
-def _train_one(config, run_dir: str, evaluate: bool) -> dict[str, Any]:
-  """Trains (or resumes, or skips) one run and returns its numbers."""
+def _train_one(config, run_dir: str, evaluate: bool,
+               untrained: bool = False) -> dict[str, Any]:
+  """Trains (or resumes, or skips) one run and returns its numbers.
+
+  With ``untrained``, evaluates ``config``'s freshly initialised encoder
+  instead (`trainer.evaluate_untrained`), skipped alike once finished.
+  """
   timing_path = os.path.join(run_dir, TIMING_FILE)
   timing = _read_json(timing_path) or {"wall_seconds": 0.0,
                                        "eval_seconds": 0.0}
@@ -217,7 +359,10 @@ def _train_one(config, run_dir: str, evaluate: bool) -> dict[str, Any]:
     results = _read_json(os.path.join(run_dir, trainer.RESULTS_FILE))
   else:
     start = time.time()
-    results = trainer.train_and_evaluate(config, run_dir)
+    if untrained:
+      results = trainer.evaluate_untrained(config, run_dir)
+    else:
+      results = trainer.train_and_evaluate(config, run_dir)
     timing["wall_seconds"] += time.time() - start
     trained = True
     trainer.write_json_atomic(timing_path, timing)
@@ -243,6 +388,81 @@ def _train_one(config, run_dir: str, evaluate: bool) -> dict[str, Any]:
   }
 
 
+def _finite(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def paired_difference(values: dict[int, float | None],
+                      reference: dict[int, float | None]
+                      ) -> tuple[float | None, float | None, int]:
+  """The paired difference of one metric between two entries.
+
+  Args:
+    values: ``{seed: value}`` of the entry.
+    reference: ``{seed: value}`` of the reference entry.
+
+  Returns:
+    ``(mean, standard error, n)`` over the n seeds where both have a finite
+    value: the mean of ``values[s] - reference[s]`` and the sample std
+    (ddof=1) of those differences / sqrt(n). The error is None for n = 1,
+    and the mean too for n = 0.
+  """
+  diffs = [values[s] - reference[s] for s in values
+           if s in reference and _finite(values[s]) and
+           _finite(reference[s])]
+  if not diffs:
+    return None, None, 0
+  n = len(diffs)
+  se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n > 1 else None
+  return float(np.mean(diffs)), se, n
+
+
+def _reference_index(cells: Sequence[tuple[str, str, dict[str, Any]]],
+                     reference: str | None) -> int:
+  """The position in ``cells`` (``(cell_spec, mode, overrides)``) of the
+  entry that ``--reference`` names: its single-run spec, its label, or a spec
+  with the same mode and values. Default: the first maskcon entry, else the
+  first."""
+  if reference is None or not str(reference).strip():
+    return next((i for i, (_, mode, _) in enumerate(cells)
+                 if mode == "maskcon"), 0)
+  reference = str(reference).strip()
+  for i, (cell_spec, mode, overrides) in enumerate(cells):
+    if reference in (cell_spec, run_label(mode, overrides)):
+      return i
+  try:
+    wanted = parse_mode_spec(reference)
+  except UserError:
+    wanted = None
+  matches = [i for i, (_, mode, overrides) in enumerate(cells)
+             if wanted == (mode, overrides)]
+  if len(matches) == 1:
+    return matches[0]
+  problem = "matches several of" if matches else "is none of"
+  raise UserError(f"--reference={reference!r} {problem} the --modes entries; "
+                  "name one of: "
+                  f"{', '.join(cell_spec for cell_spec, *_ in cells)}.")
+
+
+def _add_paired_differences(rows: list[dict[str, Any]], ref: int) -> None:
+  """Adds ``reference``, ``is_reference`` and ``<metric>_delta_{mean,se,n}``
+  (vs ``rows[ref]``; None on the reference row itself) to every row."""
+  by_seed = [{key: {r["seed"]: r[key] for r in row["runs"]}
+              for key, _ in METRICS} for row in rows]
+  for i, row in enumerate(rows):
+    row["reference"] = rows[ref]["label"]
+    row["is_reference"] = i == ref
+    for key, _ in METRICS:
+      if i == ref:
+        mean, se, n = None, None, 0
+      else:
+        mean, se, n = paired_difference(by_seed[i][key], by_seed[ref][key])
+      row[f"{key}_delta_mean"] = mean
+      row[f"{key}_delta_se"] = se
+      row[f"{key}_delta_n"] = n
+
+
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None,
                                                        float | None]:
   values = [v for v in values if v is not None and math.isfinite(v)]
@@ -255,64 +475,86 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None,
 
 def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
                    seeds: Sequence[int]):
-  """Every run's config, built and validated before any training starts."""
+  """Every run's config, built and validated before any training starts.
+
+  Returns:
+    One ``(entry, cell_spec, mode, overrides, name, runs)`` per row: grids
+    expanded, ``runs`` the configs of the seeds, ``name`` their folder.
+  """
   plan, names = [], {}
   for spec in specs:
-    mode, overrides = parse_mode_spec(spec)
-    name = _directory_name(spec)
-    if name in names:
-      raise UserError(f"--modes lists {names[name]!r} and {spec!r}, which "
-                      "name the same run; list each once.")
-    names[name] = spec
-    runs = []
-    for seed in seeds:
-      run_config = config.copy_and_resolve_references()
-      run_config.mode = mode
-      if any(f.split(".")[0] not in run_config for f in overrides):
-        # A method option the config file leaves out (e.g. saliency_strategy
-        # on configs/default.py): add the optional fields with their
-        # defaults, as the training command line does. Only then, so other
-        # runs keep configs equal to their saved config.json.
-        configuration.add_defaults(run_config)
-      for field, value in overrides.items():
-        _set_field(run_config, field, value, spec)
-      run_config.seed = seed
-      try:
-        configuration.validate_config(run_config)
-      except ConfigError as e:
-        raise UserError(f"--modes entry {spec!r}: {e}") from None
-      runs.append(run_config)
-    plan.append((spec, mode, overrides, name, runs))
+    for cell_spec, mode, overrides in expand_mode_spec(spec):
+      name = directory_name(cell_spec)
+      if name in names:
+        other_entry, other_cell = names[name]
+        if (other_entry, spec) == (other_cell, cell_spec):
+          raise UserError(f"--modes lists {other_cell!r} and {cell_spec!r}, "
+                          "which name the same run; list each once.")
+        raise UserError(f"--modes entries {other_entry!r} and {spec!r} both "
+                        f"hold the run {cell_spec!r}; list each run once.")
+      names[name] = (spec, cell_spec)
+      runs = []
+      for seed in seeds:
+        run_config = config.copy_and_resolve_references()
+        if mode != UNTRAINED:
+          # The untrained encoder keeps the shared config's mode (whose
+          # architecture it initialises) unless mode= overrides it.
+          run_config.mode = mode
+        if any(f.split(".")[0] not in run_config for f in overrides):
+          # A method option the config file leaves out (e.g.
+          # saliency_strategy on configs/default.py): add the optional fields
+          # with their defaults, as the training command line does. Only
+          # then, so other runs keep configs equal to their saved config.json.
+          configuration.add_defaults(run_config)
+        for field, value in overrides.items():
+          _set_field(run_config, field, value, cell_spec)
+        run_config.seed = seed
+        try:
+          configuration.validate_config(run_config)
+        except ConfigError as e:
+          raise UserError(f"--modes entry {cell_spec!r}: {e}") from None
+        runs.append(run_config)
+      plan.append((spec, cell_spec, mode, overrides, name, runs))
   return plan
 
 
 def run_comparison(config: ml_collections.ConfigDict,
                    modes: str | Sequence[str], workdir: str,
                    seeds: Sequence[int | str] | None = None, *,
-                   evaluate: bool = True) -> list[dict[str, Any]]:
+                   evaluate: bool = True,
+                   reference: str | None = None) -> list[dict[str, Any]]:
   """Trains every mode at every seed and writes the comparison files.
 
   Args:
     config: the shared config (e.g. configs/default.py with command-line
       overrides); each run copies it, so it is not modified.
-    modes: entries ``MODE[:FIELD=VALUE...]``, as a list or one
-      comma-separated string, e.g. ``["maskcon", "grafit:w=1.0"]``.
+    modes: entries ``MODE[:FIELD=VALUE...]`` (grids ``FIELD=V1|V2`` and the
+      pseudo-mode `UNTRAINED` included, see the module doc), as a list or
+      one comma-separated string, e.g. ``["maskcon", "grafit:w=1.0"]``.
     workdir: where the runs (``<entry>/seed_<seed>/``) and the comparison
       files go.
     seeds: training seeds; ``[config.seed]`` if None or empty.
     evaluate: also run `evaluate.run_evaluation` on each run for kNN top-1,
       MAP@R, the linear probe and Recall@K up to 10.
+    reference: the entry the paired differences are taken against: a
+      single-run spec (``"maskcon:w=0.5"``, also one cell of a grid) or a
+      row label; None: the first maskcon entry, else the first entry.
 
   Returns:
-    One dict per entry of ``modes``, in order: ``label``, ``spec``,
-    ``mode``, ``overrides``, ``seeds``, ``steps``, ``<metric>_mean`` and
-    ``<metric>_std`` for each metric of `METRICS` (std None for one seed,
-    mean None where unavailable), ``wall_seconds_mean`` and ``runs`` (the
-    per-seed numbers with each run's ``workdir``).
+    One dict per entry of ``modes`` (per cell of a grid), in order:
+    ``label``, ``spec`` (the cell's single-run spec), ``entry`` (the
+    ``--modes`` entry it came from), ``mode``, ``overrides``, ``seeds``,
+    ``steps``, ``<metric>_mean`` and ``<metric>_std`` for each metric of
+    `METRICS` (std None for one seed, mean None where unavailable),
+    ``<metric>_delta_mean``, ``<metric>_delta_se`` and ``<metric>_delta_n``
+    (the paired difference to the reference, see `paired_difference`; None
+    and 0 on the reference row), ``reference`` (its label),
+    ``is_reference``, ``wall_seconds_mean`` and ``runs`` (the per-seed
+    numbers with each run's ``workdir``).
 
   Raises:
-    UserError: a bad mode entry, seed, config value or workdir, before any
-      training; or a run's own user error, naming the run.
+    UserError: a bad mode entry, seed, reference, config value or workdir,
+      before any training; or a run's own user error, naming the run.
     Interrupted: a run stopped on SIGTERM or SIGINT after saving a
       checkpoint; calling again resumes it.
   """
@@ -320,21 +562,25 @@ def run_comparison(config: ml_collections.ConfigDict,
   seeds = _parse_seeds(seeds, config)
   configuration.check_workdir_writable(workdir)
   plan = _build_configs(config, specs, seeds)
+  ref = _reference_index([(cell_spec, mode, overrides)
+                          for _, cell_spec, mode, overrides, *_ in plan],
+                         reference)
   os.makedirs(workdir, exist_ok=True)
 
   rows = []
-  for spec, mode, overrides, name, run_configs in plan:
+  for entry, spec, mode, overrides, name, run_configs in plan:
     runs = []
     for run_config in run_configs:
       run_dir = os.path.join(workdir, name, f"seed_{run_config.seed}")
       logging.info("Comparison run %s, seed %d in %s.", spec, run_config.seed,
                    run_dir)
       try:
-        runs.append(_train_one(run_config, run_dir, evaluate))
+        runs.append(_train_one(run_config, run_dir, evaluate,
+                               untrained=mode == UNTRAINED))
       except UserError as e:
         raise UserError(f"{spec}, seed {run_config.seed}: {e}") from None
-    row = {"label": run_label(mode, overrides), "spec": spec, "mode": mode,
-           "overrides": overrides, "seeds": list(seeds),
+    row = {"label": run_label(mode, overrides), "spec": spec, "entry": entry,
+           "mode": mode, "overrides": overrides, "seeds": list(seeds),
            "steps": sorted({r["step"] for r in runs if r["step"] is not None}),
            "runs": runs}
     for key, _ in METRICS:
@@ -342,6 +588,7 @@ def run_comparison(config: ml_collections.ConfigDict,
           [r[key] for r in runs])
     row["wall_seconds_mean"] = _mean_std([r["wall_seconds"] for r in runs])[0]
     rows.append(row)
+  _add_paired_differences(rows, ref)
 
   table = markdown_table(rows)
   with open(os.path.join(workdir, MARKDOWN_FILE), "w") as f:
@@ -357,11 +604,24 @@ def _cell(mean: float | None, std: float | None) -> str:
   return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def _delta_cell(row: dict[str, Any], key: str) -> str:
+  if row.get("is_reference"):
+    return "reference"
+  mean, se = row.get(f"{key}_delta_mean"), row.get(f"{key}_delta_se")
+  if mean is None:
+    return "n/a"
+  return f"{mean:+.3f}" if se is None else f"{mean:+.3f} ± {se:.3f}"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-  """The comparison as a Markdown table with a line saying what it shows."""
+  """The comparison as Markdown: the metrics per entry, the paired
+  differences to the reference entry, and a note saying what they show."""
   seeds = rows[0]["seeds"] if rows else []
+  reference = rows[0].get("reference") if rows else None
   header = (["mode", "steps"] + [title for _, title in METRICS] +
             ["wall time (s)"])
+  if reference is not None:
+    header.append(f"Δ R@1 vs {reference} (± SE)")
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
   for row in rows:
@@ -370,64 +630,184 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
               for key, _ in METRICS]
     wall = row["wall_seconds_mean"]
     cells.append("n/a" if wall is None else f"{wall:.0f}")
+    if reference is not None:
+      cells.append(_delta_cell(row, "fine_recall@1"))
     lines.append("| " + " | ".join(cells) + " |")
   spread = ("mean ± sample std over seeds " if len(seeds) > 1 else "seed ")
   note = (f"\nFine-label retrieval on the test split; {spread}"
           f"{', '.join(map(str, seeds))}. kNN top-1 uses the training split "
           "as the bank (k = 20); MAP@R ranks each query's R same-class items "
           "(Musgrave et al.); the linear probe is a softmax classifier of "
-          "the fine labels on frozen training features. Wall time: seconds in training (compilation, "
-          "queue pre-fill, training and its final evaluation), per seed.\n")
-  return "\n".join(lines) + "\n" + note
+          "the fine labels on frozen training features. Wall time: seconds "
+          "in training (compilation, queue pre-fill, training and its final "
+          "evaluation), per seed.")
+  if any(row["mode"] == UNTRAINED for row in rows):
+    note += (f" {UNTRAINED}: the freshly initialised encoder of the config "
+             "(step 0, the state each training run starts from), evaluated "
+             "without training; its wall time is initialisation and "
+             "evaluation.")
+  if reference is not None and len(rows) > 1:
+    paired = ["| mode | seeds paired | " +
+              " | ".join(f"Δ {title}" for _, title in METRICS) + " |",
+              "|" + "|".join("---" for _ in range(len(METRICS) + 2)) + "|"]
+    for row in rows:
+      n = "" if row.get("is_reference") else str(
+          row.get("fine_recall@1_delta_n", 0))
+      paired.append("| " + " | ".join(
+          [row["label"], n] + [_delta_cell(row, key) for key, _ in METRICS])
+                    + " |")
+    note += (f"\n\nPaired differences to {reference}: for each metric, the "
+             "mean over the seeds both entries have of (entry − reference) at "
+             "the same seed, ± its standard error (sample std of those "
+             "differences / √n; none for one seed). Runs of one seed share "
+             "its data order and, with the same architecture, its "
+             "initialisation; pairing removes what that shared part adds to "
+             "the spread.\n\n" +
+             "\n".join(paired))
+  return "\n".join(lines) + "\n" + note + "\n"
 
 
-def plot_comparison(rows: Sequence[dict[str, Any]], path: str) -> None:
-  """Saves a bar chart of fine Recall@1 per mode (error bars: std)."""
+def _zoomed_limits(values: Sequence[float]) -> tuple[float, float]:
+  """Axis limits around ``values`` with a margin, within [0, 1] for values
+  that lie there (recalls); (0, 1) without values."""
+  values = [v for v in values if _finite(v)]
+  if not values:
+    return 0.0, 1.0
+  low, high = min(values), max(values)
+  pad = max(0.08 * (high - low), 0.01)
+  low, high = low - pad, high + pad
+  if min(values) >= 0:
+    low = max(low, 0.0)
+  if max(values) <= 1:
+    high = min(high, 1.0)
+  return float(low), float(high)
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], path: str,
+                    metric: str = "fine_recall@1") -> tuple[float, float]:
+  """Saves a dot plot of ``metric`` per entry and returns its value limits.
+
+  One row per entry, top to bottom in the table's order: a small dot per
+  seed, the mean ± std (sample, over seeds) as a diamond with error bars and
+  its value at the right. The untrained encoder's mean is a dashed line
+  across all rows, the reference entry's a dotted one. The value axis is
+  horizontal and zoomed to the data (every seed, mean ± std and those lines)
+  rather than starting at 0, so differences of a few points stay visible;
+  with long labels it stays readable for a dozen or more entries.
+
+  Returns:
+    ``(low, high)``, the limits of the value (x) axis.
+  """
   # Agg canvas directly: no display and no global pyplot state.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  labels = [row["label"] for row in rows]
-  means = [row["fine_recall@1_mean"] or 0.0 for row in rows]
-  stds = [row["fine_recall@1_std"] or 0.0 for row in rows]
-  fig = Figure(figsize=(max(5.0, 1.4 * len(rows) + 1.5), 4.0), dpi=100)
+  n = len(rows)
+  fig = Figure(figsize=(8.0, max(2.6, 0.42 * n + 1.6)), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  x = np.arange(len(rows))
-  ax.bar(x, means, yerr=stds, capsize=6, color="#4c72b0", alpha=0.85)
+  shown = []
   for i, row in enumerate(rows):
-    per_seed = [r["fine_recall@1"] for r in row["runs"]
-                if r["fine_recall@1"] is not None]
-    ax.scatter([i] * len(per_seed), per_seed, color="black", s=12, zorder=3)
-    ax.annotate(_cell(row["fine_recall@1_mean"], row["fine_recall@1_std"]),
-                (i, means[i] + stds[i]), textcoords="offset points",
-                xytext=(0, 4), ha="center", fontsize=9)
-  ax.set_xticks(x, labels, rotation=20 if len(rows) > 4 else 0, ha="center")
-  ax.set_ylim(0, 1.1)
-  ax.set_ylabel("fine Recall@1 (test)")
+    untrained = row.get("mode") == UNTRAINED
+    color = ("#7f7f7f" if untrained else
+             "#dd8452" if row.get("is_reference") else "#4c72b0")
+    per_seed = [r.get(metric) for r in row["runs"] if _finite(r.get(metric))]
+    # Seeds just below the mean's line, so both stay visible.
+    ax.scatter(per_seed, [i + 0.18] * len(per_seed), color=color, s=14,
+               alpha=0.7, zorder=3, linewidths=0)
+    shown += per_seed
+    mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+    if mean is None:
+      continue
+    ax.errorbar([mean], [i], xerr=None if std is None else [[std], [std]],
+                fmt="D", color=color, markersize=6, capsize=4, zorder=4)
+    shown += [mean] if std is None else [mean - std, mean + std]
+    ax.annotate(_cell(mean, std), (1.01, i), xycoords=("axes fraction",
+                                                       "data"),
+                va="center", ha="left", fontsize=8)
+  lines = [(row, "--", "#7f7f7f", "untrained encoder") for row in rows
+           if row.get("mode") == UNTRAINED][:1]
+  lines += [(row, ":", "#dd8452", f"reference: {row['label']}")
+            for row in rows if row.get("is_reference") and
+            row.get("mode") != UNTRAINED]
+  for row, style, color, label in lines:
+    if row.get(f"{metric}_mean") is not None:
+      ax.axvline(row[f"{metric}_mean"], linestyle=style, color=color,
+                 linewidth=1, zorder=1, label=label)
+  limits = _zoomed_limits(shown)
+  ax.set_xlim(*limits)
+  ax.set_ylim(n - 0.5, -0.6)  # First entry on top.
+  ax.set_yticks(np.arange(n), [row["label"] for row in rows], fontsize=9)
+  ax.grid(axis="x", alpha=0.3)
+  name = "fine Recall@1" if metric == "fine_recall@1" else metric
+  ax.set_xlabel(f"{name} (test)")
   seeds = rows[0]["seeds"] if rows else []
-  ax.set_title(f"Fine Recall@1, {len(seeds)} seed"
-               f"{'s' if len(seeds) != 1 else ''} (dots: single seeds)")
+  ax.set_title(f"{name}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
+               "dots single seeds, diamonds mean ± std", fontsize=10)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
   fig.tight_layout()
   fig.savefig(path)
+  return limits
 
 
-def define_flags() -> None:
-  """Defines the command-line flags (only when run as a program)."""
+class _WithDefaults(flags.ArgumentParser):
+  """``--config``'s loader plus `configuration.add_defaults`, as in
+  ``maskcon_jax.train``: every optional field exists before ml_collections
+  applies the ``--config.FIELD=VALUE`` overrides, so they may name one the
+  config file leaves out."""
+
+  def __init__(self, loader: flags.ArgumentParser):
+    self._loader = loader
+
+  def flag_type(self) -> str:
+    return self._loader.flag_type()
+
+  def parse(self, argument: str):
+    config = self._loader.parse(argument)
+    # A file that can't be loaded gives a stand-in that reports the error.
+    if isinstance(config, ml_collections.ConfigDict):
+      configuration.add_defaults(config)
+    return config
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 sys_argv: Sequence[str] | None = None) -> None:
+  """Defines the command-line flags (only when run as a program).
+
+  Args:
+    flag_values: where to define them (a fresh ``FlagValues`` to parse an
+      argv in-process).
+    sys_argv: the argv ``--config.FIELD`` overrides are read from (default
+      ``sys.argv``).
+  """
   # Imported here: config_flags registers nothing until called.
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
       "config", None, "Training configuration file shared by all modes.",
-      lock_config=True)
+      flag_values=flag_values, lock_config=True,
+      sys_argv=None if sys_argv is None else list(sys_argv))
+  flag_values["config"].parser = _WithDefaults(flag_values["config"].parser)
   flags.DEFINE_string("workdir", None, "Directory for the runs and the "
-                      "comparison files.")
-  flags.DEFINE_list("modes", None, "Comma-separated MODE[:FIELD=VALUE...] "
-                    "entries, e.g. maskcon,moco,grafit:w=1.0,coins.")
+                      "comparison files.", flag_values=flag_values)
+  flags.DEFINE_list(
+      "modes", None, "Comma-separated MODE[:FIELD=VALUE...] entries, e.g. "
+      "maskcon,moco,grafit:w=1.0,coins. FIELD=V1|V2 runs each value, several "
+      "such fields their cartesian product ('maskcon:w=0.5|1.0:t=0.05|0.1': "
+      "4 rows; quote it in a shell). 'untrained' (also with :FIELD=VALUE) "
+      "adds the freshly initialised encoder of the config as a row.",
+      flag_values=flag_values)
   flags.DEFINE_list("seeds", None, "Comma-separated training seeds; the "
-                    "config's seed if unset.")
+                    "config's seed if unset.", flag_values=flag_values)
+  flags.DEFINE_string(
+      "reference", None, "The entry every row's paired difference (same "
+      "seeds) is taken against: a single-run entry such as maskcon:w=0.5 "
+      "(also one cell of a grid) or a row label; default the first maskcon "
+      "entry, else the first entry.", flag_values=flag_values)
   flags.DEFINE_boolean("evaluate", True, "Also run maskcon_jax.evaluate on "
                        "each run (kNN top-1, MAP@R, linear probe, Recall@K up "
-                       "to 10).")
-  flags.mark_flags_as_required(["config", "workdir", "modes"])
+                       "to 10).", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir", "modes"],
+                               flag_values=flag_values)
 
 
 class _HideCheckpointChatter:
@@ -446,7 +826,7 @@ def main(argv):
   flag = flags.FLAGS
   try:
     rows = run_comparison(flag.config, flag.modes, flag.workdir, flag.seeds,
-                          evaluate=flag.evaluate)
+                          evaluate=flag.evaluate, reference=flag.reference)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -622,3 +622,68 @@ def retrieval_report(features_NxD, fine_labels_N, coarse_labels_N, *,
       bank_features, bank_fine, features_NxD, fine, num_classes=num_fine,
       **{**PROBE_DEFAULTS, **(probe or {})})
   return report
+
+
+# ---------------------------------------------------------------------------
+# What MaskCon's soft target points at.
+# ---------------------------------------------------------------------------
+
+
+def soft_target_diagnostics(keys_NxD, fine_N, coarse_N, queue_KxD,
+                            queue_fine_K, queue_coarse_K, *,
+                            t: float) -> dict[str, float]:
+  """How much of MaskCon's neighbour target lands on the query's fine class.
+
+  For each key ``k_i`` the MaskCon target spreads weight over the same-coarse
+  queue entries in proportion to ``r_ij = exp((k_i.Q_j - max_l k_i.Q_l) / t)``
+  (`losses.maskcon_targets`; the positive key's share is left out here, it is
+  the same instance by construction). Coarse labels alone (grafit's target)
+  spread it uniformly over the same entries. With ``p_ij = r_ij / sum_l r_il``
+  over same-coarse ``j``:
+
+  * ``target_fine_share``: mean over keys of ``sum_j p_ij [fine_j = fine_i]``,
+    the share of the neighbour target on items of the key's own fine class;
+  * ``target_fine_share_uniform``: the same for the uniform target, i.e. the
+    fraction of same-coarse queue entries that share the fine class;
+  * ``target_entropy``: mean ``-sum_j p_ij log p_ij`` (nats);
+  * ``target_entropy_uniform``: mean ``log(#same-coarse entries)``.
+
+  Keys whose coarse class has no queue entry are left out.
+
+  Args:
+    keys_NxD: L2-normalised key-encoder projections of the queries.
+    fine_N, coarse_N: their fine and coarse labels.
+    queue_KxD: L2-normalised key projections standing in for the queue.
+    queue_fine_K, queue_coarse_K: the queue entries' labels.
+    t: MaskCon's target temperature.
+
+  Returns:
+    The four numbers above as floats (NaN where no key has a same-coarse
+    queue entry).
+  """
+  keys = np.asarray(keys_NxD, np.float64)
+  queue = np.asarray(queue_KxD, np.float64)
+  fine, coarse = np.asarray(fine_N), np.asarray(coarse_N)
+  queue_fine, queue_coarse = np.asarray(queue_fine_K), np.asarray(
+      queue_coarse_K)
+  mask_NxK = coarse[:, None] == queue_coarse[None, :]
+  has_entry = mask_NxK.any(axis=1)
+  if not has_entry.any():
+    nan = float("nan")
+    return {"target_fine_share": nan, "target_fine_share_uniform": nan,
+            "target_entropy": nan, "target_entropy_uniform": nan}
+  keys, fine, mask_NxK = keys[has_entry], fine[has_entry], mask_NxK[has_entry]
+  sim_NxK = np.where(mask_NxK, keys @ queue.T / t, -np.inf)
+  logits = sim_NxK - sim_NxK.max(axis=1, keepdims=True)
+  weights = np.where(mask_NxK, np.exp(logits), 0.0)
+  p_NxK = weights / weights.sum(axis=1, keepdims=True)
+  same_fine_NxK = fine[:, None] == queue_fine[None, :]
+  counts_N = mask_NxK.sum(axis=1)
+  log_p = np.log(np.where(p_NxK > 0, p_NxK, 1.0))
+  return {
+      "target_fine_share": float(np.mean(np.sum(p_NxK * same_fine_NxK, 1))),
+      "target_fine_share_uniform": float(np.mean(
+          np.sum(mask_NxK & same_fine_NxK, axis=1) / counts_N)),
+      "target_entropy": float(np.mean(-np.sum(p_NxK * log_p, axis=1))),
+      "target_entropy_uniform": float(np.mean(np.log(counts_N))),
+  }

@@ -34,6 +34,7 @@ from maskcon_jax import configuration
 from maskcon_jax import evaluation
 from maskcon_jax import input_pipeline
 from maskcon_jax import models
+from maskcon_jax import pretrained
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
 from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
@@ -138,14 +139,19 @@ def make_data(exp: "Experiment"):
   return _Data(exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed)
 
 
-def embed_dataset(state, images: np.ndarray, config, dataset, mesh,
-                  ) -> dict[str, np.ndarray]:
-  """Backbone features and projections of ``images`` by the query encoder."""
+def embed_dataset(state, images: np.ndarray, config, dataset, mesh, *,
+                  encoder: str = "query") -> dict[str, np.ndarray]:
+  """Backbone features and projections of ``images`` (test views, BN in
+  eval mode) by the query encoder, or by the EMA key encoder."""
   bs = config.eval_batch_size
   embed = jax.jit(functools.partial(
       steps.embed_step, apply_fn=state.apply_fn, image_size=config.image_size,
       mean=tuple(dataset.mean), std=tuple(dataset.std)))
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  if encoder == "key":
+    variables = {"params": state.target_params,
+                 "batch_stats": state.target_batch_stats}
+  else:
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
   sharding = NamedSharding(mesh, P("data"))
   out = {"features": [], "projection": []}
   n = len(images)
@@ -215,8 +221,43 @@ def knn_monitor(state, dataset, config, mesh) -> float | None:
       num_classes=dataset.hierarchy.num_fine)
 
 
+# Training items whose keys stand for the queries of `target_diagnostics`.
+TARGET_DIAGNOSTIC_QUERIES = 512
+
+
+def target_diagnostics(state, dataset, config, mesh) -> dict[str, float]:
+  """Where MaskCon's soft target points, for the current key encoder.
+
+  The key encoder embeds (test views, BN in eval mode) up to
+  ``config.queue_size`` training items as a stand-in queue and the next
+  `TARGET_DIAGNOSTIC_QUERIES` as queries; `evaluation.
+  soft_target_diagnostics` at ``config.t`` reports the share of the
+  neighbour target on the query's own fine class, against the share a
+  uniform same-coarse target (grafit) gives, and both entropies. Unlike the
+  training queue, every key comes from the current encoder. For every queue
+  mode (what MaskCon's target would be with that mode's encoder); empty for
+  the in-batch modes and for data without in-memory fine labels.
+  """
+  if (config.mode not in steps.QUEUE_MODES or
+      isinstance(dataset, input_pipeline.StreamingDataset) or
+      not dataset.has_fine_labels or dataset.num_train < 4):
+    return {}
+  num_queries = min(TARGET_DIAGNOSTIC_QUERIES, dataset.num_train // 2)
+  num_queue = min(config.queue_size, dataset.num_train - num_queries)
+  items = slice(0, num_queue + num_queries)
+  projections = evaluation.l2_normalize_np(embed_dataset(
+      state, dataset.train_images[items], config, dataset, mesh,
+      encoder="key")["projection"])
+  fine, coarse = dataset.train_fine[items], dataset.train_coarse[items]
+  queue, queries = slice(0, num_queue), slice(num_queue, None)
+  return evaluation.soft_target_diagnostics(
+      projections[queries], fine[queries], coarse[queries],
+      projections[queue], fine[queue], coarse[queue], t=config.t)
+
+
 def evaluate(state, dataset, config, mesh) -> dict[str, float]:
-  """Fine and coarse Recall@K on the test split's backbone features.
+  """Fine and coarse Recall@K on the test split's backbone features, and
+  fine Recall@K within each coarse class, plus `target_diagnostics`.
 
   Data without fine labels reports coarse retrieval only.
   """
@@ -229,6 +270,11 @@ def evaluate(state, dataset, config, mesh) -> dict[str, float]:
   for level, labels in levels:
     recalls = evaluation.recall_at_k(emb["features"], labels, ks)
     metrics.update({f"{level}_recall@{k}": v for k, v in recalls.items()})
+  if emb["fine"] is not None:
+    within = evaluation.within_group_recall_at_k(
+        emb["features"], emb["fine"], emb["coarse"], (1,))
+    metrics["fine_within_coarse_recall@1"] = within[1]
+  metrics.update(target_diagnostics(state, dataset, config, mesh))
   return metrics
 
 
@@ -407,7 +453,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f"{path} not found: --workdir must be a directory written "
                     "by maskcon_jax.train.")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  # Runs saved before config.conv_padding existed were trained with XLA's
+  # SAME padding; reloading them with another padding would change their
+  # function (the weights still fit).
+  saved.setdefault("conv_padding", models.LEGACY_CONV_PADDING)
+  return ml_collections.ConfigDict(saved)
 
 
 def load_trained(workdir: str, step: int | None = None,
@@ -800,11 +851,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   changed = configuration.check_compatible(saved, config) if saved else []
   exp = build_experiment(config)
   restored = _restore_latest(exp, workdir)
+  if restored.step is None and config.get("init_from"):
+    # Only a fresh run reads init_from (a resumed one has its weights), and
+    # before anything is written, so a bad file leaves the workdir as it was.
+    exp.state = pretrained.init_state(exp.state, config)
   dataset, mesh = exp.dataset, exp.mesh
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   finished = restored.step is not None and restored.step >= total_steps
   config_record = config.to_dict()
+  # Recorded even where the config file has no such field, so that reloading
+  # the run (load_config) never mistakes it for a run made before the field.
+  config_record.setdefault("conv_padding", models.conv_padding_of(config))
   if finished and saved:
     # A finished run only re-evaluates, so config.json keeps the settings it
     # was trained with; only the evaluation and bookkeeping fields follow
@@ -1011,3 +1069,94 @@ def _summary_line(metrics: dict[str, float]) -> str:
   if level == "coarse_recall":
     line += " (no fine labels: fine metrics unavailable)"
   return line
+
+
+# The ``mode`` that `evaluate_untrained` writes to results.json.
+UNTRAINED_MODE = "untrained"
+
+
+def evaluate_untrained(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Evaluates the freshly initialised query encoder of ``config``: a baseline.
+
+  The state is the one `train_and_evaluate` starts from at ``config.seed``
+  (`build_experiment`'s, before the queue pre-fill and any step), so the
+  row shows what training adds. ``workdir`` gets what a trained run has:
+  ``config.json`` (``config`` itself: its mode picks the architecture),
+  the state as checkpoint step 0, so ``python -m maskcon_jax.evaluate
+  --workdir`` and `load_trained` work unchanged, and ``results.json`` with a
+  trained run's keys: Recall@K of `evaluate`, ``step`` 0, ``mode``
+  `UNTRAINED_MODE` (not config.mode, so the results never pass for a trained
+  run's), ``dataset``, ``complete`` True and ``train_seconds_this_run`` 0.
+  Running it again replaces that checkpoint and those files.
+
+  Returns:
+    The results dict written to ``workdir/results.json``.
+
+  Raises:
+    UserError: one line saying what to fix: a bad config or data, an
+      unwritable workdir, or one holding checkpoints of training (steps > 0),
+      found before anything is written.
+  """
+  configuration.validate_config(config)
+  configuration.check_workdir_writable(workdir)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  existing = []
+  if os.path.isdir(ckpt_dir):
+    reader = _checkpoint_manager(workdir, create=False)
+    try:
+      existing = sorted(reader.all_steps())
+    finally:
+      reader.close()
+  trained_steps = [step for step in existing if step != 0]
+  if trained_steps:
+    raise WorkdirError(
+        f"{workdir} holds checkpoints of training (steps "
+        f"{', '.join(map(str, trained_steps))}); evaluate the untrained "
+        "encoder in a new --workdir.")
+  exp = build_experiment(config)
+  if config.get("init_from"):
+    # The state train_and_evaluate starts from: the loaded weights.
+    exp.state = pretrained.init_state(exp.state, config)
+
+  is_main = jax.process_index() == 0
+  mngr = None
+  try:
+    with _undo_on_write_error(workdir):
+      os.makedirs(workdir, exist_ok=True)
+      if is_main:
+        # As train_and_evaluate records it, so load_config reloads the same
+        # model.
+        config_record = config.to_dict()
+        config_record.setdefault("conv_padding",
+                                 models.conv_padding_of(config))
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_record)
+      if jax.process_count() > 1:
+        jax.experimental.multihost_utils.sync_global_devices("workdir ready")
+      mngr = _checkpoint_manager(workdir)
+      if existing:
+        # Orbax silently skips saving a step that exists; this config may
+        # initialise another state than the one saved before.
+        mngr.delete(0)
+      mngr.save(0, args=ocp.args.StandardSave(exp.state),
+                custom_metadata={"nonfinite_steps": 0})
+      mngr.wait_until_finished()
+  except BaseException:
+    _close_quietly(mngr, None)
+    raise
+  mngr.close()
+
+  metrics = evaluate(exp.state, exp.dataset, config, exp.mesh)
+  results = {**metrics, "step": 0, "mode": UNTRAINED_MODE,
+             "dataset": config.dataset, "complete": True,
+             "train_seconds_this_run": 0.0}
+  if not any(k.startswith("fine_") for k in metrics):
+    results["fine_metrics"] = "unavailable: the dataset has no fine labels"
+  if is_main:
+    try:
+      write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    except OSError as e:
+      raise WorkdirError(_write_error(workdir, e)) from e
+  logging.info("Untrained encoder (seed %d): %s", config.seed,
+               _summary_line(metrics))
+  return results

@@ -14,6 +14,7 @@ import pytest
 from benchmarks import cpu_conv_micro
 from benchmarks import eval_throughput
 from benchmarks import input_throughput
+from benchmarks import search_throughput
 from benchmarks import step_throughput
 from benchmarks import torch_reference_step
 
@@ -150,3 +151,13 @@ def test_cpu_variants_compile_and_the_import_default():
   if (release == maskcon_jax._CPU_CONV_FLAG_JAXLIB  # pylint: disable=protected-access
       and maskcon_jax._CPU_CONV_FLAG in flags):  # pylint: disable=protected-access
     assert "ynn_fusion" not in texts["process"]
+
+
+def test_search_throughput_smoke(tmp_path, capsys):
+  rows, printed, data = _run(search_throughput, tmp_path, capsys)
+  (row,) = data["rows"]
+  assert (row["n"], row["dim"], row["queries"], row["k"]) == (2000, 32, 10, 10)
+  # Queries are noisy copies of index items: each finds its source first.
+  assert row["top1_is_source"] == 1.0 and row["chunk"] == 10
+  assert _positive(row["first_s"], row["ms_per_query"], row["bound_mb"])
+  assert "bound_mb" in printed and "# device:" in printed

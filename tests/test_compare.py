@@ -1,23 +1,29 @@
-"""The comparison harness on configs/tiny.py: 2 modes x 2 seeds, 4 steps."""
+"""The comparison harness on configs/tiny.py: 3 entries x 2 seeds, 4 steps."""
 
 import json
+import math
 import re
+import shutil
 import subprocess
 import sys
 
+from absl import flags
+import jax
 import numpy as np
 import pytest
 
 from configs import tiny
 from maskcon_jax import compare
+from maskcon_jax import configuration
 from maskcon_jax import evaluate
 from maskcon_jax import train_step
 from maskcon_jax import trainer
 from maskcon_jax.errors import UserError
 from tests.conftest import REPO_ROOT
 
-MODES = ["maskcon", "grafit:w=1.0"]
+MODES = ["maskcon", "grafit:w=1.0", "untrained"]
 SEEDS = [3, 4]
+METRIC_KEYS = [key for key, _ in compare.METRICS]
 
 
 def _config():
@@ -34,28 +40,61 @@ def compared(tmp_path_factory):
   return workdir, rows
 
 
+def _fail(*args, **kwargs):
+  raise AssertionError("a finished run was trained or evaluated again")
+
+
+def _no_runs(monkeypatch):
+  for module, name in ((trainer, "train_and_evaluate"),
+                       (trainer, "evaluate_untrained"),
+                       (evaluate, "run_evaluation")):
+    monkeypatch.setattr(module, name, _fail)
+
+
+def _table_lines(table):
+  """The first table's header and rows."""
+  lines = table.splitlines()
+  end = lines.index("")
+  return [l for l in lines[:end] if l.startswith("| ")]
+
+
 def test_writes_table_plot_and_json(compared):
   workdir, rows = compared
-  assert [r["label"] for r in rows] == ["maskcon", "grafit (w=1.0)"]
-  assert [r["mode"] for r in rows] == ["maskcon", "grafit"]
+  assert [r["label"] for r in rows] == ["maskcon", "grafit (w=1.0)",
+                                        "untrained"]
+  assert [r["mode"] for r in rows] == ["maskcon", "grafit", "untrained"]
   assert rows[1]["overrides"] == {"w": 1.0}
+  assert [r["spec"] for r in rows] == MODES
   assert json.loads((workdir / "comparison.json").read_text()) == rows
 
   table = (workdir / "comparison.md").read_text()
-  body = [l for l in table.splitlines() if l.startswith("| ")]
-  assert body[0].startswith("| mode | steps | fine R@1 | fine R@5 | fine R@10 "
-                            "| kNN top-1 | fine MAP@R | linear probe "
-                            "| wall time (s) |")
+  body = _table_lines(table)
+  assert body[0] == ("| mode | steps | fine R@1 | fine R@5 | fine R@10 "
+                     "| kNN top-1 | fine MAP@R | linear probe "
+                     "| wall time (s) | Δ R@1 vs maskcon (± SE) |")
   assert [l.split(" | ")[0] for l in body[1:]] == ["| maskcon",
-                                                   "| grafit (w=1.0)"]
-  for line in body[1:]:
+                                                   "| grafit (w=1.0)",
+                                                   "| untrained"]
+  for line, steps in zip(body[1:], ("4", "4", "0")):
     cells = [c.strip() for c in line.strip("| ").split(" | ")]
-    assert cells[1] == "4"  # One epoch of 64 examples at batch 16.
+    assert cells[1] == steps  # One epoch of 64 examples at batch 16.
     # R@1, R@5, R@10, kNN, MAP@R, probe: mean ± std over 2 seeds.
     for cell in cells[2:8]:
       assert re.fullmatch(r"[01]\.\d{3} ± \d\.\d{3}", cell), line
     assert float(cells[8]) > 0
+  assert body[1].endswith("| reference |")
+  for line in body[2:]:
+    assert re.search(r"\| [+-]\d\.\d{3} ± \d\.\d{3} \|$", line), line
   assert "seeds 3, 4" in table
+  assert "untrained: the freshly initialised encoder" in table
+  # The second table: every metric's paired difference to the reference.
+  paired = table[table.index("Paired differences to maskcon"):]
+  paired_rows = [l for l in paired.splitlines() if l.startswith("| ")]
+  assert paired_rows[0] == ("| mode | seeds paired | Δ fine R@1 | Δ fine R@5 "
+                            "| Δ fine R@10 | Δ kNN top-1 | Δ fine MAP@R "
+                            "| Δ linear probe |")
+  assert paired_rows[1].startswith("| maskcon |  | reference |")
+  assert paired_rows[2].startswith("| grafit (w=1.0) | 2 | ")
 
   from matplotlib import image
   png = image.imread(workdir / "comparison.png")
@@ -64,7 +103,7 @@ def test_writes_table_plot_and_json(compared):
 
 def test_rows_are_mean_and_sample_std_of_the_runs(compared):
   workdir, rows = compared
-  for row, name in zip(rows, ("maskcon", "grafit_w=1.0")):
+  for row, name in zip(rows, ("maskcon", "grafit_w=1.0", "untrained")):
     assert [r["seed"] for r in row["runs"]] == SEEDS
     r1 = []
     for run, seed in zip(row["runs"], SEEDS):
@@ -72,9 +111,17 @@ def test_rows_are_mean_and_sample_std_of_the_runs(compared):
       assert run["workdir"] == str(run_dir)
       results = json.loads((run_dir / "results.json").read_text())
       saved = json.loads((run_dir / "config.json").read_text())
-      assert saved["seed"] == seed and saved["mode"] == row["mode"]
-      assert results["complete"] and results["step"] == 4
+      assert saved["seed"] == seed
+      assert results["complete"]
+      if row["mode"] == "untrained":
+        # The architecture of the shared config's mode, never trained.
+        assert saved["mode"] == "maskcon" and results["mode"] == "untrained"
+        assert results["step"] == 0 and results["train_seconds_this_run"] == 0
+      else:
+        assert saved["mode"] == results["mode"] == row["mode"]
+        assert results["step"] == 4
       report = json.loads((run_dir / "eval_test.json").read_text())
+      assert report["step"] == results["step"]
       assert run["fine_recall@1"] == results["fine_recall@1"]
       for key in ("knn_fine_top1", "fine_map@r", "linear_probe_fine_top1"):
         assert run[key] == report[key], key
@@ -88,16 +135,147 @@ def test_rows_are_mean_and_sample_std_of_the_runs(compared):
   assert grafit["w"] == 1.0
 
 
+def _numpy_paired(a, b):
+  """Mean and standard error of a - b over the pairs where both are finite,
+  written out from the definitions."""
+  a = np.array([np.nan if v is None else v for v in a], float)
+  b = np.array([np.nan if v is None else v for v in b], float)
+  d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+  n = d.size
+  if n == 0:
+    return None, None, 0
+  mean = d.sum() / n
+  se = math.sqrt(((d - mean) ** 2).sum() / (n - 1)) / math.sqrt(n) if n > 1 \
+      else None
+  return mean, se, n
+
+
+def test_paired_difference_matches_numpy():
+  rng = np.random.default_rng(0)
+  a = dict(zip(range(8), rng.uniform(0.5, 0.9, 8).tolist()))
+  b = dict(zip(range(2, 10), rng.uniform(0.4, 0.8, 8).tolist()))
+  a[3], b[5] = None, float("nan")  # Missing: only the other pairs count.
+  common = [s for s in range(2, 8)]
+  expected = _numpy_paired([a[s] for s in common], [b[s] for s in common])
+  mean, se, n = compare.paired_difference(a, b)
+  assert n == expected[2] == 4
+  assert mean == pytest.approx(expected[0], abs=1e-12)
+  assert se == pytest.approx(expected[1], abs=1e-12)
+  # Not the unpaired error: the shared per-seed offset cancels.
+  offset = {s: 0.1 * s for s in range(5)}
+  paired = compare.paired_difference(
+      {s: offset[s] + 0.02 + 0.001 * (s % 2) for s in offset}, offset)
+  assert paired[0] == pytest.approx(0.0204) and paired[1] < 0.001
+  assert compare.paired_difference({1: 0.5}, {1: 0.25}) == (0.25, None, 1)
+  assert compare.paired_difference({1: 0.5}, {2: 0.25}) == (None, None, 0)
+
+
+def test_rows_hold_paired_differences_to_the_reference(compared):
+  _, rows = compared
+  assert [r["reference"] for r in rows] == ["maskcon"] * 3
+  assert [r["is_reference"] for r in rows] == [True, False, False]
+  for key in METRIC_KEYS:
+    assert rows[0][f"{key}_delta_mean"] is None
+    reference = [r[key] for r in rows[0]["runs"]]
+    for row in rows[1:]:
+      mean, se, n = _numpy_paired([r[key] for r in row["runs"]], reference)
+      assert row[f"{key}_delta_n"] == n == 2, key
+      assert row[f"{key}_delta_mean"] == pytest.approx(mean, abs=1e-12), key
+      assert row[f"{key}_delta_se"] == pytest.approx(se, abs=1e-12), key
+
+
+def test_untrained_row_is_the_initial_state(compared):
+  workdir, rows = compared
+  run_dir = workdir / "untrained" / "seed_4"
+  config = _config().copy_and_resolve_references()
+  config.seed = 4
+  exp = trainer.build_experiment(config)
+  direct = trainer.evaluate(exp.state, exp.dataset, config, exp.mesh)
+  results = json.loads((run_dir / "results.json").read_text())
+  for key, value in direct.items():
+    assert results[key] == pytest.approx(value, abs=1e-6), key
+  assert rows[2]["runs"][1]["fine_recall@1"] == results["fine_recall@1"]
+  # Its checkpoint 0 is that state, as maskcon_jax.evaluate loads it.
+  _, restored = trainer.load_trained(str(run_dir))
+  assert int(restored.step) == 0
+  for loaded, fresh in zip(jax.tree.leaves(restored.params),
+                           jax.tree.leaves(exp.state.params)):
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(fresh))
+
+
+def test_untrained_refuses_a_trained_workdir(compared, tmp_path):
+  workdir, _ = compared
+  run_dir = tmp_path / "trained"
+  shutil.copytree(workdir / "maskcon" / "seed_3", run_dir)
+  config = _config().copy_and_resolve_references()
+  config.seed = 3
+  with pytest.raises(UserError, match=r"holds checkpoints of training "
+                     r"\(steps 4\); evaluate the untrained encoder in a new"):
+    trainer.evaluate_untrained(config, str(run_dir))
+  assert (json.loads((run_dir / "results.json").read_text())["mode"] ==
+          "maskcon")
+
+
 def test_rerun_skips_finished_runs(compared, monkeypatch):
   workdir, rows = compared
-
-  def fail(*args, **kwargs):
-    raise AssertionError("a finished run was trained or evaluated again")
-
-  monkeypatch.setattr(trainer, "train_and_evaluate", fail)
-  monkeypatch.setattr(evaluate, "run_evaluation", fail)
+  _no_runs(monkeypatch)
   assert compare.run_comparison(_config(), ",".join(MODES), str(workdir),
                                 SEEDS) == rows
+
+
+def test_finished_runs_saved_without_the_optional_fields_stay_finished(
+    compared, monkeypatch):
+  # The command line now adds the optional fields (as maskcon_jax.train);
+  # runs saved without them are the same runs.
+  workdir, rows = compared
+  config = _config()
+  configuration.add_defaults(config)
+  assert "alpha" in config and "alpha" not in _config()
+  run_dir = str(workdir / "maskcon" / "seed_3")
+  run_config = config.copy_and_resolve_references()
+  run_config.seed = 3
+  assert compare._is_finished(run_dir, run_config)
+  run_config.alpha = 1.0  # Another value than the default: another run.
+  assert not compare._is_finished(run_dir, run_config)
+  _no_runs(monkeypatch)
+  assert compare.run_comparison(config, MODES, str(workdir), SEEDS) == rows
+
+
+def test_reference_names_an_entry(compared, tmp_path, monkeypatch):
+  workdir, rows = compared
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  _no_runs(monkeypatch)
+  for reference in ("grafit:w=1.0", "grafit (w=1.0)", " grafit:w=1 "):
+    again = compare.run_comparison(_config(), MODES, str(copy), SEEDS,
+                                   reference=reference)
+    assert [r["is_reference"] for r in again] == [False, True, False]
+    assert again[0]["fine_recall@1_delta_mean"] == pytest.approx(
+        -rows[1]["fine_recall@1_delta_mean"], abs=1e-12)
+  assert "Δ R@1 vs grafit (w=1.0) (± SE)" in (copy / "comparison.md"
+                                                ).read_text()
+
+
+@pytest.mark.parametrize("modes,expected", [
+    (["maskcon", "moco"], 0),
+    (["moco", "untrained", "maskcon:w=1.0"], 2),
+    (["moco", "grafit"], 0),
+])
+def test_default_reference_is_the_first_maskcon_entry(modes, expected):
+  cells = [cell for spec in modes for cell in compare.expand_mode_spec(spec)]
+  assert compare._reference_index(cells, None) == expected
+
+
+@pytest.mark.parametrize("reference,message", [
+    ("coins", "--reference='coins' is none of the --modes entries; name one "
+     "of: maskcon, grafit:w=1.0"),
+    ("maskcon:w=0.5|1.0", "is none of the --modes entries"),
+])
+def test_bad_reference_before_any_run(reference, message, tmp_path):
+  with pytest.raises(UserError, match=re.escape(message)):
+    compare.run_comparison(_config(), ["maskcon", "grafit:w=1.0"],
+                           str(tmp_path / "out"), reference=reference)
+  assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -106,6 +284,8 @@ def test_rerun_skips_finished_runs(compared, monkeypatch):
     (" maskcon : t=0.1 : w=0.8 ", ("maskcon", {"t": 0.1, "w": 0.8})),
     ("coins:precision=bfloat16:queue_init=random",
      ("coins", {"precision": "bfloat16", "queue_init": "random"})),
+    ("untrained", ("untrained", {})),
+    ("untrained:mode=wcl:width=8", ("untrained", {"mode": "wcl", "width": 8})),
 ])
 def test_parse_mode_spec(spec, expected):
   assert compare.parse_mode_spec(spec) == expected
@@ -116,15 +296,96 @@ def test_modes_are_read_at_run_time(monkeypatch):
   assert compare.parse_mode_spec("newmode:w=1") == ("newmode", {"w": 1})
 
 
+def test_grid_expands_to_the_cartesian_product():
+  cells = compare.expand_mode_spec(" maskcon : w=0.5|1.0 : t=0.05 | 0.1 ")
+  assert cells == [
+      ("maskcon:w=0.5:t=0.05", "maskcon", {"w": 0.5, "t": 0.05}),
+      ("maskcon:w=0.5:t=0.1", "maskcon", {"w": 0.5, "t": 0.1}),
+      ("maskcon:w=1.0:t=0.05", "maskcon", {"w": 1.0, "t": 0.05}),
+      ("maskcon:w=1.0:t=0.1", "maskcon", {"w": 1.0, "t": 0.1}),
+  ]
+  assert compare.expand_mode_spec("grafit:w=1.0|0.8:queue_init=random") == [
+      ("grafit:w=1.0:queue_init=random", "grafit",
+       {"w": 1.0, "queue_init": "random"}),
+      ("grafit:w=0.8:queue_init=random", "grafit",
+       {"w": 0.8, "queue_init": "random"})]
+  # A single run keeps its text, and so its workdir name.
+  assert compare.expand_mode_spec(" maskcon : t=0.1 ") == [
+      ("maskcon : t=0.1", "maskcon", {"t": 0.1})]
+
+
+def test_grid_cells_are_runs_of_their_own():
+  plan = compare._build_configs(
+      _config(), ["maskcon:w=0.5|1.0:t=0.05|0.1", "untrained:width=4|8"], [3])
+  assert [(entry, name) for entry, _, _, _, name, _ in plan] == [
+      ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=0.5_t=0.05"),
+      ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=0.5_t=0.1"),
+      ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=1.0_t=0.05"),
+      ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=1.0_t=0.1"),
+      ("untrained:width=4|8", "untrained_width=4"),
+      ("untrained:width=4|8", "untrained_width=8")]
+  labels = [compare.run_label(mode, overrides)
+            for _, _, mode, overrides, _, _ in plan]
+  assert labels[0] == "maskcon (w=0.5, t=0.05)"
+  assert labels[5] == "untrained (width=8)"
+  configs = [runs[0] for *_, runs in plan]
+  assert [(c.w, c.t) for c in configs[:4]] == [(0.5, 0.05), (0.5, 0.1),
+                                              (1.0, 0.05), (1.0, 0.1)]
+  assert [(c.mode, c.width) for c in configs[4:]] == [("maskcon", 4),
+                                                     ("maskcon", 8)]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("maskcon:w=0.5|", "'w=0.5|' in 'maskcon:w=0.5|' has an empty value"),
+    ("maskcon:w=|", "'w=|' in 'maskcon:w=|' has an empty value"),
+    ("maskcon:w=|1.0", "has an empty value"),
+    ("maskcon:w=0.5:w=1.0", "'maskcon:w=0.5:w=1.0' sets w twice"),
+    ("maskcon:w=0.5|1.0:w=0.8", "sets w twice"),
+    ("maskcon|moco", "'maskcon|moco' has '|' in its mode"),
+    ("maskcon|moco:w=1.0", "has '|' in its mode"),
+    ("maskcon:w=0.5|0.5", "lists '0.5' twice"),
+    ("maskcon:w=1|1.0", "lists '1.0' twice"),
+    ("moco:mode=grafit", "sets the mode twice"),
+])
+def test_bad_grid_syntax_is_one_line_error(spec, message):
+  with pytest.raises(UserError, match=re.escape(message)) as error:
+    compare.expand_mode_spec(spec)
+  assert "\n" not in str(error.value)
+
+
+def test_parse_mode_spec_refuses_a_grid():
+  with pytest.raises(UserError, match="is a grid of several runs"):
+    compare.parse_mode_spec("maskcon:w=0.5|1.0")
+
+
+@pytest.mark.parametrize("spec,name", [
+    ("maskcon", "maskcon"),
+    ("grafit:w=1.0", "grafit_w=1.0"),
+    ("maskcon:w=0.5:t=0.05", "maskcon_w=0.5_t=0.05"),
+    ("saliency:saliency_strategy=mean", "saliency_saliency_strategy=mean"),
+    ("coins:retrieval_ks=(1, 2)", "coins_retrieval_ks=_1_2"),
+    (":::", "run"),
+])
+def test_directory_name(spec, name):
+  assert compare.directory_name(spec) == name
+
+
 @pytest.mark.parametrize("modes,seeds,message", [
-    (["maskcon", "nope"], None, "unknown mode 'nope'.*available: maskcon"),
+    (["maskcon", "nope"], None, "unknown mode 'nope'.*available: maskcon.*"
+     "untrained"),
     (["grafit:w"], None, "'w' in 'grafit:w' is not FIELD=VALUE"),
     (["grafit:mode=moco"], None, "sets the mode twice"),
     (["grafit:nofield=1"], None, "config.nofield, which the config does not"),
     (["grafit:w=abc"], None, "w='abc', but that field takes float values"),
     (["grafit:batch_size=1.5"], None, "that field takes int values"),
     (["grafit:w=2"], None, "entry 'grafit:w=2': config.w=2.0 must lie in"),
+    (["grafit:w=0.5|2"], None, "entry 'grafit:w=2': config.w=2.0 must lie in"),
+    (["untrained:mode=nope"], None, "entry 'untrained:mode=nope': "
+     "config.mode='nope' is not supported"),
     (["moco", "moco"], None, "name the same run"),
+    (["maskcon:w=0.5|1.0", "maskcon:w=1.0"], None,
+     re.escape("entries 'maskcon:w=0.5|1.0' and 'maskcon:w=1.0' both hold the "
+               "run 'maskcon:w=1.0'")),
     ([], None, "--modes is empty"),
     (["moco"], [1, 1], "lists a seed twice"),
     (["moco"], ["x"], "'x' is not an integer"),
@@ -146,13 +407,84 @@ def test_method_option_the_config_file_leaves_out():
   assert saliency.saliency_grid is None  # The other options: defaults.
 
 
-def test_cli_bad_mode_is_one_line_error(tmp_path):
+def _rows(values_per_row, untrained=None):
+  rows = []
+  for i, values in enumerate(values_per_row):
+    rows.append({
+        "label": f"mode{i} (w={i / 10})", "mode": "maskcon", "seeds": [1, 2, 3],
+        "is_reference": i == 0,
+        "runs": [{"fine_recall@1": v} for v in values],
+        "fine_recall@1_mean": float(np.mean(values)),
+        "fine_recall@1_std": float(np.std(values, ddof=1))})
+  if untrained is not None:
+    rows.append({"label": "untrained", "mode": "untrained", "seeds": [1, 2, 3],
+                 "is_reference": False,
+                 "runs": [{"fine_recall@1": v} for v in untrained],
+                 "fine_recall@1_mean": float(np.mean(untrained)),
+                 "fine_recall@1_std": float(np.std(untrained, ddof=1))})
+  return rows
+
+
+def test_plot_is_zoomed_to_the_data(tmp_path):
+  rng = np.random.default_rng(1)
+  values = [(0.7 + 0.01 * i + rng.normal(0, 0.005, 3)).tolist()
+            for i in range(15)]
+  path = tmp_path / "fifteen.png"
+  low, high = compare.plot_comparison(_rows(values), str(path))
+  flat = np.ravel(values)
+  assert 0.5 < low < flat.min() and flat.max() < high <= 1.0
+  assert high - low < 0.3  # Not 0..1: differences of a point show.
+  from matplotlib import image
+  png = image.imread(path)
+  assert png.shape[0] > 500  # Taller with more entries: labels stay apart.
+
+  # The untrained encoder stays in view, far below the trained ones.
+  low, high = compare.plot_comparison(_rows(values[:2], [0.2, 0.25, 0.22]),
+                                      str(tmp_path / "untrained.png"))
+  assert 0.0 < low < 0.2 and 0.72 < high <= 1.0
+  assert (tmp_path / "untrained.png").stat().st_size > 0
+  # Nothing to show: the whole range.
+  none = _rows([[0.5, 0.6, 0.7]])
+  none[0].update({"runs": [{"fine_recall@1": None}] * 3,
+                  "fine_recall@1_mean": None, "fine_recall@1_std": None})
+  assert compare.plot_comparison(none, str(tmp_path / "none.png")) == (0, 1)
+
+
+def test_cli_flags_add_the_optional_fields():
+  # As maskcon_jax.train: --config.FIELD may name a method option the config
+  # file leaves out (configs/default.py has no alpha).
+  argv = ["compare", "--config=configs/default.py", "--config.alpha=1.0",
+          "--modes=maskcon,moco", "--workdir=/tmp/x", "--seeds=1,2",
+          "--reference=moco"]
+  flag_values = flags.FlagValues()
+  compare.define_flags(flag_values, sys_argv=argv)
+  flag_values(argv)
+  assert flag_values.config.alpha == 1.0
+  assert flag_values.config.saliency_strategy == "hp"  # Added, default.
+  assert flag_values.reference == "moco"
+
+
+def test_cli_untrained_with_an_optional_field_and_one_line_errors(tmp_path):
+  workdir = tmp_path / "out"
   out = subprocess.run(
       [sys.executable, "-m", "maskcon_jax.compare", "--config",
-       "configs/tiny.py", "--modes", "maskcon,nope", "--workdir",
-       str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True,
-      timeout=300)
-  assert out.returncode == 2, out.stderr[-2000:]
-  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "unknown mode 'nope'" in errors[0], out.stderr
-  assert "Traceback" not in out.stderr
+       "configs/tiny.py", "--config.alpha=1.0", "--modes", "untrained",
+       "--workdir", str(workdir), "--noevaluate"], cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  saved = json.loads((workdir / "untrained" / "seed_1228" /
+                      "config.json").read_text())
+  assert saved["alpha"] == 1.0 and saved["mode"] == "maskcon"
+  assert "| untrained | 0 |" in out.stdout
+
+  for modes, message in (("maskcon,nope", "unknown mode 'nope'"),
+                         ("maskcon:w=0.5|", "has an empty value")):
+    out = subprocess.run(
+        [sys.executable, "-m", "maskcon_jax.compare", "--config",
+         "configs/tiny.py", "--modes", modes, "--workdir",
+         str(tmp_path / "bad")], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr
+    assert "Traceback" not in out.stderr

@@ -401,3 +401,65 @@ def test_retrieval_report_without_bank_is_leave_one_out():
   assert report["knn_fine_top1"] == 1.0
   assert "fine_recall@1/coarse=0" in report
   assert "fine_recall@2" in report and "fine_recall@5" not in report
+
+
+# ---------------------------------------------------------------------------
+# soft_target_diagnostics
+# ---------------------------------------------------------------------------
+
+
+def _unit_rows(rng, n, d):
+  x = rng.normal(size=(n, d))
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_soft_target_diagnostics_against_maskcon_targets():
+  """The neighbour distribution is MaskCon's target (the golden-tested
+  `losses.maskcon_targets`) without its positive column, renormalised."""
+  import jax.numpy as jnp
+  from maskcon_jax import losses
+  rng = np.random.default_rng(0)
+  keys, queue = _unit_rows(rng, 40, 8), _unit_rows(rng, 64, 8)
+  fine, queue_fine = rng.integers(0, 6, 40), rng.integers(0, 6, 64)
+  coarse, queue_coarse = fine // 3, queue_fine // 3
+  t = 0.1
+  got = evaluation.soft_target_diagnostics(keys, fine, coarse, queue,
+                                           queue_fine, queue_coarse, t=t)
+  z = np.asarray(losses.maskcon_targets(
+      jnp.asarray(keys, jnp.float32), jnp.asarray(queue, jnp.float32),
+      jnp.asarray(queue_coarse), jnp.asarray(coarse), t=t, w=1.0),
+      np.float64)[:, 1:]
+  p = z / z.sum(axis=1, keepdims=True)
+  same = fine[:, None] == queue_fine[None, :]
+  mask = coarse[:, None] == queue_coarse[None, :]
+  np.testing.assert_allclose(got["target_fine_share"],
+                             np.mean(np.sum(p * same, axis=1)), rtol=1e-5)
+  np.testing.assert_allclose(
+      got["target_entropy"],
+      np.mean(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0),
+                      axis=1)), rtol=1e-5)
+  np.testing.assert_allclose(got["target_fine_share_uniform"],
+                             np.mean((mask & same).sum(1) / mask.sum(1)))
+  np.testing.assert_allclose(got["target_entropy_uniform"],
+                             np.mean(np.log(mask.sum(1))))
+
+
+def test_soft_target_diagnostics_by_hand():
+  """One key, two same-coarse entries at cosines 1 and 0, t = 1: weights
+  e^0 and e^-1; the nearer one has the key's fine class."""
+  keys = np.array([[1.0, 0.0]])
+  queue = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+  got = evaluation.soft_target_diagnostics(
+      keys, np.array([5]), np.array([0]), queue, np.array([5, 6, 5]),
+      np.array([0, 0, 1]), t=1.0)
+  p_near = 1 / (1 + np.exp(-1))
+  assert got["target_fine_share"] == pytest.approx(p_near)
+  assert got["target_fine_share_uniform"] == pytest.approx(0.5)
+  entropy = -(p_near * np.log(p_near) + (1 - p_near) * np.log(1 - p_near))
+  assert got["target_entropy"] == pytest.approx(entropy)
+  assert got["target_entropy_uniform"] == pytest.approx(np.log(2))
+  # No same-coarse queue entry: nothing to report.
+  empty = evaluation.soft_target_diagnostics(
+      keys, np.array([5]), np.array([3]), queue, np.array([5, 6, 5]),
+      np.array([0, 0, 1]), t=1.0)
+  assert np.isnan(empty["target_fine_share"])

@@ -143,3 +143,28 @@ def test_online_knn_monitor(tmp_path):
   tags = events.Tags()
   assert "monitor/knn_fine_top1" in tags.get("tensors", []) + tags.get(
       "scalars", [])
+
+
+def test_runs_from_before_conv_padding_keep_same_padding(tmp_path):
+  """A config.json without conv_padding is a run trained with XLA's SAME
+  padding: reloading it keeps that padding, and resuming it with the new
+  default is refused in one line until the old value is given."""
+  from maskcon_jax import configuration
+  config = tiny.get_config()
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved["conv_padding"]
+  (tmp_path / trainer.CONFIG_FILE).write_text(json.dumps(saved))
+  assert trainer.load_config(str(tmp_path)).conv_padding == "same"
+  with pytest.raises(ConfigError, match="conv_padding") as error:
+    configuration.check_compatible(saved, config)
+  assert "\n" not in str(error.value)
+  config.conv_padding = "same"
+  assert configuration.check_compatible(saved, config) == []
+
+
+def test_trained_run_records_its_conv_padding(tmp_path):
+  config = tiny.get_config()
+  config.stop_after_steps = 1
+  del config["conv_padding"]  # A custom config file without the field.
+  trainer.train_and_evaluate(config, str(tmp_path))
+  assert trainer.load_config(str(tmp_path)).conv_padding == "torch"
