@@ -19,7 +19,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-GOLDEN_DIR = REPO_ROOT.parent / "shared" / "golden"
+# Losses computed by the official PyTorch code (see its README.md).
+GOLDEN_DIR = REPO_ROOT / "tests" / "data" / "golden"
 
 
 @pytest.fixture(scope="session")
