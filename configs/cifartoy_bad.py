@@ -12,6 +12,11 @@ The paper's settings (the official code's defaults): ResNet-18 (width 64),
 warm-up epochs then cosine decay, wd 5e-4, batch 128, 200 epochs, 32x32
 images with the CIFAR augmentations and CIFAR-10 normalisation.
 
+Views: the key encoder sees RandomResizedCrop(32, scale 0.2-1) + horizontal
+flip (`cifar_weak`); the query encoder sees the same followed by the
+official code's CIFAR-10 AutoAugment (`cifar_strong`). Test images are only
+resized and normalised.
+
 Expected: not yet measured. The official code starts from ImageNet-pretrained
 weights; this config trains from scratch.
 """

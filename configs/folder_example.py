@@ -21,6 +21,12 @@ width 64, 256-d embeddings, queue 8192, t0=0.1, t=0.05, w=0.5, SGD lr 0.02, 5
 warm-up epochs, wd 5e-4, batch 128, 200 epochs). Lower image_size (e.g. 64)
 and num_epochs for a quick first run.
 
+Views: the key encoder sees RandomResizedCrop(224, scale 0.2-1) +
+RandomPerspective(0.5, p=0.5) + horizontal flip (`cars_weak`); the query
+encoder sees RandomResizedCrop + flip + RandomPerspective + ColorJitter(0.4,
+0.4, 0.4, 0.1) with p=0.8 + grayscale p=0.2 + Gaussian blur (sigma 0.1-2)
+with p=0.5 (`cars_strong`). Test images are only resized and normalised.
+
 Expected: depends on the data; not yet measured on any example set.
 """
 

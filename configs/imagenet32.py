@@ -13,6 +13,11 @@ command also passes `--mode coins`; add --config.mode=coins to run that
 instead of MaskCon. 32x32 images, CIFAR augmentations, ImageNet
 normalisation; testing uses the validation split.
 
+Views: the key encoder sees RandomResizedCrop(32, scale 0.2-1) + horizontal
+flip (`cifar_weak`); the query encoder sees the same followed by the
+official code's CIFAR-10 AutoAugment (`cifar_strong`). Test images are only
+resized and normalised.
+
 Expected: not yet measured. The official code starts from ImageNet-pretrained
 weights; this config trains from scratch.
 """

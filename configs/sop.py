@@ -11,6 +11,10 @@ width 64, 256-d embeddings, queue 8192, t0=0.1, t=0.05, w=0.5, SGD lr 0.02, 5
 warm-up epochs, wd 5e-4, batch 128, 200 epochs), SOP augmentations, ImageNet
 normalisation.
 
+Views: both encoders see RandomResizedCrop(224, scale 0.2-1) + horizontal
+flip + RandomPerspective(0.5, p=0.5) (`sop`), as the official code. Test
+images are only resized and normalised.
+
 Expected: not yet measured. The official code starts from ImageNet-pretrained
 weights; this config trains from scratch.
 """

@@ -26,6 +26,10 @@ seed, evaluated before any training step by `trainer.evaluate_untrained`. It
 takes FIELD=VALUE overrides as the others do; its row shows what training
 adds.
 
+An entry may name its own seeds instead of ``--seeds``: ``wcl:seeds=1228``
+(or ``seeds=1228+1229``), e.g. one seed for the costly modes of a table
+whose others have three; it names the same runs (folders) as ``--seeds``.
+
 Every (entry, seed) run trains in its own ``WORKDIR/<entry>/seed_<seed>/``
 (`directory_name`) with `trainer.train_and_evaluate`, then
 `evaluate.run_evaluation` adds kNN top-1, MAP@R and a linear probe.
@@ -101,6 +105,8 @@ METRICS = (("fine_recall@1", "fine R@1"), ("fine_recall@5", "fine R@5"),
 UNTRAINED = "untrained"
 # Separates a field's values in a grid entry: maskcon:w=0.5|1.0.
 GRID_SEPARATOR = "|"
+# An entry's own seeds instead of --seeds: wcl:seeds=1228 (or 1228+1229).
+SEEDS_FIELD = "seeds"
 
 
 def available_modes() -> tuple[str, ...]:
@@ -158,6 +164,10 @@ def _split_spec(spec: str) -> tuple[str, list[tuple[str, list[str]]]]:
       raise UserError(f"--modes: {spec!r} sets {field} twice; give it once, "
                       f"with several values as {field}=0.5|1.0.")
     seen.add(field)
+    if field == SEEDS_FIELD and GRID_SEPARATOR in raw:
+      raise UserError(f"--modes: {spec!r} lists seeds with '|'; join them "
+                      f"with '+' (one row over the seeds), e.g. "
+                      f"{SEEDS_FIELD}=1228+1229.")
     values = [v.strip() for v in raw.split(GRID_SEPARATOR)]
     if not all(values):
       raise UserError(f"--modes: {part!r} in {spec!r} has an empty value; "
@@ -473,6 +483,15 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None,
   return float(np.mean(values)), std
 
 
+def _entry_seeds(value: Any, spec: str) -> list[int]:
+  """The seeds of ``seeds=1228`` or ``seeds=1228+1229`` in an entry."""
+  parts = value.split("+") if isinstance(value, str) else [value]
+  try:
+    return _parse_seeds(parts, None)
+  except UserError as e:
+    raise UserError(f"--modes: {spec!r}: {e}") from None
+
+
 def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
                    seeds: Sequence[int]):
   """Every run's config, built and validated before any training starts.
@@ -484,6 +503,13 @@ def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
   plan, names = [], {}
   for spec in specs:
     for cell_spec, mode, overrides in expand_mode_spec(spec):
+      run_seeds = seeds
+      if SEEDS_FIELD in overrides:
+        run_seeds = _entry_seeds(overrides.pop(SEEDS_FIELD), cell_spec)
+        # The same run as under --seeds: the seeds name no folder or label.
+        cell_spec = ":".join(
+            part for part in cell_spec.split(":")
+            if part.partition("=")[0].strip() != SEEDS_FIELD)
       name = directory_name(cell_spec)
       if name in names:
         other_entry, other_cell = names[name]
@@ -494,7 +520,7 @@ def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
                         f"hold the run {cell_spec!r}; list each run once.")
       names[name] = (spec, cell_spec)
       runs = []
-      for seed in seeds:
+      for seed in run_seeds:
         run_config = config.copy_and_resolve_references()
         if mode != UNTRAINED:
           # The untrained encoder keeps the shared config's mode (whose
@@ -580,7 +606,8 @@ def run_comparison(config: ml_collections.ConfigDict,
       except UserError as e:
         raise UserError(f"{spec}, seed {run_config.seed}: {e}") from None
     row = {"label": run_label(mode, overrides), "spec": spec, "entry": entry,
-           "mode": mode, "overrides": overrides, "seeds": list(seeds),
+           "mode": mode, "overrides": overrides,
+           "seeds": [int(c.seed) for c in run_configs],
            "steps": sorted({r["step"] for r in runs if r["step"] is not None}),
            "runs": runs}
     for key, _ in METRICS:
@@ -617,15 +644,20 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   """The comparison as Markdown: the metrics per entry, the paired
   differences to the reference entry, and a note saying what they show."""
   seeds = rows[0]["seeds"] if rows else []
+  # Entries may have their own seeds (wcl:seeds=1228): then each row says.
+  per_row_seeds = any(row["seeds"] != seeds for row in rows)
   reference = rows[0].get("reference") if rows else None
-  header = (["mode", "steps"] + [title for _, title in METRICS] +
-            ["wall time (s)"])
+  header = (["mode"] + (["seeds"] if per_row_seeds else []) + ["steps"] +
+            [title for _, title in METRICS] + ["wall time (s)"])
   if reference is not None:
     header.append(f"Δ R@1 vs {reference} (± SE)")
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
   for row in rows:
-    cells = [row["label"], "/".join(map(str, row["steps"])) or "n/a"]
+    cells = [row["label"]]
+    if per_row_seeds:
+      cells.append(", ".join(map(str, row["seeds"])))
+    cells.append("/".join(map(str, row["steps"])) or "n/a")
     cells += [_cell(row[f"{key}_mean"], row[f"{key}_std"])
               for key, _ in METRICS]
     wall = row["wall_seconds_mean"]
@@ -633,9 +665,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     if reference is not None:
       cells.append(_delta_cell(row, "fine_recall@1"))
     lines.append("| " + " | ".join(cells) + " |")
-  spread = ("mean ± sample std over seeds " if len(seeds) > 1 else "seed ")
+  if per_row_seeds:
+    spread = "mean ± sample std over each row's seeds (column seeds)"
+  else:
+    spread = ("mean ± sample std over seeds " if len(seeds) > 1 else
+              "seed ") + ", ".join(map(str, seeds))
   note = (f"\nFine-label retrieval on the test split; {spread}"
-          f"{', '.join(map(str, seeds))}. kNN top-1 uses the training split "
+          ". kNN top-1 uses the training split "
           "as the bank (k = 20); MAP@R ranks each query's R same-class items "
           "(Musgrave et al.); the linear probe is a softmax classifier of "
           "the fine labels on frozen training features. Wall time: seconds "
@@ -740,8 +776,9 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str,
   ax.grid(axis="x", alpha=0.3)
   name = "fine Recall@1" if metric == "fine_recall@1" else metric
   ax.set_xlabel(f"{name} (test)")
-  seeds = rows[0]["seeds"] if rows else []
-  ax.set_title(f"{name}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
+  counts = sorted({len(row["seeds"]) for row in rows}) or [0]
+  shown = "/".join(map(str, counts))
+  ax.set_title(f"{name}, {shown} seed{'s' if counts != [1] else ''}: "
                "dots single seeds, diamonds mean ± std", fontsize=10)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(loc="best", fontsize=8, framealpha=0.8)

@@ -488,3 +488,26 @@ def test_cli_untrained_with_an_optional_field_and_one_line_errors(tmp_path):
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_entry_seeds_override_the_shared_seeds():
+  """wcl:seeds=5 runs one seed of its own, in the folder --seeds would use,
+  and the table then shows each row's seeds."""
+  config = _config()
+  plan = compare._build_configs(config, ["maskcon", "moco:seeds=5",
+                                         "grafit:w=1.0:seeds=3+5"], [3, 4])
+  seeds = {cell: [int(c.seed) for c in runs]
+           for _, cell, _, _, _, runs in plan}
+  names = {cell: name for _, cell, _, _, name, _ in plan}
+  assert seeds == {"maskcon": [3, 4], "moco": [5], "grafit:w=1.0": [3, 5]}
+  assert names["moco"] == "moco" and names["grafit:w=1.0"] == "grafit_w=1.0"
+  rows = [{"label": cell, "seeds": s, "steps": [1], "mode": cell,
+           "wall_seconds_mean": 1.0,
+           **{f"{k}_{stat}": 0.5 for k, _ in compare.METRICS
+              for stat in ("mean", "std")}} for cell, s in seeds.items()]
+  table = compare.markdown_table(rows)
+  assert "| seeds |" in table.splitlines()[0] and "| 3, 5 |" in table
+  for bad in ("moco:seeds=5|6", "moco:seeds=x", "moco:seeds=5+5"):
+    with pytest.raises(UserError) as error:
+      compare._build_configs(config, [bad], [3])
+    assert "\n" not in str(error.value)
