@@ -95,8 +95,14 @@ def run_official(args, mode: str, seed: int) -> None:
          "--mode", official_mode, "--w", str(w), "--seed", str(seed),
          "--epochs", str(args.epochs), "--out", out]
   print(f"[official] {mode} seed {seed} -> {out}", flush=True)
+  # OpenMP's default spin-waiting makes torch collapse on a machine that
+  # anything else shares (BENCHMARKS.md, "How CPU figures here were
+  # measured"); passive waiting changes no number, only the wall time.
+  env = {**os.environ}
+  env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   with open(log, "w") as f:
-    subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+    subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT,
+                   env=env)
 
 
 def _ours_dir(workdir: str, variant: str | None) -> str:
