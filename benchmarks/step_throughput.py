@@ -1,10 +1,10 @@
 r"""Train-step throughput of the full MaskCon step (augmentation included).
 
 Times the jitted, donated train step on synthetic uint8 images for a grid of
-mode (any of ``train_step.MODES``, built by ``train_step.step_for_config`` as
-in training), architecture, width, image size, batch, queue size, precision and device
-count, and prints one table (and writes JSON with --json). Needs jax, flax and
-optax only, so it runs on a bare accelerator image.
+mode (any of ``methods.MODES``, built by ``methods.step_for_config`` as in
+training), architecture, width, image size, batch, queue size, precision and
+device count, and prints one table (and writes JSON with --json). Needs jax,
+flax, optax and ml_collections only, so it runs on a bare accelerator image.
 
   python benchmarks/step_throughput.py                       # reference config
   python benchmarks/step_throughput.py --batch_sizes=256,512 \
@@ -14,9 +14,10 @@ optax only, so it runs on a bare accelerator image.
 
 Columns: compile_s (lowering + compilation), step_ms (median over --steps
 after --warmup), img_s (batch / median), img_s_dev (per device), gflop_img
-(model FLOPs per training image: for the queue modes key forward + query
-forward and backward, see ``FORWARDS_PER_IMAGE`` for the others; counted
-from the model's convolutions and matmuls), tflop_s (achieved model
+(model FLOPs per training image, ``methods.flops_per_image``: the
+method's encoder passes, e.g. key forward + query forward and backward for
+the queue modes, times one forward's FLOPs counted from the model's
+convolutions and matmuls), tflop_s (achieved model
 FLOP/s) and mfu (achieved / (--peak_tflops x devices)) when a peak is given.
 
 On CPU the step runs with the XLA options `maskcon_jax` sets at import (see
@@ -38,14 +39,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from maskcon_jax import models  # noqa: E402
+from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import train_state as train_state_lib  # noqa: E402
-from maskcon_jax import train_step as steps  # noqa: E402
 
 
 class _Config(dict):
@@ -53,61 +52,12 @@ class _Config(dict):
   __getattr__ = dict.__getitem__
 
 
-def _jaxpr_flops(jaxpr) -> float:
-  """Multiply-add FLOPs (x2) of convolutions and matmuls in a jaxpr."""
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "conv_general_dilated":
-      out = eqn.outvars[0].aval
-      rhs = eqn.invars[1].aval
-      dn = eqn.params["dimension_numbers"]
-      kernel_in_and_spatial = 1
-      for axis, size in enumerate(rhs.shape):
-        if axis != dn.rhs_spec[0]:  # every kernel axis but the output features
-          kernel_in_and_spatial *= size
-      total += 2.0 * np.prod(out.shape) * kernel_in_and_spatial
-    elif name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval
-      contracted = np.prod([lhs.shape[a] for a in lhs_contract])
-      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contracted
-    for sub in _sub_jaxprs(eqn.params):
-      total += _jaxpr_flops(sub)
-  return total
-
-
-def _sub_jaxprs(params):
-  for value in params.values():
-    inner = getattr(value, "jaxpr", None)
-    if inner is not None and hasattr(inner, "eqns"):
-      yield inner
-    elif hasattr(value, "eqns"):
-      yield value
-
-
-# Encoder forward passes per training image, backward = 2 x forward (the
-# usual MFU convention): a queue mode's key forward + query forward/backward
-# is 4; WCL's two views forward/backward 6; SelfCon's one view 3; saliency's
-# key forwards of the weak and the strong view and of one hard negative plus
-# the query's forward/backward 6 (with the default num_hard_negatives = 1).
-FORWARDS_PER_IMAGE = {"wcl": 6, "selfcon": 3, "saliency": 6}
-
-
 def model_flops_per_image(model, image_size: int, channels: int,
                           mode: str = "maskcon") -> float:
-  """Model FLOPs of one training image of ``mode``'s step.
-
-  ``FORWARDS_PER_IMAGE`` (4 for the queue modes) times the FLOPs of one
-  forward of ``model`` (multi-exit and second heads included); augmentation,
-  loss and optimizer are not counted.
-  """
-  x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
-  variables = jax.eval_shape(functools.partial(model.init, train=False),
-                             jax.random.key(0), x)
-  forward = jax.make_jaxpr(functools.partial(model.apply, train=False))(
-      variables, x)
-  return FORWARDS_PER_IMAGE.get(mode, 4) * _jaxpr_flops(forward.jaxpr)
+  """Model FLOPs of one training image of ``mode``'s step (its block at the
+  defaults): `methods.flops_per_image`."""
+  return methods.flops_per_image(_Config(mode=mode, image_size=image_size),
+                                 model, (image_size, image_size, channels))
 
 
 # Per-program XLA options for comparing CPU code paths in one process. The
@@ -169,7 +119,7 @@ def build_step(arch, width, image_size, batch_size, queue_size, precision,
   mesh = jax.sharding.Mesh(np.array(devices), ("data",),
                            axis_types=(jax.sharding.AxisType.Auto,))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  # The official hyperparameters; method fields take METHOD_DEFAULTS.
+  # The official hyperparameters; method blocks take their defaults.
   config = _Config(arch=arch, width=width, image_size=image_size,
                    embed_dim=embed_dim, proj_hidden_dim=512,
                    precision=precision, mode=mode, t0=0.1, t=0.05, w=0.5,
@@ -177,18 +127,19 @@ def build_step(arch, width, image_size, batch_size, queue_size, precision,
                    query_bn="global", strong_policy=strong_policy,
                    weak_policy=weak_policy, num_epochs=200, warmup_epochs=5,
                    learning_rate=0.02, weight_decay=5e-4, momentum=0.9)
-  model = models.build_encoder(config, num_coarse)
+  model = methods.build_encoder(config, num_coarse)
   schedule = train_state_lib.learning_rate_schedule(config, 390)
   tx = train_state_lib.make_optimizer(config, schedule)
   create = functools.partial(
       train_state_lib.create_train_state, model=model, tx=tx,
       image_shape=(image_size, image_size, channels), queue_size=queue_size,
-      embed_dim=embed_dim, num_coarse=num_coarse)
+      embed_dim=embed_dim, num_coarse=num_coarse,
+      uses_queue=methods.uses_queue(config))
   abstract = jax.eval_shape(create, jax.random.key(0))
   state = jax.jit(create, out_shardings=jax.tree.map(lambda _: replicated,
                                                      abstract))(
                                                          jax.random.key(0))
-  step_fn = jax.jit(steps.step_for_config(
+  step_fn = jax.jit(methods.step_for_config(
       config, mean=(0.5,) * channels, std=(0.25,) * channels),
       donate_argnums=0)
   rng = np.random.default_rng(0)
@@ -248,7 +199,7 @@ def main(argv=None):
   parser.add_argument("--device_counts", type=common.ints, default=None,
                       help="default: all devices")
   parser.add_argument("--modes", type=common.strs, default=["maskcon"],
-                      help="comma-separated train_step.MODES")
+                      help="comma-separated methods.MODES")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--peak_tflops", type=float, default=None,

@@ -19,7 +19,9 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Method.
-  config.mode = "maskcon"  # maskcon | grafit | coins | moco
+  # maskcon | grafit | coins | moco; wcl, selfcon and saliency have their own
+  # configs (their blocks, config.wcl etc., take defaults where left out).
+  config.mode = "maskcon"
   config.w = 0.5
   config.t0 = 0.1
   config.t = 0.05

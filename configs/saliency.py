@@ -9,7 +9,9 @@ encoder's last activation map, summed over channels, rates a patch grid; the
 query (strong view) hides a share of salient and non-salient patches (ratio ~
 U[.05, .25]), each hard negative (the key's weak view) hides only salient ones
 (ratio ~ U[.4, .7]) and enters the logits as alpha * q.t / t0. Strategies: hp
-(high-pass inputs, noise fill; the paper's best), blur, mean.
+(high-pass inputs, noise fill; the paper's best), blur, mean
+(`--config.saliency.strategy=mean`; the block's fields and defaults:
+`maskcon_jax/methods/saliency.py`).
 
 Paper values kept: alpha 2, one hard negative per image, the mask ratios,
 foreground threshold mean - 0.6 std, noise std .18 / .14. Scaled to 28 px:
@@ -37,19 +39,23 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.mode = "saliency"
-  config.alpha = 2.0
-  config.num_hard_negatives = 1
-  config.saliency_strategy = "hp"  # hp | blur | mean
-  # Patches per side; unset: the key encoder's last feature map (4 at 28 px).
-  config.saliency_grid = config_dict.placeholder(int)
-  config.saliency_fg_std = 0.6
-  # intent (the paper) | official (the official code's row-sorted lookup).
-  config.saliency_fg_rule = "intent"
-  config.saliency_query_ratio = (0.05, 0.25)
-  config.saliency_negative_ratio = (0.4, 0.7)
-  config.saliency_query_noise_std = 0.18
-  config.saliency_negative_noise_std = 0.14
-  # Unset: the official 224-px sigmas (5 and 10) scaled to image_size.
-  config.saliency_hp_sigma = config_dict.placeholder(float)
-  config.saliency_blur_sigma = config_dict.placeholder(float)
+  config.saliency = ml_collections.ConfigDict(dict(
+      alpha=2.0,
+      num_hard_negatives=1,
+      strategy="hp",  # hp | blur | mean
+      # Patches per side; unset: the key encoder's last feature map (4 at
+      # 28 px).
+      grid=config_dict.placeholder(int),
+      fg_std=0.6,
+      # intent (the paper) | official (the official code's row-sorted
+      # lookup).
+      fg_rule="intent",
+      query_ratio=(0.05, 0.25),
+      negative_ratio=(0.4, 0.7),
+      query_noise_std=0.18,
+      negative_noise_std=0.14,
+      # Unset: the official 224-px sigmas (5 and 10) scaled to image_size.
+      hp_sigma=config_dict.placeholder(float),
+      blur_sigma=config_dict.placeholder(float),
+  ))
   return config

@@ -7,11 +7,13 @@ r"""Trains several modes at the same budget and seeds and tabulates them.
       --reference moco --workdir runs/compare --config.num_epochs=20
 
 Each entry of ``--modes`` is ``MODE[:FIELD=VALUE[:FIELD=VALUE...]]``: a mode
-of `maskcon_jax.train_step.MODES` plus config overrides for that mode only
+of `maskcon_jax.methods.METHODS` plus config overrides for that mode only
 (``grafit:w=1.0``, ``maskcon:t=0.1:w=0.8``; a dotted FIELD reaches a nested
-field; each FIELD at most once). ``--config.*`` overrides apply to every mode,
-the optional method fields (`configuration.add_defaults`) included, as in
-``maskcon_jax.train``.
+field, e.g. a method's block: ``saliency:saliency.strategy=mean``; the flat
+names of older configs, ``saliency:saliency_strategy=mean``, still work and
+keep their workdir names; each FIELD at most once). ``--config.*`` overrides
+apply to every mode, the method blocks (`configuration.add_defaults`)
+included, as in ``maskcon_jax.train``.
 
 Grids: ``FIELD=V1|V2|...`` gives one run per value, and several such fields
 give their cartesian product, each cell its own row and workdir:
@@ -82,6 +84,7 @@ import numpy as np  # noqa: E402
 
 from maskcon_jax import configuration  # noqa: E402
 from maskcon_jax import evaluate as evaluate_lib  # noqa: E402
+from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import models  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.errors import ConfigError, Interrupted, UserError  # noqa: E402
@@ -110,13 +113,12 @@ SEEDS_FIELD = "seeds"
 
 
 def available_modes() -> tuple[str, ...]:
-  """The modes the training step implements, read when called.
+  """The modes of the method registry, read when called.
 
-  Looked up at run time rather than copied, so modes added to
-  `maskcon_jax.train_step.MODES` are accepted without touching this module.
+  Looked up at run time rather than copied, so methods added to
+  `maskcon_jax.methods.METHODS` are accepted without touching this module.
   """
-  from maskcon_jax import train_step
-  return tuple(train_step.MODES)
+  return tuple(methods.METHODS)
 
 
 def _parse_value(raw: str) -> Any:
@@ -271,6 +273,13 @@ def _set_field(config: ml_collections.ConfigDict, field: str, value: Any,
                     f"that field takes {expected} values.") from None
 
 
+def _block_field(field: str) -> str:
+  """``block.field`` for a flat method field of older configs
+  (``saliency_strategy`` -> ``saliency.strategy``); other fields unchanged."""
+  legacy = methods.legacy_fields().get(field)
+  return f"{legacy[0]}.{legacy[1]}" if legacy else field
+
+
 def _parse_modes(modes: str | Sequence[str]) -> list[str]:
   if isinstance(modes, str):
     modes = modes.split(",")
@@ -309,31 +318,29 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def _optional_defaults() -> dict[str, Any]:
-  # The fields `configuration.add_defaults` adds, as config.json stores them.
-  return _json_round_trip({**configuration.RELIABILITY_DEFAULTS,
-                           **getattr(models, "METHOD_DEFAULTS", {})})
-
-
 def _comparable(record: dict[str, Any], *, saved: bool) -> dict[str, Any]:
   """A config as config.json stores it, in a form where equal means the same
   run.
 
-  An optional field that `configuration.add_defaults` adds means its default
-  to the trainer (`models.method_option`) when absent or None, and a field
-  set to None means what an absent one does (the config files' placeholders,
-  read with ``config.get``), so a run saved before such a field existed, or
-  before the command line added the optional fields, equals the same run
-  saved with them; a field set to another value still differs. The one field
-  whose absence means something else, ``conv_padding``, is resolved as the
-  trainer records (``saved=False``) and reloads (``saved=True``) it.
+  `configuration.comparable_record`: a method's fields as ``block.field``,
+  one left out or None taking its default, flat fields of older runs moved
+  into their blocks, other methods' blocks and (for a method without a key
+  encoder) the queue's fields left out. A reliability option that
+  `configuration.add_defaults` adds means its default when absent or None,
+  and a field set to None means what an absent one does (the config files'
+  placeholders, read with ``config.get``), so a run saved before such a field
+  existed, or before the command line added the optional fields, equals the
+  same run saved with them; a field set to another value still differs. The
+  one field whose absence means something else, ``conv_padding``, is
+  resolved as the trainer records (``saved=False``) and reloads
+  (``saved=True``) it.
   """
-  filled = dict(record)
-  for name, value in _optional_defaults().items():
+  filled = configuration.comparable_record(record)
+  for name, value in _json_round_trip(
+      configuration.RELIABILITY_DEFAULTS).items():
     if filled.get(name) is None:
       filled[name] = value
-  if (filled.get("conv_padding") is None and
-      hasattr(models, "LEGACY_CONV_PADDING")):
+  if filled.get("conv_padding") is None:
     filled["conv_padding"] = (models.LEGACY_CONV_PADDING if saved else
                               models.DEFAULT_CONV_PADDING)
   return {name: value for name, value in filled.items() if value is not None}
@@ -526,13 +533,15 @@ def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
           # The untrained encoder keeps the shared config's mode (whose
           # architecture it initialises) unless mode= overrides it.
           run_config.mode = mode
-        if any(f.split(".")[0] not in run_config for f in overrides):
+        # Flat method fields of older specs name their block's field.
+        fields = {_block_field(f): v for f, v in overrides.items()}
+        if any(f.split(".")[0] not in run_config for f in fields):
           # A method option the config file leaves out (e.g.
-          # saliency_strategy on configs/default.py): add the optional fields
+          # saliency.strategy on configs/default.py): add the optional fields
           # with their defaults, as the training command line does. Only
           # then, so other runs keep configs equal to their saved config.json.
           configuration.add_defaults(run_config)
-        for field, value in overrides.items():
+        for field, value in fields.items():
           _set_field(run_config, field, value, cell_spec)
         run_config.seed = seed
         try:

@@ -7,7 +7,6 @@ value and what to use instead.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -15,11 +14,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from maskcon_jax import augment
+from maskcon_jax import methods
 from maskcon_jax import models
-from maskcon_jax.input_pipeline import DATASETS
 from maskcon_jax.errors import ConfigError, UserError
+from maskcon_jax.input_pipeline import DATASETS
+from maskcon_jax.methods.base import is_number as _is_number
+from maskcon_jax.methods.base import show as _show
+from maskcon_jax.train_step import KEY_BN_MODES, QUERY_BN_MODES
 
-from maskcon_jax.train_step import KEY_BN_MODES, MODES, QUERY_BN_MODES
 QUEUE_INITS = ("prefill", "random")
 
 # Fields whose change makes an existing checkpoint unusable: they fix the
@@ -30,11 +32,18 @@ QUEUE_INITS = ("prefill", "random")
 # two different paths count as the same map when both files can be read and
 # hold the same rows (`check_compatible`), so a copied map resumes; a map
 # edited in place at the same path is not detected.
+#
+# A method's block fields are named with a dot (``selfcon.position``).
 CHECKPOINT_FIELDS = ("mode", "dataset", "arch", "width", "embed_dim",
                      "proj_hidden_dim", "queue_size", "image_size", "precision",
-                     "synthetic", "seed", "batch_size", "selfcon_position",
-                     "selfcon_size", "subset_seed", "image_channels",
+                     "synthetic", "seed", "batch_size", "selfcon.position",
+                     "selfcon.size", "subset_seed", "image_channels",
                      "coarse_map", "conv_padding")
+# The key encoder's and queue's fields: a method without them
+# (``Method.uses_queue`` False) ignores them, so they never make its runs
+# differ.
+KEY_ENCODER_FIELDS = ("queue_size", "queue_init", "ema_momentum", "key_bn",
+                      "bn_splits")
 
 # init_from is in neither list: only a fresh run reads it (a checkpoint holds
 # the weights it gave), so a resumption with another init_from continues the
@@ -49,7 +58,7 @@ RESUME_FREE_FIELDS = ("stop_after_steps", "log_every_steps",
                       "eval_batch_size", "retrieval_ks", "num_devices",
                       "distributed", "data_dir", "train_csv",
                       "test_csv", "max_nonfinite_steps", "debug_nan_at_step",
-                      "debug_nan_num_steps", "eval_exit_ensemble",
+                      "debug_nan_num_steps", "selfcon.eval_exit_ensemble",
                       "knn_monitor_every_steps", "knn_monitor_size")
 
 # Reliability options every config has, whether or not its file sets them
@@ -65,8 +74,7 @@ RELIABILITY_DEFAULTS = {
 }
 # Types of the optional fields whose default is None, so that a command-line
 # value can be parsed for them even where the config file leaves them out.
-_PLACEHOLDER_TYPES = {"debug_nan_at_step": int, "saliency_grid": int,
-                      "saliency_hp_sigma": float, "saliency_blur_sigma": float}
+_PLACEHOLDER_TYPES = {"debug_nan_at_step": int}
 
 # Fields every training config needs (`validate_config` reads them all).
 REQUIRED_FIELDS = (
@@ -83,32 +91,49 @@ _MAX_SEED = 2**32 - 1
 def add_defaults(config: ml_collections.ConfigDict) -> None:
   """Adds the optional fields a config file left out, in place.
 
-  The reliability options (`RELIABILITY_DEFAULTS`) and each method's options
-  (``models.METHOD_DEFAULTS``) then exist in every config, so
-  ``--config.FIELD=VALUE`` can override them and config.json records them.
+  The reliability options (`RELIABILITY_DEFAULTS`) and every method's block
+  (``config.wcl``, ``config.saliency``, ...; `maskcon_jax.methods`), with
+  the fields a block leaves out, then exist in every config, so
+  ``--config.FIELD=VALUE`` and ``--config.wcl.graph_weight=2`` can override
+  them. Flat method fields of older config files (``wcl_graph_weight``,
+  ``alpha``, ...) move into their blocks first.
   """
-  defaults = {**RELIABILITY_DEFAULTS,
-              **getattr(models, "METHOD_DEFAULTS", {})}
   with config.unlocked():
-    for name, value in defaults.items():
+    move_legacy_fields(config)
+    for name, value in RELIABILITY_DEFAULTS.items():
       if name not in config:
         # A fresh placeholder per config: a shared one would link the field
         # across every config it was added to.
         config[name] = (config_dict.placeholder(_PLACEHOLDER_TYPES[name])
                         if value is None else value)
+    for name, method in methods.blocks().items():
+      defaults = method.config_block()
+      if config.get(name) is None:
+        config[name] = defaults
+        continue
+      for field, value in defaults.items():
+        if field not in config[name]:
+          # A placeholder's reference keeps its type for the command line.
+          config[name][field] = (defaults.get_ref(field) if value is None
+                                 else value)
 
 
-def _show(value: Any) -> str:
-  """``repr(value)`` on one line (a nested ConfigDict's repr spans several)."""
-  if isinstance(value, ml_collections.ConfigDict):
-    value = value.to_dict()
-  return " ".join(repr(value).split())
+def move_legacy_fields(config: ml_collections.ConfigDict) -> None:
+  """Moves flat method fields (``wcl_graph_weight``) into their blocks
+  (``wcl.graph_weight``), in place; a field the block already sets wins.
 
-
-def _is_number(value: Any) -> bool:
-  """A finite int or float (bool, NaN and infinities are not numbers here)."""
-  return (not isinstance(value, bool) and isinstance(value, (int, float))
-          and math.isfinite(value))
+  The config must be unlocked.
+  """
+  for old, (name, field) in methods.legacy_fields().items():
+    if old not in config:
+      continue
+    value = config[old]
+    del config[old]
+    if config.get(name) is None:
+      config[name] = methods.get(name).config_block()
+      config[name][field] = value
+    elif field not in config[name]:
+      config[name][field] = value
 
 
 def _choice(config, field: str, choices) -> None:
@@ -139,7 +164,8 @@ def _optional_int(config, field: str, *, minimum: int, what: str) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ConfigError`` for the first invalid field of ``config``."""
+  """Raises ``ConfigError`` for the first invalid field of ``config``, its
+  method's block included (checked by the method, `Method.validate`)."""
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"the config is a {type(config).__name__}, not an "
                       "ml_collections.ConfigDict: get_config() must return "
@@ -148,7 +174,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if missing:
     raise ConfigError(f"the config lacks field(s) {', '.join(missing)}: start "
                       "from configs/default.py, which sets them all.")
-  _choice(config, "mode", MODES)
+  _choice(config, "mode", tuple(methods.METHODS))
+  for old, (name, field) in methods.legacy_fields().items():
+    if old in config:
+      raise ConfigError(f"config.{old} is now config.{name}.{field}; rename "
+                        "it.")
+  method = methods.get(config.mode)
   _choice(config, "dataset", DATASETS)
   _choice(config, "arch", tuple(models.ARCHITECTURES))
   _choice(config, "precision", tuple(models.DTYPES))
@@ -173,7 +204,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive(config, field, integer=True)
   for field in ("learning_rate",):
     _positive(config, field)
-  if config.queue_size < config.batch_size:
+  if method.uses_queue and config.queue_size < config.batch_size:
     raise ConfigError(
         f"config.queue_size={config.queue_size} is smaller than "
         f"config.batch_size={config.batch_size}; the queue must hold at least "
@@ -225,6 +256,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.init_from={_show(init_from)} must be a run's "
                       "workdir or a torchvision state dict (.npz or "
                       ".safetensors), or unset.")
+  # The method's block, last: its checks may read the fields above.
+  methods.of_config(config)
 
 
 def check_run_layout(config: ml_collections.ConfigDict, *, num_train: int,
@@ -297,9 +330,74 @@ def _plain(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def run_record(config: ml_collections.ConfigDict | dict[str, Any]
+               ) -> dict[str, Any]:
+  """``config`` as a run records it (config.json) and compares it.
+
+  Plain values (tuples as lists); flat method fields of older configs moved
+  into their blocks (`maskcon_jax.methods.move_legacy_fields`); the block of
+  ``config.mode``'s method with every field (one left out or None takes its
+  default) and no other method's block. Takes a ConfigDict or a loaded
+  config.json alike.
+
+  Raises:
+    ConfigError: the block has a field its method does not know.
+  """
+  record = methods.move_legacy_fields(_plain(config))
+  mode = record.get("mode")
+  for name in methods.blocks():
+    if name != mode:
+      record.pop(name, None)
+  method = methods.METHODS.get(mode) if isinstance(mode, str) else None
+  if method is not None and method.config_block() is not None:
+    record[mode] = _plain(method.options(record))
+  return record
+
+
+def comparable_record(config: ml_collections.ConfigDict | dict[str, Any]
+                      ) -> dict[str, Any]:
+  """The settings that make two runs the same run, flat.
+
+  `run_record`, with the method block's fields as ``block.field`` entries
+  and without `KEY_ENCODER_FIELDS` for a method that has no key encoder.
+  """
+  record = run_record(config)
+  method = methods.METHODS.get(record.get("mode"))
+  blocks = methods.blocks()
+  flat = {}
+  for key, value in record.items():
+    if key in blocks and isinstance(value, dict):
+      flat.update({f"{key}.{field}": v for field, v in value.items()})
+    elif method is None or method.uses_queue or key not in KEY_ENCODER_FIELDS:
+      flat[key] = value
+  return flat
+
+
+def finished_record(saved: dict[str, Any],
+                    config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The record of a finished run that ``config`` only re-evaluates: the
+  settings it was trained with (``saved``), except the `RESUME_FREE_FIELDS`
+  ``config`` sets, which follow this invocation."""
+  record, current = run_record(saved), run_record(config)
+  for field in RESUME_FREE_FIELDS:
+    block, _, name = field.rpartition(".")
+    source = current.get(block) if block else current
+    if not isinstance(source, dict) or name not in source:
+      continue
+    target = record.setdefault(block, {}) if block else record
+    target[name] = source[name]
+  return record
+
+
 def check_compatible(saved: dict[str, Any],
                      config: ml_collections.ConfigDict) -> list[str]:
   """Checks that a run saved with config ``saved`` can resume with ``config``.
+
+  Both are compared as `comparable_record`s: a method field one side leaves
+  out (or unset) takes its default, so a run saved from the command line
+  (which adds them) matches its own config file, a config.json of flat
+  method fields matches its blocks, and a method without a key encoder
+  ignores `KEY_ENCODER_FIELDS`.
 
   Args:
     saved: the workdir's config.json.
@@ -307,39 +405,33 @@ def check_compatible(saved: dict[str, Any],
 
   Returns:
     The other fields that differ (neither `CHECKPOINT_FIELDS` nor
-    `RESUME_FREE_FIELDS`), as ``"name (old -> new)"``: the run resumes, but
-    will not match an uninterrupted run of either config.
+    `RESUME_FREE_FIELDS`), as ``"name (old -> new)"`` (a block's fields as
+    ``block.field``): the run resumes, but will not match an uninterrupted
+    run of either config.
 
   Raises:
     ConfigError: a `CHECKPOINT_FIELDS` field differs.
   """
-  current = _plain(config)
-  # A field one side leaves out (or unset) takes its method default, so a run
-  # saved from the command line (which adds them) matches its own config file.
-  defaults = _plain(getattr(models, "METHOD_DEFAULTS", {}))
-
-  def value(values, field):
-    found = values.get(field)
-    return defaults.get(field) if found is None else found
+  old, new = comparable_record(saved), comparable_record(config)
 
   def differs(field):
     if field == "conv_padding":
       # A run saved before the field existed used XLA's SAME padding.
-      return (saved.get(field) or models.LEGACY_CONV_PADDING) != (
+      return (old.get(field) or models.LEGACY_CONV_PADDING) != (
           models.conv_padding_of(config))
     if field == "coarse_map":
-      return not _same_coarse_map(value(saved, field), value(current, field))
-    return _plain(value(saved, field)) != value(current, field)
+      return not _same_coarse_map(old.get(field), new.get(field))
+    return old.get(field) != new.get(field)
 
   def show(field):
-    return f"{field} ({saved.get(field)!r} -> {current.get(field)!r})"
+    return f"{field} ({old.get(field)!r} -> {new.get(field)!r})"
 
   differing = [show(f) for f in CHECKPOINT_FIELDS if differs(f)]
   if differing:
     raise ConfigError(
         "the workdir holds a checkpoint of an incompatible config: "
         f"{'; '.join(differing)}; use a new --workdir or the original values.")
-  others = sorted((set(saved) | set(current)) - set(CHECKPOINT_FIELDS) -
+  others = sorted((set(old) | set(new)) - set(CHECKPOINT_FIELDS) -
                   set(RESUME_FREE_FIELDS))
   return [show(f) for f in others if differs(f)]
 

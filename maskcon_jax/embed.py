@@ -49,7 +49,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from maskcon_jax import input_pipeline  # noqa: E402
-from maskcon_jax import models  # noqa: E402
+from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import pretrained  # noqa: E402
 from maskcon_jax import train_step as steps  # noqa: E402
 from maskcon_jax.datasets import files as dataset_files  # noqa: E402
@@ -176,7 +176,7 @@ def load_run_encoder(workdir: str, checkpoint: int | None = None
     raise UserError(f"{workdir}'s encoder takes {weights.channels}-channel "
                     f"images but its dataset now gives {channels}: was "
                     "config.json edited?")
-  model = models.build_encoder(config, weights.num_coarse)
+  model = methods.build_encoder(config, weights.num_coarse)
   apply = jax.jit(functools.partial(
       steps.embed_step, apply_fn=model.apply, image_size=config.image_size,
       mean=mean, std=std))

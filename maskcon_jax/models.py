@@ -7,16 +7,18 @@ standard ResNet), so the same architecture fits a laptop CPU at width 16.
 
 Modules are used functionally::
 
-  model = build_encoder(config)
+  model = methods.build_encoder(config, num_coarse)
   variables = model.init(rng, images, train=False)
   out, updates = model.apply(variables, images, train=True,
                              mutable=['batch_stats'])
   out['features'], out['projection'], out['coarse_logits']
 
-``build_encoder`` picks the encoder of ``config.mode``: WCL adds a second
+Each method (`maskcon_jax.methods`) picks its encoder: WCL adds a second
 BN-MLP head (``projection2``), SelfCon is the multi-exit ``SelfConEncoder``
-(``exit_features``, ``exit_projections``), the saliency mode also returns the
-last activation map (``feature_map``). The other modes' encoder is unchanged.
+(``exit_features``, ``exit_projections``), the saliency method also returns
+the last activation map (``feature_map``); `maskcon_jax.methods.
+build_encoder` builds the one of ``config.mode``. The other modes' encoder is
+the plain ``Encoder``.
 
 Unlike the official code, encoders start from random weights: nothing is
 downloaded at run time.
@@ -32,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maskcon_jax import augment
+from maskcon_jax import filters
 from maskcon_jax.errors import ConfigError
 
 ModuleDef = Any
@@ -224,7 +226,7 @@ class BNProjectionHead(nn.Module):
 def highpass(images_NxHxWxC: jax.Array, sigma: float,
              kernel_size: int) -> jax.Array:
   """``x - GaussianBlur(x)`` per image (the saliency method's ``hp`` input)."""
-  blur = functools.partial(augment.gaussian_blur, sigma=sigma,
+  blur = functools.partial(filters.gaussian_blur, sigma=sigma,
                            kernel_size=kernel_size)
   images_NxHxWxC = images_NxHxWxC.astype(jnp.float32)
   return images_NxHxWxC - jax.vmap(blur)(images_NxHxWxC)
@@ -442,186 +444,64 @@ def conv_padding_of(config) -> str:
   return padding
 
 
-# Fields of the WCL, SelfCon and saliency modes. A config may leave any of
-# them out (configs/default.py has none) and gets these values;
-# configs/wcl.py, selfcon.py and saliency.py spell them out.
-METHOD_DEFAULTS = {
-    # WCL: restrict each sample's 1-NN to its own coarse class; weight of
-    # the graph loss (the paper adds it with weight 1).
-    "wcl_same_coarse_nn": False,
-    "wcl_graph_weight": 1.0,
-    # SelfCon: exit after this stage (1-3), its size, identity positives
-    # instead of coarse labels, tau_b, and retrieval on the exit ensemble.
-    "selfcon_position": 2,
-    "selfcon_size": "fc",
-    "selfcon_label_free": False,
-    "selfcon_base_temperature": 0.07,
-    "eval_exit_ensemble": False,
-    # Saliency-guided masking: hard-negative scale and count, fill strategy,
-    # patch grid (None: the last feature map's size, 7 at 224 px, 4 at
-    # 28-32 px), foreground threshold (mean - fg_std * std), mask ratios,
-    # noise of the hp fill, and filter widths (None: the official 224-px
-    # values scaled to the image size).
-    "alpha": 2.0,
-    "num_hard_negatives": 1,
-    "saliency_strategy": "hp",
-    "saliency_grid": None,
-    "saliency_fg_std": 0.6,
-    # "intent": the paper's rule; "official": the official code's row-sorted
-    # lookup (see train_step.foreground_patches).
-    "saliency_fg_rule": "intent",
-    "saliency_query_ratio": (0.05, 0.25),
-    "saliency_negative_ratio": (0.4, 0.7),
-    "saliency_query_noise_std": 0.18,
-    "saliency_negative_noise_std": 0.14,
-    "saliency_hp_sigma": None,
-    "saliency_blur_sigma": None,
-}
-SALIENCY_STRATEGIES = ("hp", "blur", "mean")
-SALIENCY_FG_RULES = ("intent", "official")
-
-
-def method_option(config, name: str) -> Any:
-  """``config[name]``, or its ``METHOD_DEFAULTS`` value where absent or None."""
-  value = config.get(name, None)
-  return METHOD_DEFAULTS[name] if value is None else value
-
-
-def _scaled_gaussian(sigma: float | None, image_size: int, sigma_224: float,
-                     radius_in_sigmas: float) -> tuple[float, int]:
-  """``(sigma, kernel_size)`` of a blur given at 224 px, scaled to the image.
-
-  The kernel keeps the official radius in units of sigma (11 taps for
-  sigma 5, 31 taps for sigma 10) and stays within the reflect padding limit.
-  """
-  if sigma is None:
-    sigma = sigma_224 * image_size / 224
-  radius = max(1, math.ceil(radius_in_sigmas * sigma))
-  radius = min(radius, image_size - 1)
-  return float(sigma), 2 * radius + 1
-
-
-def saliency_highpass(config) -> tuple[float, int]:
-  """``(sigma, kernel_size)`` of the ``hp`` strategy (official: 5, 11 taps)."""
-  return _scaled_gaussian(method_option(config, "saliency_hp_sigma"),
-                          config.image_size, 5.0, 1.0)
-
-
-def saliency_blur(config) -> tuple[float, int]:
-  """``(sigma, kernel_size)`` of the ``blur`` fill (official: 10, 31 taps)."""
-  return _scaled_gaussian(method_option(config, "saliency_blur_sigma"),
-                          config.image_size, 10.0, 1.5)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def validate_method_options(config) -> None:
-  """Raises ``ConfigError`` for a bad field of the config's method.
-
-  Only the fields of ``config.mode`` are checked; the others are unused.
-  """
-  mode = config.get("mode", "maskcon")
-  opt = functools.partial(method_option, config)
-
-  def fail(field, must):
-    raise ConfigError(f"config.{field}={opt(field)!r} {must}.")
-
-  def check_bool(field):
-    if not isinstance(opt(field), bool):
-      fail(field, "must be True or False")
-
-  def check_number(field, low=0.0, strict=False):
-    value = opt(field)
-    if not _is_number(value) or value < low or (strict and value == low):
-      fail(field, f"must be a number {'>' if strict else '>='} {low}")
-
-  if mode == "wcl":
-    check_bool("wcl_same_coarse_nn")
-    check_number("wcl_graph_weight")
-  elif mode == "selfcon":
-    if opt("selfcon_position") not in (1, 2, 3) or isinstance(
-        opt("selfcon_position"), bool):
-      fail("selfcon_position", "must be 1, 2 or 3 (the stage the exit "
-           "follows; the paper uses 2)")
-    if opt("selfcon_size") not in SELFCON_SIZES:
-      fail("selfcon_size", f"is not supported; use one of: "
-           f"{', '.join(SELFCON_SIZES)}")
-    check_bool("selfcon_label_free")
-    check_bool("eval_exit_ensemble")
-    check_number("selfcon_base_temperature", strict=True)
-  elif mode == "saliency":
-    check_number("alpha")
-    hard = opt("num_hard_negatives")
-    if not isinstance(hard, int) or isinstance(hard, bool) or hard < 0:
-      fail("num_hard_negatives", "must be an integer >= 0 (0: no hard "
-           "negatives)")
-    if opt("saliency_strategy") not in SALIENCY_STRATEGIES:
-      fail("saliency_strategy", f"is not supported; use one of: "
-           f"{', '.join(SALIENCY_STRATEGIES)}")
-    if opt("saliency_fg_rule") not in SALIENCY_FG_RULES:
-      fail("saliency_fg_rule", f"is not supported; use one of: "
-           f"{', '.join(SALIENCY_FG_RULES)}")
-    grid = opt("saliency_grid")
-    if grid is not None and (not isinstance(grid, int) or isinstance(
-        grid, bool) or not 1 <= grid <= config.image_size):
-      fail("saliency_grid", f"must be unset or an integer in [1, "
-           f"{config.image_size}] (the patches per side)")
-    for field in ("saliency_fg_std", "saliency_query_noise_std",
-                  "saliency_negative_noise_std"):
-      check_number(field)
-    for field in ("saliency_hp_sigma", "saliency_blur_sigma"):
-      if config.get(field, None) is not None:
-        check_number(field, strict=True)
-    for field in ("saliency_query_ratio", "saliency_negative_ratio"):
-      ratio = opt(field)
-      if (not isinstance(ratio, (tuple, list)) or len(ratio) != 2 or
-          not all(map(_is_number, ratio)) or
-          not 0 <= ratio[0] <= ratio[1] <= 1):
-        fail(field, "must be a pair (low, high) with 0 <= low <= high <= 1")
-
-
-def build_encoder(config, num_coarse: int) -> nn.Module:
-  """The encoder described by ``config`` (arch, width, image_size, mode, ...).
-
-  ``maskcon``, ``grafit``, ``coins`` and ``moco`` get the plain ``Encoder``;
-  ``wcl`` adds a second head, ``selfcon`` builds the multi-exit
-  ``SelfConEncoder`` and ``saliency`` also returns the last feature map.
+def encoder_fields(config, num_coarse: int) -> dict[str, Any]:
+  """The `Encoder` fields every method shares: the backbone of
+  ``config.arch``, ``width``, ``image_size`` and ``conv_padding``, the head
+  sizes and the precision.
 
   Raises:
-    ConfigError: a bad method field (see ``validate_method_options``).
+    ConfigError: an unknown conv_padding.
   """
-  validate_method_options(config)
-  dtype = DTYPES[config.get("precision", "float32")]
-  mode = config.get("mode", "maskcon")
-  padding = conv_padding_of(config)
   backbone = build_backbone(config.arch, config.width, config.image_size,
-                            padding)
-  if mode == "selfcon":
-    stage_sizes, block_cls = ARCHITECTURES[config.arch]
-    return SelfConEncoder(
-        backbone=backbone, stage_sizes=tuple(stage_sizes), block_cls=block_cls,
-        width=config.width,
-        exit_stages=(method_option(config, "selfcon_position"),),
-        exit_size=method_option(config, "selfcon_size"),
-        embed_dim=config.embed_dim, num_coarse=num_coarse,
-        ensemble_features=method_option(config, "eval_exit_ensemble"),
-        dtype=dtype, conv_padding=padding)
-  extra = {}
-  if mode == "wcl":
-    extra = dict(head="bn_mlp", second_head=True)
-  elif mode == "saliency":
-    extra = dict(return_feature_map=True)
-    if method_option(config, "saliency_strategy") == "hp":
-      extra["input_highpass"] = saliency_highpass(config)
-  return Encoder(
-      backbone=backbone,
-      embed_dim=config.embed_dim,
-      proj_hidden_dim=config.proj_hidden_dim,
-      num_coarse=num_coarse,
-      dtype=dtype,
-      **extra)
+                            conv_padding_of(config))
+  return dict(backbone=backbone, embed_dim=config.embed_dim,
+              proj_hidden_dim=config.proj_hidden_dim, num_coarse=num_coarse,
+              dtype=DTYPES[config.get("precision", "float32")])
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  """Multiply-add FLOPs (x2) of convolutions and matmuls in a jaxpr."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      out = eqn.outvars[0].aval
+      rhs = eqn.invars[1].aval
+      dn = eqn.params["dimension_numbers"]
+      kernel_in_and_spatial = 1
+      for axis, size in enumerate(rhs.shape):
+        if axis != dn.rhs_spec[0]:  # every kernel axis but the output features
+          kernel_in_and_spatial *= size
+      total += 2.0 * math.prod(out.shape) * kernel_in_and_spatial
+    elif name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval
+      contracted = math.prod(lhs.shape[a] for a in lhs_contract)
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * contracted
+    for sub in _sub_jaxprs(eqn.params):
+      total += _jaxpr_flops(sub)
+  return total
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    inner = getattr(value, "jaxpr", None)
+    if inner is not None and hasattr(inner, "eqns"):
+      yield inner
+    elif hasattr(value, "eqns"):
+      yield value
+
+
+def forward_flops(model: nn.Module, image_shape: Sequence[int]) -> float:
+  """FLOPs of one eval-mode forward of ``model`` on one ``(H, W, C)`` image,
+  counted from its convolutions and matmuls (multi-exit and second heads
+  included)."""
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.key(0), x)
+  forward = jax.make_jaxpr(functools.partial(model.apply, train=False))(
+      variables, x)
+  return _jaxpr_flops(forward.jaxpr)
 
 
 def count_params(tree) -> int:

@@ -705,9 +705,12 @@ def init_state(state, config):
                           may_alias=False)
 
   logging.info("%s", report.summary())
-  return state.replace(
+  state = state.replace(
       params=jax.tree.map(place, params, state.params),
-      batch_stats=jax.tree.map(place, batch_stats, state.batch_stats),
+      batch_stats=jax.tree.map(place, batch_stats, state.batch_stats))
+  if state.target_params is None:  # A method without a key encoder.
+    return state
+  return state.replace(
       target_params=jax.tree.map(place, params, state.target_params),
       target_batch_stats=jax.tree.map(place, batch_stats,
                                       state.target_batch_stats))

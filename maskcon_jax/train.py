@@ -36,6 +36,7 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 
 from maskcon_jax import configuration  # noqa: E402
+from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.errors import Interrupted, UserError  # noqa: E402
 
@@ -128,6 +129,9 @@ class _ConfigFileParser(flags.ArgumentParser):
         config_path.get_type(field, config)
       except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         close = difflib.get_close_matches(field, _field_names(config), n=1)
+        moved = methods.legacy_fields().get(field)
+        if moved:
+          close = [".".join(moved)]  # A method field of older configs.
         hint = (f"; did you mean {close[0]}?" if close else
                 "; see that file for the fields.")
         raise _FlagProblem(f"--{self.name}.{field}: {file} has no field "

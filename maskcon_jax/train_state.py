@@ -23,6 +23,10 @@ Array = jax.Array
 class TrainState:
   """Query encoder, EMA key encoder, optimizer and queue of a MoCo-style run.
 
+  Methods without a key encoder and queue (``Method.uses_queue`` False: WCL,
+  SelfCon) hold None in ``target_params`` .. ``queue_ptr``: no arrays, so
+  their checkpoints carry nothing unused.
+
   Attributes:
     step: number of optimizer steps taken.
     params, batch_stats: the query encoder (trained by gradient descent).
@@ -119,8 +123,12 @@ def random_queue(rng: Array, queue_size: int, embed_dim: int,
 
 def create_train_state(rng: Array, model, tx: optax.GradientTransformation, *,
                        image_shape: tuple[int, int, int], queue_size: int,
-                       embed_dim: int, num_coarse: int) -> TrainState:
+                       embed_dim: int, num_coarse: int,
+                       uses_queue: bool = True) -> TrainState:
   """Initialises both encoders identically, the optimizer and a random queue.
+
+  Without ``uses_queue`` the key encoder and queue are None. The encoder's
+  initial weights and the state's key do not depend on it.
 
   Pure, so it can run under ``jax.jit(..., out_shardings=...)`` to create the
   state directly where it lives.
@@ -129,19 +137,23 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation, *,
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
   variables = model.init(init_rng, dummy, train=False)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  queue, queue_labels = random_queue(queue_rng, queue_size, embed_dim,
-                                     num_coarse)
+  keys = dict(target_params=None, target_batch_stats=None, queue_KxD=None,
+              queue_labels_K=None, queue_ptr=None)
+  if uses_queue:
+    queue, queue_labels = random_queue(queue_rng, queue_size, embed_dim,
+                                       num_coarse)
+    keys = dict(
+        # The key encoder starts as an exact copy of the query encoder.
+        target_params=jax.tree.map(jnp.copy, params),
+        target_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+        queue_KxD=queue, queue_labels_K=queue_labels,
+        queue_ptr=jnp.zeros((), jnp.int32))
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=batch_stats,
-      # The key encoder starts as an exact copy of the query encoder.
-      target_params=jax.tree.map(jnp.copy, params),
-      target_batch_stats=jax.tree.map(jnp.copy, batch_stats),
       opt_state=tx.init(params),
-      queue_KxD=queue,
-      queue_labels_K=queue_labels,
-      queue_ptr=jnp.zeros((), jnp.int32),
+      **keys,
       rng=jax.random.key_data(state_rng) if jnp.issubdtype(
           state_rng.dtype, jax.dtypes.prng_key) else state_rng,
       apply_fn=model.apply,

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from maskcon_jax import configuration
 from maskcon_jax import evaluation
 from maskcon_jax import input_pipeline
+from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax import pretrained
 from maskcon_jax import train_state as train_state_lib
@@ -238,7 +239,7 @@ def target_diagnostics(state, dataset, config, mesh) -> dict[str, float]:
   mode (what MaskCon's target would be with that mode's encoder); empty for
   the in-batch modes and for data without in-memory fine labels.
   """
-  if (config.mode not in steps.QUEUE_MODES or
+  if (config.mode not in methods.QUEUE_MODES or
       isinstance(dataset, input_pipeline.StreamingDataset) or
       not dataset.has_fine_labels or dataset.num_train < 4):
     return {}
@@ -279,13 +280,15 @@ def evaluate(state, dataset, config, mesh) -> dict[str, float]:
 
 
 def state_initializer(config, model, tx, dataset):
-  """``rng -> TrainState`` for ``config``'s model, optimizer and queue."""
+  """``rng -> TrainState`` for ``config``'s model, optimizer and queue (none
+  for a method without one)."""
   return functools.partial(
       train_state_lib.create_train_state, model=model, tx=tx,
       image_shape=(config.image_size, config.image_size,
                    dataset.image_shape[-1]),
       queue_size=config.queue_size, embed_dim=config.embed_dim,
-      num_coarse=dataset.hierarchy.num_coarse)
+      num_coarse=dataset.hierarchy.num_coarse,
+      uses_queue=methods.uses_queue(config))
 
 
 def _make_state(config, model, tx, dataset, mesh):
@@ -370,6 +373,28 @@ def write_json_atomic(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
+def _config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What config.json records of ``config`` (`configuration.run_record`)."""
+  record = configuration.run_record(config)
+  # Recorded even where the config file has no such field, so that reloading
+  # the run (load_config) never mistakes it for a run made before the field.
+  record.setdefault("conv_padding", models.conv_padding_of(config))
+  return record
+
+
+def _hparams(record: dict[str, Any]) -> dict[str, Any]:
+  """The scalar settings of a config record, the method block's as
+  ``block.field``, for TensorBoard's hyperparameter table."""
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, dict) and key in methods.blocks():
+      flat.update({f"{key}.{k}": v for k, v in value.items()})
+    else:
+      flat[key] = value
+  return {k: v for k, v in flat.items()
+          if isinstance(v, (int, float, str, bool))}
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -411,7 +436,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
       config, num_train=dataset.num_train, steps_per_epoch=spe,
       device_count=jax.device_count())
   mesh = make_mesh(num_devices)
-  model = models.build_encoder(config, dataset.hierarchy.num_coarse)
+  model = methods.build_encoder(config, dataset.hierarchy.num_coarse)
   schedule = train_state_lib.learning_rate_schedule(config, spe)
   tx = train_state_lib.make_optimizer(config, schedule)
   state, abstract_state, _ = _make_state(config, model, tx, dataset, mesh)
@@ -422,9 +447,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
 
 def make_train_step(exp: Experiment):
   """The jitted train step with ``exp``'s hyperparameters; donates the state."""
-  step = steps.step_for_config(exp.config, mean=exp.dataset.mean,
-                               std=exp.dataset.std, schedule=exp.schedule,
-                               mesh=exp.mesh)
+  step = methods.step_for_config(exp.config, mean=exp.dataset.mean,
+                                 std=exp.dataset.std, schedule=exp.schedule,
+                                 mesh=exp.mesh)
   return jax.jit(step, donate_argnums=0)
 
 
@@ -441,9 +466,40 @@ def make_prefill_step(exp: Experiment):
 
 def restore_state(exp: Experiment, mngr: ocp.CheckpointManager,
                   step: int) -> train_state_lib.TrainState:
-  """The checkpointed state at ``step``, with ``exp``'s static fields."""
-  state = mngr.restore(step, args=ocp.args.StandardRestore(exp.abstract_state))
+  """The checkpointed state at ``step``, with ``exp``'s static fields.
+
+  A state without key encoder and queue restores from a checkpoint that has
+  them (WCL and SelfCon runs saved before issue 13): they are read, as orbax
+  restores whole trees, and dropped.
+  """
+  abstract = exp.abstract_state
+  unused = {}
+  if abstract.target_params is None:
+    unused = _unused_key_encoder(mngr.item_metadata(step), abstract)
+  state = mngr.restore(step, args=ocp.args.StandardRestore(
+      abstract.replace(**unused)))
+  state = state.replace(**{field: None for field in unused})
   return state.replace(apply_fn=exp.model.apply, tx=exp.tx)
+
+
+# The state fields of the key encoder and queue (None without them).
+_KEY_ENCODER_STATE = ("target_params", "target_batch_stats", "queue_KxD",
+                      "queue_labels_K", "queue_ptr")
+
+
+def _unused_key_encoder(metadata, abstract_state) -> dict[str, Any]:
+  """The abstract arrays of the key encoder and queue a checkpoint holds
+  (by ``metadata``) and ``abstract_state`` lacks, placed as its params."""
+  tree = getattr(metadata, "tree", metadata)
+  if not isinstance(tree, dict):
+    return {}
+  sharding = jax.tree.leaves(abstract_state.params)[0].sharding
+
+  def abstract(m):
+    return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+
+  return {field: jax.tree.map(abstract, tree[field])
+          for field in _KEY_ENCODER_STATE if tree.get(field) is not None}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -454,6 +510,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                     "by maskcon_jax.train.")
   with open(path) as f:
     saved = json.load(f)
+  # Runs saved before the method blocks existed name their fields flat.
+  saved = methods.move_legacy_fields(saved)
   # Runs saved before config.conv_padding existed were trained with XLA's
   # SAME padding; reloading them with another padding would change their
   # function (the weights still fit).
@@ -529,8 +587,21 @@ def _array_shapes(tree) -> dict[str, str]:
 
 def _check_fits(step: int, saved_tree, abstract_state, ckpt_dir: str) -> None:
   """Raises ``ConfigError`` if checkpoint ``step`` has other arrays than the
-  config's state (a workdir of another config whose config.json is gone)."""
+  config's state (a workdir of another config whose config.json is gone).
+
+  A state without key encoder and queue (WCL, SelfCon) restores from a
+  checkpoint that has them: runs saved before issue 13 kept an unused key
+  encoder and queue in those methods' state, and restoring skips them.
+  """
   saved, needed = _array_shapes(saved_tree), _array_shapes(abstract_state)
+  if abstract_state.target_params is None:
+    unused = [name for name in saved
+              if name.split("/")[0] in _KEY_ENCODER_STATE]
+    if unused:
+      logging.info("Checkpoint %d in %s holds a key encoder and queue this "
+                   "method does not use; restoring without them.", step,
+                   ckpt_dir)
+      saved = {k: v for k, v in saved.items() if k not in unused}
   problems = []
   for name in sorted(set(saved) | set(needed)):
     if name not in saved:
@@ -859,16 +930,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   finished = restored.step is not None and restored.step >= total_steps
-  config_record = config.to_dict()
-  # Recorded even where the config file has no such field, so that reloading
-  # the run (load_config) never mistakes it for a run made before the field.
-  config_record.setdefault("conv_padding", models.conv_padding_of(config))
+  config_record = _config_record(config)
   if finished and saved:
     # A finished run only re-evaluates, so config.json keeps the settings it
     # was trained with; only the evaluation and bookkeeping fields follow
     # this invocation.
-    config_record = {**saved, **{f: v for f, v in config_record.items()
-                                 if f in configuration.RESUME_FREE_FIELDS}}
+    config_record = configuration.finished_record(saved, config)
     if changed:
       logging.warning("The run in %s is finished, so these changed settings "
                       "have no effect: %s; use a new --workdir to train with "
@@ -904,9 +971,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state, nonfinite = restored.state, restored.nonfinite_steps
     logging.info("Resumed from step %d in %s.", restored.step, workdir)
   else:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
-    if config.queue_init == "prefill":
+    writer.write_hparams(_hparams(config_record))
+    if config.queue_init == "prefill" and methods.uses_queue(config):
       state = _prefill_queue(state, data, exp)
   start_step = int(state.step)
 
@@ -1127,10 +1193,8 @@ def evaluate_untrained(config: ml_collections.ConfigDict,
       if is_main:
         # As train_and_evaluate records it, so load_config reloads the same
         # model.
-        config_record = config.to_dict()
-        config_record.setdefault("conv_padding",
-                                 models.conv_padding_of(config))
-        write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_record)
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                          _config_record(config))
       if jax.process_count() > 1:
         jax.experimental.multihost_utils.sync_global_devices("workdir ready")
       mngr = _checkpoint_manager(workdir)

@@ -23,11 +23,12 @@ import pytest
 
 from configs import tiny
 from maskcon_jax import configuration
+from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax import train
 from maskcon_jax import train_state
 from maskcon_jax.errors import UserError
-from maskcon_jax.train_step import MODES
+from maskcon_jax.methods import MODES
 from tests.conftest import REPO_ROOT
 
 TINY = str(REPO_ROOT / "configs" / "tiny.py")
@@ -175,6 +176,14 @@ def _previous_run_with_another_map(tmp, _):
   (tmp / "run" / "config.json").write_text(json.dumps(saved.to_dict()))
 
 
+def _previous_selfcon_run(tmp, _):
+  # Saved before the method blocks: the exit's position as a flat field.
+  (tmp / "run").mkdir()
+  saved = {**tiny.get_config().to_dict(), "mode": "selfcon",
+           "selfcon_position": 1}
+  (tmp / "run" / "config.json").write_text(json.dumps(saved))
+
+
 def _bad_config_file(tmp, _):
   (tmp / "bad_config.py").write_text("x = \n")
 
@@ -208,6 +217,11 @@ CASES = [
     ("unknown_nested_field", ["--config.synthetic.nope=3"], None,
      "error: --config.synthetic.nope: {tiny} has no field 'synthetic.nope'; "
      "did you mean synthetic.num_coarse?"),
+    ("flat_method_field", ["--config.wcl_graph_weight=2"], None,
+     "error: --config.wcl_graph_weight: {tiny} has no field "
+     "'wcl_graph_weight'; did you mean wcl.graph_weight?"),
+    ("bad_method_field", ["--config.mode=wcl", "--config.wcl.graph_weight=-1"],
+     None, "error: config.wcl.graph_weight=-1.0 must be a number >= 0.0."),
     ("flag_without_value", ["--config.mode"], None,
      "error: --config.mode needs a value: --config.mode=VALUE."),
     ("unknown_flag", ["--bogus=1"], _existing_workdir,
@@ -303,6 +317,10 @@ CASES = [
      "error: the workdir holds a checkpoint of an incompatible config: "
      "coarse_map ('{tmp}/a.csv' -> '{tmp}/b.csv'); use a new --workdir or the "
      "original values."),
+    ("old_run_with_another_exit", ["--config.mode=selfcon"],
+     _previous_selfcon_run,
+     "error: the workdir holds a checkpoint of an incompatible config: "
+     "selfcon.position (1 -> 2); use a new --workdir or the original values."),
     ("undecodable_image", _folder(), _broken_image,
      re.compile(r"error: Cannot decode image '{tmp}/images/train/dog/1\.png' "
                 r"of {tmp}/images/train \(.+\): delete or replace the file "
@@ -428,6 +446,20 @@ _FIELDS = {
     "subset_seed": _field(st.integers(-3, 2**33)),
     "image_channels": _field(st.integers(-1, 4)),
     "coarse_map": _field(st.text(max_size=6)),
+    # The method blocks: junk blocks and junk fields of valid blocks.
+    "wcl": _field(st.fixed_dictionaries({}, optional={
+        "graph_weight": _field(_NUMBERS),
+        "same_coarse_nn": _field(st.booleans())})),
+    "selfcon": _field(st.fixed_dictionaries({}, optional={
+        "position": _field(st.integers(0, 4)),
+        "size": _field(st.sampled_from(("fc", "small", "same"))),
+        "base_temperature": _field(_NUMBERS)})),
+    "saliency": _field(st.fixed_dictionaries({}, optional={
+        "num_hard_negatives": _field(st.integers(-1, 3)),
+        "grid": _field(st.integers(-1, 40)),
+        "query_ratio": _field(st.tuples(_NUMBERS, _NUMBERS)),
+        "strategy": _field(st.sampled_from(("hp", "blur", "mean"))),
+        "alpha": _field(_NUMBERS)})),
 }
 NUM_TRAIN, DEVICES = 64, 8
 
@@ -445,7 +477,7 @@ def test_config_checks_raise_only_user_errors(changes):
     devices = configuration.check_run_layout(
         config, num_train=NUM_TRAIN, steps_per_epoch=spe,
         device_count=DEVICES)
-    models.build_encoder(config, 2)
+    methods.build_encoder(config, 2)
     schedule = train_state.learning_rate_schedule(config, spe)
     train_state.make_optimizer(config, schedule)
   except UserError as e:
@@ -455,6 +487,7 @@ def test_config_checks_raise_only_user_errors(changes):
   assert config.mode in MODES and 0 <= config.w <= 1
   assert config.t0 > 0 and config.t > 0 and config.learning_rate > 0
   assert spe >= 1 and config.batch_size % devices == 0
-  assert config.queue_size >= config.batch_size
+  assert (config.queue_size >= config.batch_size or
+          not methods.uses_queue(config))
   assert 0 <= config.seed < 2**32
   assert all(isinstance(k, int) and k >= 1 for k in config.retrieval_ks)

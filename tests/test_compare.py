@@ -16,7 +16,7 @@ from configs import tiny
 from maskcon_jax import compare
 from maskcon_jax import configuration
 from maskcon_jax import evaluate
-from maskcon_jax import train_step
+from maskcon_jax import methods
 from maskcon_jax import trainer
 from maskcon_jax.errors import UserError
 from tests.conftest import REPO_ROOT
@@ -230,12 +230,15 @@ def test_finished_runs_saved_without_the_optional_fields_stay_finished(
   workdir, rows = compared
   config = _config()
   configuration.add_defaults(config)
-  assert "alpha" in config and "alpha" not in _config()
+  assert "saliency" in config and "saliency" not in _config()
   run_dir = str(workdir / "maskcon" / "seed_3")
   run_config = config.copy_and_resolve_references()
   run_config.seed = 3
   assert compare._is_finished(run_dir, run_config)
-  run_config.alpha = 1.0  # Another value than the default: another run.
+  # Another method's block is not this run's: the same run.
+  run_config.saliency.alpha = 1.0
+  assert compare._is_finished(run_dir, run_config)
+  run_config.t = 0.2  # Another value of its own: another run.
   assert not compare._is_finished(run_dir, run_config)
   _no_runs(monkeypatch)
   assert compare.run_comparison(config, MODES, str(workdir), SEEDS) == rows
@@ -292,7 +295,7 @@ def test_parse_mode_spec(spec, expected):
 
 
 def test_modes_are_read_at_run_time(monkeypatch):
-  monkeypatch.setattr(train_step, "MODES", (*train_step.MODES, "newmode"))
+  monkeypatch.setitem(methods.METHODS, "newmode", methods.get("moco"))
   assert compare.parse_mode_spec("newmode:w=1") == ("newmode", {"w": 1})
 
 
@@ -363,6 +366,7 @@ def test_parse_mode_spec_refuses_a_grid():
     ("grafit:w=1.0", "grafit_w=1.0"),
     ("maskcon:w=0.5:t=0.05", "maskcon_w=0.5_t=0.05"),
     ("saliency:saliency_strategy=mean", "saliency_saliency_strategy=mean"),
+    ("saliency:saliency.strategy=mean", "saliency_saliency.strategy=mean"),
     ("coins:retrieval_ks=(1, 2)", "coins_retrieval_ks=_1_2"),
     (":::", "run"),
 ])
@@ -396,15 +400,20 @@ def test_user_errors_before_any_run(modes, seeds, message, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_method_option_the_config_file_leaves_out():
-  # configs/tiny.py has no saliency fields; an entry may still set one, and
-  # the other entries' configs stay exactly the file's.
-  plan = compare._build_configs(
-      _config(), ["moco", "saliency:saliency_strategy=mean:alpha=1.0"], [3])
+@pytest.mark.parametrize("spec", [
+    "saliency:saliency.strategy=mean:saliency.alpha=1.0",
+    # The flat names of older configs (and their workdirs) still work.
+    "saliency:saliency_strategy=mean:alpha=1.0",
+])
+def test_method_option_the_config_file_leaves_out(spec):
+  # configs/tiny.py has no saliency block; an entry may still set its
+  # fields, and the other entries' configs stay exactly the file's.
+  plan = compare._build_configs(_config(), ["moco", spec], [3])
   (moco,), (saliency,) = (runs for *_, runs in plan)
-  assert "saliency_strategy" not in moco and "alpha" not in moco
-  assert saliency.saliency_strategy == "mean" and saliency.alpha == 1.0
-  assert saliency.saliency_grid is None  # The other options: defaults.
+  assert "saliency" not in moco
+  assert saliency.saliency.strategy == "mean"
+  assert saliency.saliency.alpha == 1.0
+  assert saliency.saliency.grid is None  # The other options: defaults.
 
 
 def _rows(values_per_row, untrained=None):
@@ -452,15 +461,16 @@ def test_plot_is_zoomed_to_the_data(tmp_path):
 
 def test_cli_flags_add_the_optional_fields():
   # As maskcon_jax.train: --config.FIELD may name a method option the config
-  # file leaves out (configs/default.py has no alpha).
-  argv = ["compare", "--config=configs/default.py", "--config.alpha=1.0",
+  # file leaves out (configs/default.py has no saliency block).
+  argv = ["compare", "--config=configs/default.py",
+          "--config.saliency.alpha=1.0",
           "--modes=maskcon,moco", "--workdir=/tmp/x", "--seeds=1,2",
           "--reference=moco"]
   flag_values = flags.FlagValues()
   compare.define_flags(flag_values, sys_argv=argv)
   flag_values(argv)
-  assert flag_values.config.alpha == 1.0
-  assert flag_values.config.saliency_strategy == "hp"  # Added, default.
+  assert flag_values.config.saliency.alpha == 1.0
+  assert flag_values.config.saliency.strategy == "hp"  # Added, default.
   assert flag_values.reference == "moco"
 
 
@@ -468,13 +478,16 @@ def test_cli_untrained_with_an_optional_field_and_one_line_errors(tmp_path):
   workdir = tmp_path / "out"
   out = subprocess.run(
       [sys.executable, "-m", "maskcon_jax.compare", "--config",
-       "configs/tiny.py", "--config.alpha=1.0", "--modes", "untrained",
+       "configs/tiny.py", "--config.mode=wcl", "--config.wcl.graph_weight=2",
+       "--modes", "untrained",
        "--workdir", str(workdir), "--noevaluate"], cwd=REPO_ROOT,
       capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   saved = json.loads((workdir / "untrained" / "seed_1228" /
                       "config.json").read_text())
-  assert saved["alpha"] == 1.0 and saved["mode"] == "maskcon"
+  # Only the mode's own block is recorded.
+  assert saved["wcl"]["graph_weight"] == 2.0 and saved["mode"] == "wcl"
+  assert "saliency" not in saved and "selfcon" not in saved
   assert "| untrained | 0 |" in out.stdout
 
   for modes, message in (("maskcon,nope", "unknown mode 'nope'"),

@@ -19,9 +19,11 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from maskcon_jax import configuration
+from maskcon_jax import filters
 from maskcon_jax import losses
+from maskcon_jax import methods
 from maskcon_jax import models
-from maskcon_jax import train_step
+from maskcon_jax.methods import saliency as saliency_lib
 from maskcon_jax.errors import ConfigError
 
 SETTINGS = hypothesis.settings(max_examples=12, deadline=None,
@@ -312,7 +314,7 @@ def np_foreground(saliency):
 @pytest.mark.parametrize("seed", range(3))
 def test_foreground_rule_matches_official(seed):
   saliency = np.random.default_rng(seed).gamma(2.0, size=(7, 7))
-  got = train_step.foreground_patches(jnp.asarray(saliency, jnp.float32))
+  got = saliency_lib.foreground_patches(jnp.asarray(saliency, jnp.float32))
   np.testing.assert_array_equal(np.asarray(got), np_foreground(
       saliency.astype(np.float32)))
 
@@ -339,7 +341,7 @@ def np_official_foreground(mask):
 def test_official_foreground_rule_matches_localize_py(seed):
   saliency = np.random.default_rng(seed).gamma(2.0, size=(7, 7)).astype(
       np.float32)
-  got = np.asarray(train_step.foreground_patches(jnp.asarray(saliency),
+  got = np.asarray(saliency_lib.foreground_patches(jnp.asarray(saliency),
                                                  rule="official"))
   np.testing.assert_array_equal(got, np_official_foreground(saliency))
   # It is a different rule: positions follow the columns, not the saliency.
@@ -350,9 +352,9 @@ def test_official_foreground_rule_matches_localize_py(seed):
 def test_saliency_grid_map_sums_channels_and_resizes():
   fmap = jnp.arange(4 * 4 * 3, dtype=jnp.float32).reshape(4, 4, 3)
   np.testing.assert_allclose(
-      np.asarray(train_step.saliency_grid_map(fmap, 4)),
+      np.asarray(saliency_lib.saliency_grid_map(fmap, 4)),
       np.asarray(fmap).sum(-1))
-  assert train_step.saliency_grid_map(fmap, 7).shape == (7, 7)
+  assert saliency_lib.saliency_grid_map(fmap, 7).shape == (7, 7)
 
 
 def _counts(mask, fg):
@@ -366,7 +368,7 @@ def test_query_mask_hides_balanced_fg_and_bg_counts(grid, seed):
   rng = np.random.default_rng(seed)
   fg = rng.random((grid, grid)) < rng.uniform(0.3, 0.8)
   uniforms = rng.random(1 + grid * grid).astype(np.float32)
-  mask = train_step.sample_patch_mask(jnp.asarray(uniforms), jnp.asarray(fg),
+  mask = saliency_lib.sample_patch_mask(jnp.asarray(uniforms), jnp.asarray(fg),
                                       (0.05, 0.25), background=True)
   ratio = np.float32(0.05) + np.float32(0.2) * uniforms[0]
   patches, num_fg = grid * grid, int(fg.sum())
@@ -382,7 +384,7 @@ def test_negative_mask_hides_only_foreground(seed, cap):
   rng = np.random.default_rng(seed)
   fg = rng.random((7, 7)) < 0.9
   uniforms = rng.random(50).astype(np.float32)
-  mask = train_step.sample_patch_mask(jnp.asarray(uniforms), jnp.asarray(fg),
+  mask = saliency_lib.sample_patch_mask(jnp.asarray(uniforms), jnp.asarray(fg),
                                       (0.4, 0.7), background=False,
                                       fg_cap=cap)
   ratio = np.float32(0.4) + np.float32(0.3) * uniforms[0]
@@ -394,7 +396,7 @@ def test_negative_mask_hides_only_foreground(seed, cap):
 
 def test_mask_counts_never_exceed_what_exists():
   fg = jnp.ones((4, 4), bool)
-  num_fg, num_bg = train_step.patch_mask_counts(fg, jnp.float32(0.99),
+  num_fg, num_bg = saliency_lib.patch_mask_counts(fg, jnp.float32(0.99),
                                                 background=True)
   assert int(num_fg) == 16 and int(num_bg) == 0
 
@@ -402,7 +404,7 @@ def test_mask_counts_never_exceed_what_exists():
 @pytest.mark.parametrize("size,grid", [(28, 4), (28, 7), (32, 4), (30, 4)])
 def test_patch_mask_to_pixels(size, grid):
   mask = np.random.default_rng(0).random((grid, grid)) < 0.5
-  pixels = np.asarray(train_step.patch_mask_to_pixels(jnp.asarray(mask),
+  pixels = np.asarray(saliency_lib.patch_mask_to_pixels(jnp.asarray(mask),
                                                       size, size))
   ys = np.arange(size) * grid // size
   np.testing.assert_array_equal(pixels, mask[ys][:, ys])
@@ -415,7 +417,7 @@ def test_masked_views_fill_hidden_patches(strategy):
   rng = np.random.default_rng(1)
   views = jnp.asarray(rng.normal(size=(3, 28, 28, 3)), jnp.float32)
   saliency = jnp.asarray(rng.random((3, 4, 4)), jnp.float32)
-  masked, pixels = train_step.saliency_masked_views(
+  masked, pixels = saliency_lib.saliency_masked_views(
       jax.random.key(0), views, saliency, strategy=strategy,
       ratio_range=(0.4, 0.7), background=False, noise_std=0.14, fg_std=0.6,
       blur=(1.25, 5))
@@ -429,9 +431,8 @@ def test_masked_views_fill_hidden_patches(strategy):
                                                  masked[b][pixels[b]].shape),
                                  rtol=1e-5, atol=1e-6)
   elif strategy == "blur":
-    from maskcon_jax import augment
     blurred = np.asarray(jax.vmap(
-        lambda x: augment.gaussian_blur(x, 1.25, 5))(jnp.asarray(views)))
+        lambda x: filters.gaussian_blur(x, 1.25, 5))(jnp.asarray(views)))
     np.testing.assert_allclose(masked[pixels], blurred[pixels], rtol=1e-5,
                                atol=1e-6)
   else:
@@ -456,11 +457,11 @@ def _init(model, x):
 
 def test_queue_modes_keep_the_plain_encoder():
   x = jnp.ones((2, 16, 16, 3))
-  plain_model = models.build_encoder(_model_config(), 3)
+  plain_model = methods.build_encoder(_model_config(), 3)
   plain = jax.eval_shape(functools.partial(_init, plain_model), x)
   assert set(plain["params"]) == {"backbone", "projector", "classifier"}
   for mode in ("maskcon", "grafit", "coins", "moco"):
-    model = models.build_encoder(_model_config(mode=mode), 3)
+    model = methods.build_encoder(_model_config(mode=mode), 3)
     assert type(model) is models.Encoder
     assert (model.head, model.second_head, model.return_feature_map,
             model.input_highpass) == ("mlp", False, False, None)
@@ -471,7 +472,7 @@ def test_queue_modes_keep_the_plain_encoder():
 
 
 def test_wcl_encoder_has_two_bn_heads():
-  model = models.build_encoder(_model_config(mode="wcl"), 3)
+  model = methods.build_encoder(_model_config(mode="wcl"), 3)
   x = jnp.ones((4, 16, 16, 3))
   variables = _init(model, x)
   for head in ("projector", "projector2"):
@@ -486,8 +487,8 @@ def test_wcl_encoder_has_two_bn_heads():
 @pytest.mark.parametrize("size", ["fc", "small", "same"])
 @pytest.mark.parametrize("position", [1, 2, 3])
 def test_selfcon_exits(position, size):
-  model = models.build_encoder(_model_config(
-      mode="selfcon", selfcon_position=position, selfcon_size=size), 3)
+  model = methods.build_encoder(_model_config(
+      mode="selfcon", selfcon=dict(position=position, size=size)), 3)
   x = jnp.ones((2, 16, 16, 3))
   variables = jax.eval_shape(functools.partial(_init, model), x)
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
@@ -510,9 +511,9 @@ def test_selfcon_exits(position, size):
 
 def test_selfcon_ensemble_features():
   x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
-  plain = models.build_encoder(_model_config(mode="selfcon"), 3)
-  ensemble = models.build_encoder(
-      _model_config(mode="selfcon", eval_exit_ensemble=True), 3)
+  plain = methods.build_encoder(_model_config(mode="selfcon"), 3)
+  ensemble = methods.build_encoder(
+      _model_config(mode="selfcon", selfcon=dict(eval_exit_ensemble=True)), 3)
   variables = _init(plain, x)
   out = plain.apply(variables, x, train=False)
   ens = ensemble.apply(variables, x, train=False)  # Same parameters.
@@ -529,9 +530,10 @@ def test_selfcon_ensemble_features():
 
 
 def test_saliency_encoder_returns_feature_map_and_highpasses():
-  config = _model_config(mode="saliency", saliency_strategy="hp")
-  model = models.build_encoder(config, 3)
-  assert model.input_highpass == models.saliency_highpass(config)
+  config = _model_config(mode="saliency", saliency=dict(strategy="hp"))
+  model = methods.build_encoder(config, 3)
+  assert model.input_highpass == saliency_lib.highpass_filter(
+      methods.get("saliency").options(config), config.image_size)
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 3))
   variables = _init(model, x)
   out = model.apply(variables, x, train=False)
@@ -542,36 +544,46 @@ def test_saliency_encoder_returns_feature_map_and_highpasses():
   np.testing.assert_allclose(np.asarray(shifted["features"]),
                              np.asarray(out["features"]), rtol=1e-4,
                              atol=1e-5)
-  mean_model = models.build_encoder(
-      _model_config(mode="saliency", saliency_strategy="mean"), 3)
+  mean_model = methods.build_encoder(
+      _model_config(mode="saliency", saliency=dict(strategy="mean")), 3)
   assert mean_model.input_highpass is None
 
 
 def test_filters_scale_from_224_px():
-  assert models.saliency_highpass(_model_config(image_size=224)) == (5.0, 11)
-  assert models.saliency_blur(_model_config(image_size=224)) == (10.0, 31)
-  assert models.saliency_highpass(_model_config(image_size=28)) == (0.625, 3)
-  assert models.saliency_blur(_model_config(image_size=28)) == (1.25, 5)
+  defaults = methods.get("saliency").options(_model_config())
+  assert saliency_lib.highpass_filter(defaults, 224) == (5.0, 11)
+  assert saliency_lib.blur_filter(defaults, 224) == (10.0, 31)
+  assert saliency_lib.highpass_filter(defaults, 28) == (0.625, 3)
+  assert saliency_lib.blur_filter(defaults, 28) == (1.25, 5)
 
 
 @pytest.mark.parametrize("override,message", [
-    (dict(mode="selfcon", selfcon_position=4), "config.selfcon_position=4"),
-    (dict(mode="selfcon", selfcon_size="large"),
-     "config.selfcon_size='large' is not supported"),
-    (dict(mode="saliency", saliency_strategy="noise"),
-     "config.saliency_strategy='noise' is not supported"),
-    (dict(mode="saliency", saliency_fg_rule="sorted"),
-     "config.saliency_fg_rule='sorted' is not supported"),
-    (dict(mode="saliency", num_hard_negatives=-1),
-     "config.num_hard_negatives=-1 must be an integer >= 0"),
-    (dict(mode="saliency", saliency_query_ratio=(0.5, 0.2)),
-     "config.saliency_query_ratio=(0.5, 0.2) must be a pair"),
-    (dict(mode="wcl", wcl_same_coarse_nn=1),
-     "config.wcl_same_coarse_nn=1 must be True or False"),
+    (dict(mode="selfcon", selfcon=dict(position=4)),
+     "config.selfcon.position=4"),
+    (dict(mode="selfcon", selfcon=dict(size="large")),
+     "config.selfcon.size='large' is not supported"),
+    (dict(mode="saliency", saliency=dict(strategy="noise")),
+     "config.saliency.strategy='noise' is not supported"),
+    (dict(mode="saliency", saliency=dict(fg_rule="sorted")),
+     "config.saliency.fg_rule='sorted' is not supported"),
+    (dict(mode="saliency", saliency=dict(num_hard_negatives=-1)),
+     "config.saliency.num_hard_negatives=-1 must be an integer >= 0"),
+    (dict(mode="saliency", saliency=dict(query_ratio=(0.5, 0.2))),
+     "config.saliency.query_ratio=(0.5, 0.2) must be a pair"),
+    (dict(mode="wcl", wcl=dict(same_coarse_nn=1)),
+     "config.wcl.same_coarse_nn=1 must be True or False"),
+    # One rule for numbers everywhere: NaN is not one.
+    (dict(mode="wcl", wcl=dict(graph_weight=float("nan"))),
+     "config.wcl.graph_weight=nan must be a number >= 0"),
+    (dict(mode="saliency", saliency=dict(hp_sigma=float("inf"))),
+     "config.saliency.hp_sigma=inf must be a number > 0"),
+    (dict(mode="wcl", wcl=dict(graph_wieght=2.0)),
+     "config.wcl.graph_wieght is not a field of the wcl block"),
+    (dict(mode="wcl", wcl=2.0), "config.wcl=2.0 must be a block of fields"),
 ])
 def test_bad_method_fields_stop_with_one_line(override, message):
   with pytest.raises(ConfigError, match=None) as err:
-    models.build_encoder(_model_config(**override), 3)
+    methods.build_encoder(_model_config(**override), 3)
   assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -581,13 +593,12 @@ def test_method_configs(name, mode):
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.mode == mode and config.dataset == "fashion_mnist"
   configuration.validate_config(config)
-  models.validate_method_options(config)
-  assert mode in train_step.MODES
-  # Every method field the mode reads is spelled out in its config.
-  prefix = {"wcl": ("wcl_",), "selfcon": ("selfcon_", "eval_exit"),
-            "saliency": ("saliency_", "alpha", "num_hard")}[mode]
-  wanted = {k for k in models.METHOD_DEFAULTS if k.startswith(prefix)}
-  assert wanted <= set(config)
+  assert mode in methods.MODES
+  # Every field of the mode's block is spelled out in its config, with the
+  # method's default.
+  method = methods.get(mode)
+  assert set(config[mode].keys()) == set(method.config_block().keys())
+  assert method.options(config) == method.options({})
 
 
 def test_saliency_step_without_hard_negatives_is_moco_on_the_masked_query():
@@ -607,10 +618,10 @@ def test_saliency_step_without_hard_negatives_is_moco_on_the_masked_query():
   from maskcon_jax import trainer
   config = tiny.get_config()
   config.mode = "saliency"
-  config.num_hard_negatives = 0
+  config.saliency = dict(num_hard_negatives=0)
   config.strong_policy = "weak"
   exp = trainer.build_experiment(config)
-  step = jax.jit(train_step.step_for_config(
+  step = jax.jit(methods.step_for_config(
       config, mean=exp.dataset.mean, std=exp.dataset.std, mesh=exp.mesh))
   batch = {"image": jnp.asarray(exp.dataset.train_images[:16]),
            "coarse_label": jnp.asarray(exp.dataset.train_coarse[:16])}

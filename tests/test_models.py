@@ -1,6 +1,8 @@
 """Encoder shapes, parameter counts and the small-image stem."""
 
+import ast
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax.errors import ConfigError
 
@@ -40,7 +43,7 @@ def test_resnet50_width64_backbone_parameter_count():
     ("resnet10", 4, 32)])
 def test_encoder_outputs(arch, width, expected):
   assert models.feature_dim(arch, width) == expected
-  model = models.build_encoder(_config(arch=arch, width=width), num_coarse=5)
+  model = methods.build_encoder(_config(arch=arch, width=width), num_coarse=5)
   x = jnp.ones((3, 32, 32, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -66,7 +69,7 @@ def test_small_image_stem_keeps_resolution():
 
 
 def test_bfloat16_keeps_float32_params_and_outputs():
-  model = models.build_encoder(_config(precision="bfloat16"), num_coarse=3)
+  model = methods.build_encoder(_config(precision="bfloat16"), num_coarse=3)
   x = jnp.ones((2, 32, 32, 3))
   variables = model.init(jax.random.key(0), x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
@@ -129,17 +132,17 @@ def test_torch_padding_aligns_main_path_with_shortcut():
 
 def test_unknown_conv_padding_is_a_config_error():
   with pytest.raises(ConfigError, match="conv_padding"):
-    models.build_encoder(_config(conv_padding="valid"), num_coarse=3)
+    methods.build_encoder(_config(conv_padding="valid"), num_coarse=3)
 
 
 def test_default_padding_is_torch_and_same_changes_the_function():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   outs = {}
   for padding in models.CONV_PADDINGS:
-    model = models.build_encoder(_config(conv_padding=padding), num_coarse=3)
+    model = methods.build_encoder(_config(conv_padding=padding), num_coarse=3)
     variables = model.init(jax.random.key(0), x, train=False)
     outs[padding] = model.apply(variables, x, train=False)["features"]
-  default = models.build_encoder(_config(), num_coarse=3)
+  default = methods.build_encoder(_config(), num_coarse=3)
   variables = default.init(jax.random.key(0), x, train=False)
   np.testing.assert_array_equal(
       default.apply(variables, x, train=False)["features"], outs["torch"])
@@ -149,7 +152,7 @@ def test_default_padding_is_torch_and_same_changes_the_function():
 def test_initialisation_follows_pytorch_defaults():
   """Linear layers: weight and bias uniform(+-1/sqrt(fan_in)) (nn.Linear);
   the small-image stem: nn.Conv2d's default, uniform(+-1/sqrt(9 * C_in))."""
-  model = models.build_encoder(_config(width=8, proj_hidden_dim=64,
+  model = methods.build_encoder(_config(width=8, proj_hidden_dim=64,
                                        embed_dim=32), num_coarse=3)
   params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)),
                       train=False)["params"]
@@ -168,3 +171,15 @@ def test_initialisation_follows_pytorch_defaults():
   # The other convolutions keep torchvision's kaiming-normal (fan_out).
   block = np.asarray(params["backbone"]["layer1_0"]["Conv_0"]["kernel"])
   assert abs(block.std() - np.sqrt(2 / (9 * 8))) < 0.25 * np.sqrt(2 / (9 * 8))
+
+
+def test_models_do_not_depend_on_the_augmentations():
+  # The saliency high-pass shares its blur with the views through
+  # maskcon_jax.filters, not by importing the augmentation module.
+  tree = ast.parse(inspect.getsource(models))
+  imported = {alias.name for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) for alias in node.names}
+  imported |= {alias.name for node in ast.walk(tree)
+               if isinstance(node, ast.Import) for alias in node.names}
+  assert "augment" not in imported and "maskcon_jax.augment" not in imported
+  assert "filters" in imported

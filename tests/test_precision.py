@@ -19,7 +19,7 @@ import optax
 import pytest
 
 from maskcon_jax import losses
-from maskcon_jax import models
+from maskcon_jax import methods
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
 from tests.conftest import GOLDEN_DIR
@@ -86,7 +86,7 @@ def _tiny_encoder(precision):
   config = ml_collections.ConfigDict(dict(
       arch="resnet10", width=4, image_size=8, embed_dim=8, proj_hidden_dim=16,
       precision=precision))
-  return models.build_encoder(config, num_coarse=3)
+  return methods.build_encoder(config, num_coarse=3)
 
 
 def _eqns(jaxpr):
@@ -150,8 +150,10 @@ def _state_and_step(precision, batch_size=8, queue_size=40):
       jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3),
       queue_size=queue_size, embed_dim=8, num_coarse=3)
   step = jax.jit(functools.partial(
-      steps.train_step, mode="maskcon", t0=0.1, t=0.05, w=0.5,
-      ema_momentum=0.99, image_size=8, mean=(0.5,) * 3, std=(0.25,) * 3))
+      steps.train_step, method=methods.get("maskcon"), options={},
+      settings=steps.StepSettings(t0=0.1, t=0.05, w=0.5, ema_momentum=0.99,
+                                  image_size=8, mean=(0.5,) * 3,
+                                  std=(0.25,) * 3)))
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, 8, 8, 3),
                                              np.uint8)),

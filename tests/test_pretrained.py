@@ -22,7 +22,7 @@ import pytest
 
 from configs import tiny
 from maskcon_jax import configuration
-from maskcon_jax import models
+from maskcon_jax import methods
 from maskcon_jax import pretrained
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, UserError
@@ -50,7 +50,7 @@ def _config(arch, width, image_size, **overrides):
 
 
 def _fresh(config, channels=3, num_coarse=2):
-  model = models.build_encoder(config, num_coarse)
+  model = methods.build_encoder(config, num_coarse)
   size = config.image_size
   variables = model.init(jax.random.key(0), jnp.zeros((1, size, size,
                                                        channels)),

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from maskcon_jax import train_step as steps
+from maskcon_jax import methods
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, UserError
 from tests.conftest import REPO_ROOT
@@ -122,7 +122,7 @@ def test_cli_prints_one_line_error(tmp_path):
   assert out.returncode == 2
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert errors == ["error: config.mode='simclr' is not supported; use one of: "
-                    f"{', '.join(steps.MODES)}."]
+                    f"{', '.join(methods.MODES)}."]
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()
 

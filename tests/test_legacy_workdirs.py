@@ -1,0 +1,124 @@
+"""Runs saved before the method blocks still evaluate, resume and compare.
+
+tests/data/legacy_workdirs.tar.xz holds three runs of configs/tiny.py written
+by the code of commit e3f21ed (tests/data/make_legacy_workdirs.py): WCL,
+SelfCon and saliency, each with flat method fields (``wcl_graph_weight``,
+``selfcon_position``, ``alpha``, ``saliency_strategy``, ...) set to other
+values than the defaults in its config.json, and a step-2 checkpoint; the
+WCL and SelfCon states still carry the key encoder and queue they never
+used. tests/data/legacy_workdirs.json holds what that code computed from
+them: the test split's features, and the weights after resuming to step 4.
+"""
+
+import json
+import tarfile
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from maskcon_jax import compare
+from maskcon_jax import configuration
+from maskcon_jax import evaluate
+from maskcon_jax import methods
+from maskcon_jax import train
+from maskcon_jax import trainer
+from tests.data import make_legacy_workdirs as fixture
+
+EXPECTED = json.loads(fixture.EXPECTED.read_text())
+NAMES = ("wcl", "selfcon", "saliency")
+# XLA's numbers (the features, the resumed weights) are compared only under
+# the jax release that wrote them.
+SAME_JAX = EXPECTED["versions"]["jax"] == jax.__version__
+
+
+def _extract(tmp_path, name) -> str:
+  with tarfile.open(fixture.ARCHIVE) as archive:
+    members = [m for m in archive.getmembers()
+               if m.name == name or m.name.startswith(f"{name}/")]
+    archive.extractall(tmp_path, members=members, filter="data")
+  return str(tmp_path / name)
+
+
+def _new_overrides(name) -> dict:
+  """The run's overrides as today's command line names them: method fields
+  in their block, and no queue fields for a method without a queue."""
+  overrides = methods.move_legacy_fields(EXPECTED[name]["overrides"])
+  flat = {}
+  for field, value in overrides.items():
+    if isinstance(value, dict):
+      flat.update({f"{field}.{k}": v for k, v in value.items()})
+    elif methods.get(name).uses_queue or (
+        field not in configuration.KEY_ENCODER_FIELDS):
+      flat[field] = value
+  return flat
+
+
+def _digests(tree):
+  return fixture._digests(tree)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_old_run_evaluates_as_it_did(name, tmp_path):
+  workdir = _extract(tmp_path, name)
+  config = trainer.load_config(workdir)
+  # The flat fields are read into the method's block.
+  for field, value in _new_overrides(name).items():
+    block, _, key = field.rpartition(".")
+    if block:
+      assert config[block][key] == value, field
+  assert not set(methods.legacy_fields()) & set(config.keys())
+  run = evaluate.load_and_embed(workdir, "test", with_bank=False)
+  if SAME_JAX:
+    np.testing.assert_array_equal(run["embeddings"]["features"],
+                                  np.asarray(EXPECTED[name]["features"],
+                                             np.float32))
+  state = run["experiment"].state
+  # WCL and SelfCon restore without the key encoder and queue they never
+  # used.
+  assert (state.queue_KxD is None) == (name != "saliency")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_old_run_resumes_to_the_same_weights(name, tmp_path, capsys):
+  workdir = _extract(tmp_path, name)
+  overrides = _new_overrides(name)
+  status = train.command_line(
+      ["maskcon_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+       *(f"--config.{field}={value}" for field, value in overrides.items())])
+  assert status == 0, capsys.readouterr().err[-2000:]
+  want = EXPECTED[name]["resumed"]
+  _, state = trainer.load_trained(workdir)
+  assert int(state.step) == want["step"]
+  assert (state.queue_KxD is None) == (not methods.get(name).uses_queue)
+  results = json.loads((tmp_path / name / trainer.RESULTS_FILE).read_text())
+  assert set(results) == set(want["results"])
+  if SAME_JAX:  # Bit for bit what the old code's resumption gave.
+    assert _digests(state.params) == want["params"]
+    assert _digests(state.batch_stats) == want["batch_stats"]
+    for key, value in want["results"].items():
+      if key != "train_seconds_this_run":
+        assert results[key] == pytest.approx(value, abs=1e-6), key
+  # The run's record now names the fields in its block, and only its own.
+  saved = json.loads((tmp_path / name / trainer.CONFIG_FILE).read_text())
+  assert set(saved) & set(methods.blocks()) == {name}
+  assert not set(methods.legacy_fields()) & set(saved)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compare_recognises_an_old_finished_run(name, tmp_path):
+  workdir = _extract(tmp_path, name)
+  config = tiny.get_config()
+  configuration.add_defaults(config)
+  for field, value in {**_new_overrides(name), "stop_after_steps": 2}.items():
+    block, _, key = field.rpartition(".")
+    (config[block] if block else config)[key] = value
+  is_finished = compare._is_finished  # pylint: disable=protected-access
+  assert is_finished(workdir, config)
+  # A field of the method's own block still makes another run.
+  field = {"wcl": "graph_weight", "selfcon": "base_temperature",
+           "saliency": "alpha"}[name]
+  config[name][field] = 0.5
+  assert not is_finished(workdir, config)
+
