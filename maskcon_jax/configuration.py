@@ -71,7 +71,13 @@ RELIABILITY_DEFAULTS = {
     # the next debug_nan_num_steps - 1 ones, as a diverging run would.
     "debug_nan_at_step": None,
     "debug_nan_num_steps": 1,
+    # Take over a run lock another host wrote (`maskcon_jax.runlock`): only
+    # for a run known to have ended there.
+    "force_unlock": False,
 }
+# Fields that say how to launch a run, not what it trains: config.json does
+# not record them, so they never make two runs differ.
+LAUNCH_FIELDS = ("force_unlock",)
 # Types of the optional fields whose default is None, so that a command-line
 # value can be parsed for them even where the config file leaves them out.
 _PLACEHOLDER_TYPES = {"debug_nan_at_step": int}
@@ -238,6 +244,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 what="a positive step number or unset")
   _optional_int(config, "debug_nan_num_steps", minimum=1,
                 what="a positive integer")
+  force_unlock = config.get("force_unlock")
+  if force_unlock is not None and not isinstance(force_unlock, bool):
+    raise ConfigError(f"config.force_unlock={_show(force_unlock)} must be "
+                      "True or False.")
   _optional_int(config, "subset_seed", minimum=0,
                 what="an integer >= 0, or unset to keep the first examples")
   channels = config.get("image_channels")
@@ -334,16 +344,18 @@ def run_record(config: ml_collections.ConfigDict | dict[str, Any]
                ) -> dict[str, Any]:
   """``config`` as a run records it (config.json) and compares it.
 
-  Plain values (tuples as lists); flat method fields of older configs moved
-  into their blocks (`maskcon_jax.methods.move_legacy_fields`); the block of
-  ``config.mode``'s method with every field (one left out or None takes its
-  default) and no other method's block. Takes a ConfigDict or a loaded
-  config.json alike.
+  Plain values (tuples as lists), without `LAUNCH_FIELDS`; flat method
+  fields of older configs moved into their blocks
+  (`maskcon_jax.methods.move_legacy_fields`); the block of ``config.mode``'s
+  method with every field (one left out or None takes its default) and no
+  other method's block. Takes a ConfigDict or a loaded config.json alike.
 
   Raises:
     ConfigError: the block has a field its method does not know.
   """
   record = methods.move_legacy_fields(_plain(config))
+  for name in LAUNCH_FIELDS:
+    record.pop(name, None)
   mode = record.get("mode")
   for name in methods.blocks():
     if name != mode:

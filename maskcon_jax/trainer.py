@@ -31,11 +31,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from maskcon_jax import configuration
+from maskcon_jax import debugpoints
 from maskcon_jax import evaluation
 from maskcon_jax import input_pipeline
 from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax import pretrained
+from maskcon_jax import runlock
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
 from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
@@ -364,12 +366,19 @@ def _create_writer(workdir: str, is_main: bool):
       workdir, just_logging=not is_main, asynchronous=True)
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON through a temporary file, so readers never see half a file."""
+def write_json_atomic(path: str, payload: Any, *,
+                      debug_point: str | None = None) -> None:
+  """Writes JSON through a temporary file, so readers never see half a file.
+
+  ``debug_point``: the `debugpoints` name of the moment between writing the
+  temporary file and renaming it.
+  """
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=True, default=str)
     f.write("\n")
+  if debug_point:
+    debugpoints.reached(debug_point)
   os.replace(tmp, path)
 
 
@@ -559,6 +568,58 @@ def load_trained(workdir: str, step: int | None = None,
 # steps, failed writes.
 # ---------------------------------------------------------------------------
 
+
+# Bytes of the run id process 0 sends to the others.
+_RUN_ID_BYTES = 32
+
+
+def take_run_lock(workdir: str, *, force: bool = False) -> runlock.RunLock:
+  """Takes ``workdir``'s run lock for this training run (`runlock`).
+
+  With several processes, process 0 takes it and sends the outcome and its
+  run id to the others; each of them checks that the lock file it sees (if
+  the workdir is shared) names that run id, so two launches of one job never
+  write into one workdir. Every process raises when process 0 could not take
+  the lock. Only one process is tested; the exchange is a single broadcast.
+
+  Raises:
+    WorkdirError: another run holds the lock (one line), or the workdir
+      cannot be written.
+  """
+  lock = runlock.RunLock(workdir)
+  if jax.process_count() == 1:
+    lock.acquire(force=force)
+    return lock
+  problem = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire(force=force)
+    except WorkdirError as e:
+      problem = e
+  message = np.zeros(_RUN_ID_BYTES + 1, np.uint8)
+  if jax.process_index() == 0 and problem is None:
+    message[0] = 1
+    encoded = lock.run_id.encode()[:_RUN_ID_BYTES]
+    message[1:1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+  message = np.asarray(
+      jax.experimental.multihost_utils.broadcast_one_to_all(message))
+  if problem is not None:
+    raise problem
+  if not message[0]:
+    raise WorkdirError(f"process 0 could not take the run lock of "
+                       f"--workdir={workdir} (see its error line); nothing "
+                       "was written.")
+  run_id = bytes(message[1:]).rstrip(b"\0").decode()
+  if jax.process_index() != 0:
+    holder = runlock.read_holder(workdir)
+    if holder is not None and holder.run_id != run_id:
+      raise WorkdirError(
+          f"--workdir={workdir} is locked by run {holder.run_id} "
+          f"({holder.describe()}), but process 0 of this job took run "
+          f"{run_id}: is this job launched twice?")
+  return lock
+
+
 # Unreadable checkpoints are moved here (kept for inspection, never resumed).
 CORRUPT_DIR = "corrupt_checkpoints"
 
@@ -634,13 +695,42 @@ def _restore_latest(exp: Experiment, workdir: str) -> _Restored:
   """Restores the newest checkpoint of ``workdir`` that can be read.
 
   Newer ones that can't (truncated or garbled files) are skipped with a
-  warning and listed in ``corrupt``; nothing is written.
+  warning and listed in ``corrupt``; nothing is written. A reader next to a
+  live run (evaluate, export) may see a checkpoint deleted while it reads it
+  (the run keeps the newest two); when the checkpoints on disk changed during
+  the attempt, it starts over, up to three times.
 
   Raises:
     ConfigError: the newest checkpoint whose metadata can be read holds
       arrays of other shapes than ``exp``'s state.
     WorkdirError: there are checkpoints, but none can be read.
   """
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  for attempt in range(3):
+    before = _finished_steps(ckpt_dir)
+    try:
+      restored = _restore_latest_once(exp, workdir)
+    except WorkdirError:
+      if attempt == 2 or _finished_steps(ckpt_dir) == before:
+        raise
+      continue
+    if (not restored.corrupt or attempt == 2 or
+        _finished_steps(ckpt_dir) == before):
+      return restored
+    logging.info("The checkpoints in %s changed while reading them (a live "
+                 "run?); reading again.", ckpt_dir)
+  return restored
+
+
+def _finished_steps(ckpt_dir: str) -> list[str]:
+  try:
+    return sorted(name for name in os.listdir(ckpt_dir) if name.isdigit())
+  except OSError:
+    return []
+
+
+def _restore_latest_once(exp: Experiment, workdir: str) -> _Restored:
+  """One attempt of `_restore_latest`."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):
     return _Restored()
@@ -892,10 +982,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains ``config.mode`` on ``config.dataset``, evaluates and checkpoints.
 
-  Resumes from the newest readable checkpoint in ``workdir``; if the run is
-  already complete, only evaluates again. Newer checkpoints that cannot be
-  read are moved to ``workdir/corrupt_checkpoints`` with a warning, and
-  directories of saves that never finished are deleted.
+  Holds ``workdir``'s run lock (`runlock`) from before anything is read or
+  written until it returns or raises, so a second training process on the
+  same workdir stops at once. Resumes from the newest readable checkpoint in
+  ``workdir``; if the run is already complete, only evaluates again. Newer
+  checkpoints that cannot be read are moved to
+  ``workdir/corrupt_checkpoints`` with a warning, and directories of saves
+  that never finished are deleted.
 
   While the loop runs, SIGTERM and SIGINT stop it after the current step,
   with a checkpoint of that step (`Interrupted`). A step with a non-finite
@@ -917,6 +1010,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Every check that can fail runs before anything is written to workdir.
   configuration.validate_config(config)
   configuration.check_workdir_writable(workdir)
+  # The lock comes first, so a second process stops before reading or
+  # writing anything else.
+  lock = take_run_lock(workdir, force=bool(config.get("force_unlock")))
+  try:
+    debugpoints.reached("lock_taken")
+    return _train_and_evaluate(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, Any]:
+  """`train_and_evaluate` once the checks passed and the run lock is held."""
   config_path = os.path.join(workdir, CONFIG_FILE)
   saved = _read_saved_config(config_path)
   changed = configuration.check_compatible(saved, config) if saved else []
@@ -964,6 +1070,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   except BaseException:
     _close_quietly(mngr, writer)
     raise
+  debugpoints.reached("config_written")
   data = make_data(exp)
 
   nonfinite = 0  # Non-finite steps skipped so far, in this run and before.
@@ -1050,6 +1157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     try:
       mngr.save(step, args=ocp.args.StandardSave(state),
                 custom_metadata={"nonfinite_steps": nonfinite})
+      debugpoints.reached("checkpoint_save", step)
+      if debugpoints.wanted("checkpoint_saved"):
+        mngr.wait_until_finished()
+        debugpoints.reached("checkpoint_saved", step)
     except OSError as e:
       raise WorkdirError(_write_error(workdir, e)) from e
     last_saved = step
@@ -1060,6 +1171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       for step in range(start_step, last_step):
         if stop.requested(step, config.log_every_steps):
           break
+        debugpoints.reached("train_step", step)
         state, metrics = step_fn(state, data.batch(step, spe))
         pending.append((step + 1, metrics))
         interval_steps += 1
@@ -1103,6 +1215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         "resume.", signal_name=stop.name, step=final_step)
 
   if final_step == total_steps or final_step == last_step:
+    debugpoints.reached("final_eval", final_step)
     eval_metrics = evaluate(state, dataset, config, mesh)
     writer.write_scalars(final_step, {f"eval/{k}": v for k, v in
                                       eval_metrics.items()})
@@ -1115,7 +1228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       results["fine_metrics"] = "unavailable: the dataset has no fine labels"
     if is_main:
       try:
-        write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+        write_json_atomic(os.path.join(workdir, RESULTS_FILE), results,
+                          debug_point="results_write")
       except OSError as e:
         _close_quietly(mngr, writer)
         raise WorkdirError(_write_error(workdir, e)) from e
@@ -1166,6 +1280,16 @@ def evaluate_untrained(config: ml_collections.ConfigDict,
   """
   configuration.validate_config(config)
   configuration.check_workdir_writable(workdir)
+  lock = take_run_lock(workdir, force=bool(config.get("force_unlock")))
+  try:
+    return _evaluate_untrained(config, workdir)
+  finally:
+    lock.release()
+
+
+def _evaluate_untrained(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, Any]:
+  """`evaluate_untrained` once the checks passed and the run lock is held."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   existing = []
   if os.path.isdir(ckpt_dir):

@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,10 +22,15 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from maskcon_jax import debugpoints
+from maskcon_jax import evaluate as evaluate_lib
+from maskcon_jax import runlock
 from maskcon_jax import train
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
+from maskcon_jax.errors import WorkdirError
 from tests.conftest import REPO_ROOT
+from tests.test_bad_inputs import _snapshot
 
 # One device: the same bit-exactness as on eight (tests/test_train.py resumes
 # the plain step on eight), at a fraction of the compile time and checkpoint
@@ -129,9 +135,10 @@ def _wait_for_step(proc, workdir, step, *, unfinished: bool):
   raise AssertionError(f"no checkpoint {step} in {workdir} after 300 s")
 
 
-def _start(workdir):
+def _start(workdir, env=None):
   return subprocess.Popen(_cli_args(workdir), cwd=REPO_ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env)
 
 
 def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
@@ -173,6 +180,8 @@ def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
       "resume."], context
   if done_before:
     assert f"Resumed from step {done_before}" in stderr, context
+  # The killed process left its run lock behind: taken over, with a warning.
+  assert "Taking over the run lock" in stderr, context
   assert "Traceback" not in stderr
   assert not (workdir / trainer.RESULTS_FILE).exists()
 
@@ -373,3 +382,124 @@ def test_streamed_batches_resume_mid_epoch(tmp_path):
   for start in (1, spe, spe + 2):
     for got, want in zip(batches(start, 2 * spe), straight[start:]):
       np.testing.assert_array_equal(got, want, err_msg=f"start {start}")
+
+
+# --- One writer per workdir (maskcon_jax.runlock).
+
+
+def _pause_env(signals, *points):
+  """The environment of a CLI run that pauses at ``points`` (debugpoints)."""
+  return {**os.environ, debugpoints.PAUSE_AT: ",".join(points),
+          debugpoints.PAUSE_DIR: str(signals)}
+
+
+def _wait_for_file(proc, path, timeout=300):
+  deadline = time.time() + timeout
+  while not os.path.exists(path):
+    if proc.poll() is not None:
+      _, stderr = proc.communicate()
+      raise AssertionError(f"ended before {path}: {stderr[-3000:]}")
+    assert time.time() < deadline, f"no {path} after {timeout} s"
+    time.sleep(0.02)
+
+
+def test_second_run_is_refused_and_evaluate_reads_a_live_run(reference,
+                                                             tmp_path):
+  """A run paused inside the save of checkpoint 4: `evaluate` reads the
+  newest finished checkpoint; a second training process on the workdir
+  stops with one line and writes nothing; the first then finishes bit for
+  bit as the uninterrupted reference and releases the lock."""
+  workdir, signals = tmp_path / "run", tmp_path / "signals"
+  signals.mkdir()
+  first = _start(workdir, env=_pause_env(signals, "checkpoint_save@4"))
+  try:
+    _wait_for_file(first, signals / "paused-checkpoint_save@4")
+    holder = runlock.read_holder(str(workdir))
+    assert holder.pid == first.pid
+
+    # The newest finished checkpoint: 3, or 4 if its save (which goes on in
+    # the background) finished meanwhile.
+    newest = max(_steps_on_disk(workdir)[0])
+    results = evaluate_lib.run_evaluation(str(workdir), figures=False)
+    assert newest >= 3 and results["step"] in (newest, 4)
+    deadline = time.time() + 300
+    while 4 not in _steps_on_disk(workdir)[0]:  # The save goes on in the
+      assert time.time() < deadline             # background.
+      time.sleep(0.02)
+
+    before = _snapshot(str(workdir))
+    second = subprocess.run(_cli_args(workdir), cwd=REPO_ROOT, text=True,
+                            capture_output=True, timeout=300)
+    assert second.returncode == train.EXIT_ERROR, second.stderr[-3000:]
+    errors = [l for l in second.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1, second.stderr[-3000:]
+    assert re.fullmatch(
+        rf"error: --workdir={re.escape(str(workdir))} is in use by another "
+        rf"training run \(pid {first.pid} on host \S+, started [\d: -]+, run "
+        rf"id {holder.run_id}\); wait for it to end, stop it \(kill "
+        rf"{first.pid}\), or use another --workdir\.", errors[0]), errors[0]
+    assert "Traceback" not in second.stderr
+    assert _snapshot(str(workdir)) == before
+  finally:
+    (signals / "resume").touch()
+    _, stderr = first.communicate(timeout=300)
+  assert first.returncode == 0, stderr[-3000:]
+  assert not (workdir / runlock.LOCK_FILE).exists()
+  _assert_same_as_reference(workdir, reference)
+
+
+def _write_lock(workdir, **fields):
+  os.makedirs(workdir, exist_ok=True)
+  record = {"pid": 1, "host": socket.gethostname(),
+            "started": time.time() - 60, "run_id": "0123abcd4567", **fields}
+  (workdir / runlock.LOCK_FILE).write_text(json.dumps(record))
+
+
+def test_stale_and_foreign_locks(tmp_path, caplog):
+  """A lock whose process died on this host is taken over with a warning; a
+  lock from another host is refused in one line, writing nothing, until
+  config.force_unlock, which config.json does not record."""
+  workdir = tmp_path / "run"
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  _write_lock(workdir, pid=dead.pid)
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(_config(stop_after_steps=1), str(workdir))
+  warnings = " ".join(r.getMessage() for r in caplog.records)
+  assert (f"Taking over the run lock of {workdir} left by a process that "
+          f"ended without releasing it (pid {dead.pid} on host") in warnings
+  assert not (workdir / runlock.LOCK_FILE).exists()
+
+  _write_lock(workdir, host="elsewhere.example")
+  before = _snapshot(str(workdir))
+  with pytest.raises(WorkdirError) as err:
+    trainer.train_and_evaluate(_config(), str(workdir))
+  assert re.fullmatch(
+      rf"--workdir={re.escape(str(workdir))} is locked by a run on another "
+      r"host \(pid 1 on host elsewhere\.example, started [\d: -]+, run id "
+      r"0123abcd4567\); if that run has ended, rerun with "
+      r"--config\.force_unlock=True, else use another --workdir\.",
+      str(err.value)), str(err.value)
+  assert _snapshot(str(workdir)) == before
+
+  trainer.train_and_evaluate(_config(stop_after_steps=2, force_unlock=True),
+                             str(workdir))
+  assert _steps_on_disk(workdir)[0] == [1, 2]
+  assert not (workdir / runlock.LOCK_FILE).exists()
+  assert "force_unlock" not in json.loads(
+      (workdir / trainer.CONFIG_FILE).read_text())
+
+
+def test_lock_is_exclusive_and_leaves_no_trace(tmp_path):
+  """Within one process too: a second holder is refused; releasing removes
+  the file and the folders taking it created."""
+  workdir = tmp_path / "new" / "run"
+  lock = runlock.RunLock(str(workdir))
+  lock.acquire()
+  with pytest.raises(WorkdirError, match=rf"pid {os.getpid()} on host"):
+    runlock.RunLock(str(workdir)).acquire()
+  assert runlock.read_holder(str(workdir)).run_id == lock.run_id
+  lock.release()
+  lock.release()
+  assert not (tmp_path / "new").exists()
+
