@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 from maskcon_jax import configuration
 from maskcon_jax import debugpoints
 from maskcon_jax import evaluation
+from maskcon_jax import fingerprint
 from maskcon_jax import input_pipeline
 from maskcon_jax import methods
 from maskcon_jax import models
@@ -40,7 +41,8 @@ from maskcon_jax import pretrained
 from maskcon_jax import runlock
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
-from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
+from maskcon_jax.errors import ConfigError, DataError, Interrupted
+from maskcon_jax.errors import NonFiniteError
 from maskcon_jax.errors import UserError, WorkdirError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -949,6 +951,39 @@ def _undo_on_write_error(workdir: str):
     raise WorkdirError(_write_error(workdir, e)) from e
 
 
+def _check_same_data(workdir: str, saved: dict[str, Any] | None,
+                     current: dict[str, Any], *, finished: bool) -> None:
+  """Refuses to resume ``workdir``'s run on other training data.
+
+  ``saved`` is the run's `fingerprint` (None for runs from before them: they
+  resume with a warning, and the fingerprint is recorded from then on). A
+  finished run is only re-evaluated, so other data is allowed there, with a
+  warning naming it; a resumed run on another test split is warned about too.
+
+  Raises:
+    DataError: the training data differs; the line says how.
+  """
+  if saved is None:
+    logging.warning("%s has no record of the data its run used (a run from "
+                    "before data fingerprints): %s without checking it.",
+                    workdir, "re-evaluating" if finished else "resuming")
+    return
+  train, test = fingerprint.differences(saved, current)
+  if finished:
+    if train or test:
+      logging.warning("Evaluating the finished run in %s on other data than it "
+                      "was trained on: %s.", workdir, "; ".join(train + test))
+    return
+  if train:
+    raise DataError(
+        f"the training data differs from the data the run in {workdir} "
+        f"started with: {'; '.join(train)}; resume with the original data or "
+        "use a new --workdir.")
+  if test:
+    logging.warning("The test split differs from the one the run in %s was "
+                    "evaluated on so far: %s.", workdir, "; ".join(test))
+
+
 def _read_saved_config(path: str) -> dict[str, Any] | None:
   if not os.path.exists(path):
     return None
@@ -1028,6 +1063,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   changed = configuration.check_compatible(saved, config) if saved else []
   exp = build_experiment(config)
   restored = _restore_latest(exp, workdir)
+  data_print = fingerprint.of_dataset(exp.dataset)
+  if restored.step is not None:
+    _check_same_data(workdir, fingerprint.read(workdir), data_print,
+                     finished=restored.step >= exp.total_steps)
   if restored.step is None and config.get("init_from"):
     # Only a fresh run reads init_from (a resumed one has its weights), and
     # before anything is written, so a bad file leaves the workdir as it was.
@@ -1061,6 +1100,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       os.makedirs(workdir, exist_ok=True)
       if is_main:
         write_json_atomic(config_path, config_record)
+        if not finished:
+          write_json_atomic(os.path.join(workdir, fingerprint.FINGERPRINT_FILE),
+                            data_print)
         if restored.corrupt:
           _set_aside(workdir, restored.corrupt)
       if jax.process_count() > 1:

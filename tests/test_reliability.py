@@ -24,11 +24,12 @@ import pytest
 from configs import tiny
 from maskcon_jax import debugpoints
 from maskcon_jax import evaluate as evaluate_lib
+from maskcon_jax import fingerprint
 from maskcon_jax import runlock
 from maskcon_jax import train
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
-from maskcon_jax.errors import WorkdirError
+from maskcon_jax.errors import DataError, WorkdirError
 from tests.conftest import REPO_ROOT
 from tests.test_bad_inputs import _snapshot
 
@@ -503,3 +504,81 @@ def test_lock_is_exclusive_and_leaves_no_trace(tmp_path):
   lock.release()
   assert not (tmp_path / "new").exists()
 
+
+# --- Resume only onto the same data (maskcon_jax.fingerprint).
+
+
+def _coarse_map(path, shift):
+  # tiny's synthetic data has fine classes 'pattern 0' to 'pattern 7'.
+  path.write_text("".join(f"pattern {f},{(f + shift) % 2}\n"
+                          for f in range(8)))
+  return str(path)
+
+
+def test_resume_onto_other_data_is_refused(reference, tmp_path, capsys,
+                                           caplog):
+  """A stopped run refuses, in one line and writing nothing, to resume with
+  another subset size or with its coarse map edited in place; a run without
+  a fingerprint resumes with a warning; a finished run may be evaluated on
+  another test split, and says so."""
+  workdir = tmp_path / "run"
+  coarse_map = _coarse_map(tmp_path / "map.csv", 0)
+  trainer.train_and_evaluate(_config(stop_after_steps=1,
+                                     coarse_map=coarse_map), str(workdir))
+  saved = fingerprint.read(str(workdir))
+  assert saved["train_examples"] == 64 and saved["coarse_classes"] == 2
+  before = _snapshot(str(workdir))
+
+  status = train.command_line([
+      "train", "--config", str(REPO_ROOT / "configs" / "tiny.py"),
+      "--workdir", str(workdir), f"--config.coarse_map={coarse_map}",
+      "--config.max_train_examples=48",
+      *(f"--config.{k}={v}" for k, v in OVERRIDES.items())])
+  assert status == train.EXIT_ERROR
+  errors = [l for l in capsys.readouterr().err.splitlines()
+            if l.startswith("error:")]
+  assert errors == [
+      f"error: the training data differs from the data the run in {workdir} "
+      "started with: train examples 64 -> 48; resume with the original data "
+      "or use a new --workdir."]
+  assert _snapshot(str(workdir)) == before
+
+  _coarse_map(tmp_path / "map.csv", 1)  # Edited in place: same path.
+  with pytest.raises(DataError) as err:
+    trainer.train_and_evaluate(_config(coarse_map=coarse_map), str(workdir))
+  assert str(err.value) == (
+      f"the training data differs from the data the run in {workdir} started "
+      "with: the coarse map differs; the train labels differ; resume with the "
+      "original data or use a new --workdir.")
+  assert _snapshot(str(workdir)) == before
+
+  _coarse_map(tmp_path / "map.csv", 0)
+  os.remove(workdir / fingerprint.FINGERPRINT_FILE)
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(_config(stop_after_steps=2,
+                                       coarse_map=coarse_map), str(workdir))
+  assert (f"{workdir} has no record of the data its run used (a run from "
+          "before data fingerprints): resuming without checking it." in
+          caplog.text)
+  assert fingerprint.read(str(workdir)) == saved
+  caplog.clear()
+
+  finished = tmp_path / "finished"
+  shutil.copytree(reference["workdir"], finished)
+  recorded = fingerprint.read(str(finished))
+  with caplog.at_level("WARNING"):
+    results = trainer.train_and_evaluate(_config(max_test_examples=16),
+                                         str(finished))
+  assert results["step"] == TOTAL_STEPS
+  assert (f"Evaluating the finished run in {finished} on other data than it "
+          "was trained on: test examples 32 -> 16." in caplog.text)
+  assert fingerprint.read(str(finished)) == recorded
+
+
+def test_file_list_fingerprint_follows_the_files_not_the_folder(tmp_path):
+  paths = [f"train/{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+  here = fingerprint.files_digest([f"/data/a/{p}" for p in paths])
+  moved = fingerprint.files_digest([f"/mnt/b/{p}" for p in reversed(paths)])
+  assert here == moved
+  assert here != fingerprint.files_digest(
+      [f"/data/a/{p}" for p in paths[:-1]])

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from maskcon_jax import fingerprint
 from maskcon_jax.errors import DataError
 
 # Examples whose encoded bytes tf.data keeps in memory to shuffle a TFDS split.
@@ -223,6 +224,9 @@ class Dataset:
       stand-in fine class per coarse class.
     mean: Per-channel mean of the images scaled to [0, 1], for normalisation.
     std: Per-channel standard deviation of the images scaled to [0, 1].
+    files: For data read from image files, ``{'train': ..., 'test': ...}``:
+      a hash of each split's sorted file list
+      (`maskcon_jax.fingerprint.files_digest`); None otherwise.
   """
 
   name: str
@@ -235,6 +239,7 @@ class Dataset:
   hierarchy: LabelHierarchy
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  files: dict[str, str] | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'mean', tuple(float(m) for m in self.mean))
@@ -906,4 +911,11 @@ def in_memory(dataset: StreamingDataset) -> Dataset:
                  train_fine=train_fine, train_coarse=train_coarse,
                  test_images=test_images, test_fine=test_fine,
                  test_coarse=test_coarse, hierarchy=dataset.hierarchy,
-                 mean=dataset.mean, std=dataset.std)
+                 mean=dataset.mean, std=dataset.std, files=_files(dataset))
+
+
+def _files(dataset: StreamingDataset) -> dict[str, str] | None:
+  """`Dataset.files` of data read from ``dataset``'s sources."""
+  digests = {split: fingerprint.source_files_digest(
+      getattr(dataset, f'{split}_source')) for split in ('train', 'test')}
+  return digests if all(digests.values()) else None
