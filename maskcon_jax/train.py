@@ -24,6 +24,7 @@ import difflib
 import os
 import re
 import sys
+import traceback
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -269,6 +270,42 @@ class _HideCheckpointChatter:
     return record.levelno >= 30 or "/orbax/" not in record.pathname  # 30: WARNING
 
 
+class _LibraryErrorsToDebugLog:
+  """Keeps the errors libraries report after a failed write off the console.
+
+  When a checkpoint write fails (a full disk), orbax logs each failed array
+  write with a traceback, and TensorStore's callbacks into orbax's closed
+  event loop raise "Event loop is closed" in threads, hundreds of times,
+  until the process exits. The run itself ends with one ``error:`` line
+  (`trainer._raise_if_write_failure`); these go to ``WORKDIR/debug.log``,
+  which is only created when there is something to keep.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, trainer.DEBUG_LOG)
+
+  def _write(self, text: str) -> None:
+    try:
+      with open(self.path, "a") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    except Exception:  # pylint: disable=broad-except
+      pass  # The disk is full, or Python is shutting down: nothing to do.
+
+  def filter(self, record) -> bool:
+    if record.levelno < 40 or "/orbax/" not in record.pathname:  # 40: ERROR
+      return True
+    text = record.getMessage()
+    if record.exc_info:
+      text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+    self._write(f"{record.levelname} {record.pathname}:{record.lineno}] "
+                f"{text}")
+    return False
+
+  def unraisable(self, unraisable) -> None:
+    self._write("".join(traceback.format_exception(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)))
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return parse_command_line(argv)
@@ -281,6 +318,9 @@ def main(argv: list[str]) -> Any:
   del argv  # Checked by _parse_flags.
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_HideCheckpointChatter())
+  to_debug_log = _LibraryErrorsToDebugLog(_WORKDIR.value)
+  logging.get_absl_handler().addFilter(to_debug_log)
+  sys.unraisablehook = to_debug_log.unraisable
   config = _CONFIG.value
   if config.get("distributed") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
     # Multi-host. TPU pods and SLURM are detected by JAX; elsewhere set

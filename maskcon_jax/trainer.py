@@ -15,10 +15,12 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
 import time
+import traceback
 from typing import Any
 
 from absl import logging
@@ -913,6 +915,112 @@ def _make_step_fn(exp: Experiment):
   return lambda state, batch: guarded(state, batch, controls)
 
 
+# Where the full tracebacks of a failed write go (the console gets one line).
+DEBUG_LOG = "debug.log"
+
+# What TensorStore (orbax's writer) says instead of raising OSError: the
+# errno, or failing that the words of the error.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_OS_ERROR_WORDS = tuple((os.strerror(code), code) for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
+    errno.EROFS, errno.EIO))
+_FAILED_PATH = re.compile(r'(?:Failed writing|local file):? "([^"]+)"')
+
+
+def _as_os_error(error: BaseException) -> OSError | None:
+  """The file-system error behind ``error`` (None: another failure).
+
+  ``error`` itself, one in its chain of causes, or the errno TensorStore
+  names in its message ("... No space left on device [os_error_code='28']"),
+  which orbax passes on as a ValueError.
+  """
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno is not None:
+      return e
+    text = str(e)
+    path = _FAILED_PATH.search(text)
+    path = path.group(1) if path else None
+    code = _OS_ERROR_CODE.search(text)
+    if code:
+      return OSError(int(code.group(1)), os.strerror(int(code.group(1))), path)
+    for words, code in _OS_ERROR_WORDS:
+      if words in text:
+        return OSError(code, words, path)
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+  return None
+
+
+def _raise_if_write_failure(workdir: str, error: BaseException) -> None:
+  """Raises a one-line `WorkdirError` if ``error`` is a failed write.
+
+  The line names the path, the error, the newest complete checkpoint (a
+  failed save leaves only a temporary folder, which the next run deletes)
+  and what to do; the full traceback goes to ``workdir/debug.log`` (if that
+  can still be written).
+  """
+  if isinstance(error, (UserError, Interrupted)):
+    return
+  os_error = _as_os_error(error)
+  if os_error is None:
+    return
+  log = os.path.join(workdir, DEBUG_LOG)
+  try:
+    with open(log, "a") as f:
+      f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} write failure\n")
+      f.write("".join(traceback.format_exception(error)))
+    details = f" (details in {log})"
+  except OSError:
+    details = ""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  path = os.path.abspath(os_error.filename) if os_error.filename else None
+  if path is None or path.startswith(ckpt_dir + os.sep):
+    where = f"checkpoints in {ckpt_dir}" if path else f"--workdir={workdir}"
+  else:
+    where = path
+  done = _finished_steps(ckpt_dir)
+  kept = (f"the newest complete checkpoint, step {max(map(int, done))}, is "
+          "intact" if done else "no checkpoint is complete yet")
+  if os_error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    todo = "free some space"
+  elif os_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    todo = "make it writable"
+  else:
+    todo = "check the disk"
+  reason = os_error.strerror or os.strerror(os_error.errno)
+  raise WorkdirError(f"cannot write {where}: {reason}; {kept}; {todo} and "
+                     f"rerun the same command to resume{details}.") from error
+
+
+def _space_warning(ckpt_dir: str) -> str | None:
+  """A warning when the disk of ``ckpt_dir`` has less room than its newest
+  complete checkpoint takes (None: enough room, or no checkpoint yet)."""
+  done = _finished_steps(ckpt_dir)
+  if not done:
+    return None
+  newest = os.path.join(ckpt_dir, max(done, key=int))
+  size = 0
+  for root, _, files in os.walk(newest):
+    for name in files:
+      try:
+        size += os.path.getsize(os.path.join(root, name))
+      except OSError:
+        pass  # Deleted meanwhile: only an estimate.
+  try:
+    free = shutil.disk_usage(ckpt_dir).free
+  except OSError:
+    return None
+  if free >= size:
+    return None
+  return (f"only {free / 1e6:.1f} MB free on the disk of {ckpt_dir}, less than "
+          f"the last checkpoint takes ({size / 1e6:.1f} MB): the next save "
+          "may fail; free some space.")
+
+
 def _write_error(workdir: str, error: OSError) -> str:
   reason = error.strerror or (os.strerror(error.errno) if error.errno
                               else str(error))
@@ -1191,20 +1299,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
                  _format_eta((last_step - step) / max(rate, 1e-9)))
     interval_start, interval_steps = time.time(), 0
 
+  space_warned = False
+
   def save(step: int, state):
-    nonlocal last_saved
+    # A failed write raises here or at a later save (orbax writes in the
+    # background); the handler around the loop turns it into one line.
+    nonlocal last_saved, space_warned
     check_pending()
     if not bool(_state_is_finite(state)):
       raise nonfinite_error(step, "non-finite weights")
-    try:
-      mngr.save(step, args=ocp.args.StandardSave(state),
-                custom_metadata={"nonfinite_steps": nonfinite})
-      debugpoints.reached("checkpoint_save", step)
-      if debugpoints.wanted("checkpoint_saved"):
-        mngr.wait_until_finished()
-        debugpoints.reached("checkpoint_saved", step)
-    except OSError as e:
-      raise WorkdirError(_write_error(workdir, e)) from e
+    if not space_warned:
+      warning = _space_warning(ckpt_dir)
+      if warning:
+        logging.warning("%s", warning)
+        space_warned = True
+    mngr.save(step, args=ocp.args.StandardSave(state),
+              custom_metadata={"nonfinite_steps": nonfinite})
+    debugpoints.reached("checkpoint_save", step)
+    if debugpoints.wanted("checkpoint_saved"):
+      mngr.wait_until_finished()
+      debugpoints.reached("checkpoint_saved", step)
     last_saved = step
 
   stop = _StopSignals()
@@ -1241,12 +1355,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
           log_metrics(final_step)
         save(final_step, state)
     train_time = time.time() - train_start
-    try:
-      mngr.wait_until_finished()
-    except OSError as e:
-      raise WorkdirError(_write_error(workdir, e)) from e
-  except BaseException:
+    mngr.wait_until_finished()
+  except BaseException as e:
     _close_quietly(mngr, writer)
+    _raise_if_write_failure(workdir, e)
     raise
 
   if interrupted:
@@ -1272,14 +1384,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       try:
         write_json_atomic(os.path.join(workdir, RESULTS_FILE), results,
                           debug_point="results_write")
-      except OSError as e:
+      except BaseException as e:
         _close_quietly(mngr, writer)
-        raise WorkdirError(_write_error(workdir, e)) from e
+        _raise_if_write_failure(workdir, e)
+        raise
     logging.info("Final (step %d): %s", final_step, _summary_line(eval_metrics))
     print(f"step {final_step}: {_summary_line(eval_metrics)}", flush=True)
-  writer.flush()
-  writer.close()
-  mngr.close()
+  try:
+    writer.flush()
+    writer.close()
+    mngr.close()
+  except BaseException as e:
+    _raise_if_write_failure(workdir, e)
+    raise
   return results
 
 

@@ -5,6 +5,7 @@ every step and no mid-run evaluation (see OVERRIDES): the command-line runs
 are then slow enough to be hit mid-step.
 """
 
+import errno
 import json
 import os
 import random
@@ -582,3 +583,81 @@ def test_file_list_fingerprint_follows_the_files_not_the_folder(tmp_path):
   assert here == moved
   assert here != fingerprint.files_digest(
       [f"/data/a/{p}" for p in paths[:-1]])
+
+
+# --- A full disk: one line, the last checkpoint intact, a clean resume.
+
+# The CLI with every array write of checkpoint 4 failing as TensorStore (which
+# orbax writes with) fails on a full disk, and a disk that reports 1 byte
+# free. A tmpfs would be the real thing; it needs privileges tests lack.
+_FULL_DISK = """
+import shutil
+from orbax.checkpoint._src.serialization import serialization
+write = serialization.async_serialize_from_host
+async def full(*args, **kwargs):
+  if '/4.orbax-checkpoint-tmp' in repr(args) + repr(kwargs):
+    raise ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params/0" in OCDBT database at '
+        'local file "{ckpt}/4.orbax-checkpoint-tmp/default/": No space left '
+        "on device [os_error_code='28']")
+  return await write(*args, **kwargs)
+serialization.async_serialize_from_host = full
+usage = shutil.disk_usage
+shutil.disk_usage = lambda path: usage(path)._replace(free=1)
+"""
+
+
+def test_full_disk_gives_one_line_and_resumes(reference, tmp_path):
+  """Checkpoint 4 cannot be written: a warning before (too little free
+  space), then one line naming the folder, the error, the intact checkpoint
+  3 and what to do; the tracebacks go to debug.log. Rerun with space, the
+  run ends bit for bit as the uninterrupted reference."""
+  workdir = tmp_path / "run"
+  ckpt = workdir / "checkpoints"
+  args = _cli_args(workdir)
+  args[2] = _FULL_DISK.format(ckpt=ckpt) + _CLI.replace("; ", "\n")
+  out = subprocess.run(args, cwd=REPO_ROOT, text=True, capture_output=True,
+                       timeout=300)
+  assert out.returncode == train.EXIT_ERROR, out.stderr[-3000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert errors == [
+      f"error: cannot write checkpoints in {ckpt}: No space left on device; "
+      "the newest complete checkpoint, step 3, is intact; free some space and "
+      "rerun the same command to resume (details in "
+      f"{workdir / trainer.DEBUG_LOG})."], out.stderr[-3000:]
+  for noise in ("Traceback", "RESOURCE_EXHAUSTED", "Event loop is closed"):
+    assert noise not in out.stderr, out.stderr[-3000:]
+  assert "less than the last checkpoint takes" in out.stderr
+  assert "RESOURCE_EXHAUSTED" in (workdir / trainer.DEBUG_LOG).read_text()
+  assert _steps_on_disk(workdir)[0][-1] == 3
+  assert not (workdir / runlock.LOCK_FILE).exists()
+
+  trainer.train_and_evaluate(_config(), str(workdir))  # Space freed.
+  assert _steps_on_disk(workdir)[1] == []
+  _assert_same_as_reference(workdir, reference)
+
+
+def test_full_disk_at_results_json(reference, tmp_path, monkeypatch):
+  """results.json cannot be written: one line naming it; the checkpoints
+  stay as they were."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference["workdir"], workdir)
+  os.remove(workdir / trainer.RESULTS_FILE)
+  replace = os.replace
+
+  def full(src, dst, *args, **kwargs):
+    if str(dst).endswith(trainer.RESULTS_FILE):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src)
+    return replace(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(os, "replace", full)
+  with pytest.raises(WorkdirError) as err:
+    trainer.train_and_evaluate(_config(), str(workdir))
+  assert str(err.value) == (
+      f"cannot write {workdir / trainer.RESULTS_FILE}.tmp: No space left on "
+      "device; the newest complete checkpoint, step 8, is intact; free some "
+      "space and rerun the same command to resume (details in "
+      f"{workdir / trainer.DEBUG_LOG}).")
+  assert _steps_on_disk(workdir) == ([7, 8], [])
+  assert not (workdir / runlock.LOCK_FILE).exists()
+
