@@ -1,4 +1,5 @@
-"""Preemption, bit-exact resume, non-finite steps and damaged checkpoints.
+"""Preemption, bit-exact resume, non-finite steps and damaged checkpoints;
+the run lock, the data fingerprint, full disks and kill points.
 
 Every run here is configs/tiny.py (8 steps) with a checkpoint and a log line
 every step and no mid-run evaluation (see OVERRIDES): the command-line runs
@@ -661,3 +662,41 @@ def test_full_disk_at_results_json(reference, tmp_path, monkeypatch):
   assert _steps_on_disk(workdir) == ([7, 8], [])
   assert not (workdir / runlock.LOCK_FILE).exists()
 
+
+# --- SIGKILL at named points (maskcon_jax.debugpoints).
+
+
+@pytest.mark.skipif(not os.environ.get("MASKCON_KILL_POINTS"),
+                    reason="11 CLI launches (~1 min); set MASKCON_KILL_POINTS=1")
+def test_sigkill_at_named_points_resumes_bit_exact(reference, tmp_path):
+  """One workdir, 11 launches, each SIGKILLed while paused at a named point
+  (steps and kinds drawn at random): before anything but the lock is
+  written, after config.json, between steps, inside a checkpoint save, after
+  a save, before the final evaluation and inside the results.json write.
+  Each launch resumes from what the one before left; a last plain run ends
+  bit for bit as the uninterrupted reference."""
+  seed = int(os.environ.get("MASKCON_KILL_SEED", time.time_ns() % 2**32))
+  rng = random.Random(seed)
+  middle = [(rng.choice(("train_step", "checkpoint_save", "checkpoint_saved")),
+             step) for step in range(1, TOTAL_STEPS)]
+  points = ([("lock_taken", None), ("config_written", None)] + middle +
+            [("final_eval", TOTAL_STEPS), ("results_write", None)])
+  workdir, signals = tmp_path / "run", tmp_path / "signals"
+  for number, (name, step) in enumerate(points):
+    label = name if step is None else f"{name}@{step}"
+    context = f"(MASKCON_KILL_SEED={seed}) point {number}: {label}"
+    folder = signals / str(number)
+    folder.mkdir(parents=True)
+    proc = _start(workdir, env=_pause_env(folder, label))
+    try:
+      _wait_for_file(proc, folder / f"paused-{label}")
+    except AssertionError as e:
+      raise AssertionError(f"{context}: {e}") from None
+    proc.kill()
+    _, stderr = proc.communicate()
+    if number:
+      assert "Taking over the run lock" in stderr, context
+  trainer.train_and_evaluate(_config(), str(workdir))
+  assert _steps_on_disk(workdir)[1] == [], "unfinished saves left behind"
+  print(f"(MASKCON_KILL_SEED={seed}) {points}")
+  _assert_same_as_reference(workdir, reference, f"seed {seed}")
