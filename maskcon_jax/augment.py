@@ -44,10 +44,7 @@ import jax.numpy as jnp
 
 from maskcon_jax import autoaugment
 from maskcon_jax import filters
-
-# ITU-R 601-2 luma weights, as used by PIL's `convert('L')` and torchvision's
-# `rgb_to_grayscale`.
-_LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+from maskcon_jax import hierarchies
 
 # torchvision.transforms.RandomResizedCrop.get_params tries this many times
 # before falling back to a central crop.
@@ -521,7 +518,7 @@ def _perspective(
 
 def rgb_to_grayscale(image: jax.Array) -> jax.Array:
   """ITU-R 601-2 luma of an RGB image, shape `(H, W, 1)`."""
-  weights = jnp.asarray(_LUMA_WEIGHTS, image.dtype)
+  weights = jnp.asarray(autoaugment.LUMA_WEIGHTS, image.dtype)
   return jnp.sum(image * weights, axis=-1, keepdims=True)
 
 
@@ -942,9 +939,9 @@ def strong_view(
 # Per-dataset (mean, std) used by `normalize` in the paper's code; Cars196,
 # SOP and ImageNet32 use the ImageNet statistics.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    'cifar100': ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276)),
-    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'cifar10': (hierarchies.CIFAR10_MEAN, hierarchies.CIFAR10_STD),
+    'cifar100': (hierarchies.CIFAR100_MEAN, hierarchies.CIFAR100_STD),
+    'imagenet': (hierarchies.IMAGENET_MEAN, hierarchies.IMAGENET_STD),
 }
 
 _CIFAR_STRONG_UNIFORMS = _WEAK_UNIFORMS + autoaugment.AUTOAUGMENT_UNIFORMS

@@ -42,9 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# torchvision's rgb_to_grayscale weights (ITU-R 601-2), as in `augment`. PIL's
-# integer luma differs from these by less than 1e-4 per channel.
-_LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+# torchvision's rgb_to_grayscale weights (ITU-R 601-2), also `augment`'s
+# grayscale. PIL's integer luma differs from these by less than 1e-4 per
+# channel.
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
 _NUM_LEVELS = 256
 
 # Operation names, as torchvision's AutoAugment spells them. The index of a
@@ -183,7 +184,7 @@ TORCHVISION = Flavour(
     shear_resample='nearest',
     strict_probability=False,
     # Kept from the first version of this module; within 1e-4 of PIL's luma.
-    luma_weights=_LUMA_WEIGHTS,
+    luma_weights=LUMA_WEIGHTS,
 )
 
 # The official MaskCon code's `CIFAR10Policy` / `SubPolicy` (utils/utils.py,
@@ -356,7 +357,7 @@ def _blend(image: jax.Array, degenerate: jax.Array, factor: jax.Array
 
 
 def _grayscale(image: jax.Array,
-               luma_weights: tuple[float, ...] = _LUMA_WEIGHTS) -> jax.Array:
+               luma_weights: tuple[float, ...] = LUMA_WEIGHTS) -> jax.Array:
   image = jnp.asarray(image, jnp.float32)
   if image.shape[-1] == 1:
     return image
@@ -674,7 +675,7 @@ def _lut_family(image: jax.Array, op: jax.Array, magnitude: jax.Array
 
 
 def _blend_family(image: jax.Array, op: jax.Array, magnitude: jax.Array,
-                  luma_weights: tuple[float, ...] = _LUMA_WEIGHTS
+                  luma_weights: tuple[float, ...] = LUMA_WEIGHTS
                   ) -> jax.Array:
   gray = _grayscale(image, luma_weights)
   degenerate = jnp.where(

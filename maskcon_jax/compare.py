@@ -66,7 +66,6 @@ from __future__ import annotations
 import ast
 import itertools
 import json
-import logging as pylogging
 import math
 import os
 import re
@@ -856,19 +855,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
                                flag_values=flag_values)
 
 
-class _HideCheckpointChatter:
-  """Drops orbax's per-save INFO records so progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return (record.levelno >= pylogging.WARNING or
-            "/orbax/" not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_HideCheckpointChatter())
+  logging.get_absl_handler().addFilter(trainer.HideCheckpointChatter())
   flag = flags.FLAGS
   try:
     rows = run_comparison(flag.config, flag.modes, flag.workdir, flag.seeds,

@@ -7,6 +7,16 @@ with a non-zero status instead of showing a traceback.
 """
 
 
+def first_line(error: BaseException, *, with_type: bool = False) -> str:
+  """The first line of ``error``'s message (its type's name if it has none);
+  ``with_type`` prefixes the type's name, for errors of other libraries."""
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ""
+  if not line:
+    return type(error).__name__
+  return f"{type(error).__name__}: {line}" if with_type else line
+
+
 class UserError(Exception):
   """A problem the user can fix; the message is one line saying how."""
 

@@ -37,6 +37,7 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 
 from maskcon_jax import configuration  # noqa: E402
+from maskcon_jax import errors  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.errors import Interrupted, UserError  # noqa: E402
@@ -53,11 +54,6 @@ class _FlagProblem(ValueError):
 
   A ValueError, so absl's parser passes it on (wrapped) instead of failing.
   """
-
-
-def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _override_paths(argv: list[str], name: str) -> list[tuple[str, str]]:
@@ -112,13 +108,13 @@ class _ConfigFileParser(flags.ArgumentParser):
     except Exception as e:  # pylint: disable=broad-except
       # A config file is arbitrary Python: any exception means it is broken.
       raise _FlagProblem(f"{flag}: cannot load it ({type(e).__name__}: "
-                         f"{_first_line(e)}).") from e
+                         f"{errors.first_line(e)}).") from e
     # ml_collections returns a stand-in holding the error when the file
     # can't be read.
     error = getattr(config, "_error", None)
     if isinstance(error, BaseException):
       raise _FlagProblem(f"{flag}: cannot load it ({type(error).__name__}: "
-                         f"{_first_line(error)}).")
+                         f"{errors.first_line(error)}).")
     if not isinstance(config, ml_collections.ConfigDict):
       raise _FlagProblem(f"{flag}: get_config() returned "
                          f"{type(config).__name__}, not an "
@@ -174,7 +170,7 @@ def _flag_error(error: Exception, argv: list[str],
     if isinstance(problem, _FlagProblem):
       return str(problem)
     problem = problem.__cause__ or problem.__context__
-  message = _first_line(error)
+  message = errors.first_line(error)
   required = re.search(r"Flag --(\w+) must have a value other than None",
                        message)
   if required:
@@ -263,13 +259,6 @@ def command_line(argv: list[str]) -> int:
 _CONFIG, _WORKDIR = define_flags()
 
 
-class _HideCheckpointChatter:
-  """Drops orbax's per-save INFO records so progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= 30 or "/orbax/" not in record.pathname  # 30: WARNING
-
-
 class _LibraryErrorsToDebugLog:
   """Keeps the errors libraries report after a failed write off the console.
 
@@ -317,7 +306,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> Any:
   del argv  # Checked by _parse_flags.
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_HideCheckpointChatter())
+  logging.get_absl_handler().addFilter(trainer.HideCheckpointChatter())
   to_debug_log = _LibraryErrorsToDebugLog(_WORKDIR.value)
   logging.get_absl_handler().addFilter(to_debug_log)
   sys.unraisablehook = to_debug_log.unraisable

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import functools
 import json
+import logging as pylogging
 import math
 import os
 import re
@@ -34,6 +35,7 @@ import orbax.checkpoint as ocp
 
 from maskcon_jax import configuration
 from maskcon_jax import debugpoints
+from maskcon_jax import errors
 from maskcon_jax import evaluation
 from maskcon_jax import fingerprint
 from maskcon_jax import input_pipeline
@@ -629,9 +631,16 @@ CORRUPT_DIR = "corrupt_checkpoints"
 
 
 def _first_line(error: BaseException) -> str:
-  text = str(error).strip()
-  line = text.splitlines()[0] if text else ""
-  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+  return errors.first_line(error, with_type=True)
+
+
+class HideCheckpointChatter:
+  """A logging filter that drops orbax's per-save INFO records, so that the
+  command-line tools' progress lines stay readable."""
+
+  def filter(self, record) -> bool:
+    return (record.levelno >= pylogging.WARNING or
+            "/orbax/" not in record.pathname)
 
 
 def _path_name(path) -> str:

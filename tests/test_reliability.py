@@ -666,8 +666,9 @@ def test_full_disk_at_results_json(reference, tmp_path, monkeypatch):
 # --- SIGKILL at named points (maskcon_jax.debugpoints).
 
 
-@pytest.mark.skipif(not os.environ.get("MASKCON_KILL_POINTS"),
-                    reason="11 CLI launches (~1 min); set MASKCON_KILL_POINTS=1")
+# 11 CLI launches (about a minute on 2 cores): in the full suite, not in the
+# quick subset (pytest -m "not slow").
+@pytest.mark.slow
 def test_sigkill_at_named_points_resumes_bit_exact(reference, tmp_path):
   """One workdir, 11 launches, each SIGKILLed while paused at a named point
   (steps and kinds drawn at random): before anything but the lock is
