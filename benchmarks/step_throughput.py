@@ -244,4 +244,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  # The library's CPU convolution choice, as its command-line tools make it.
+  import maskcon_jax  # pylint: disable=g-import-not-at-top
+  maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

@@ -81,6 +81,7 @@ from absl import logging  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+import maskcon_jax  # noqa: E402
 from maskcon_jax import configuration  # noqa: E402
 from maskcon_jax import evaluate as evaluate_lib  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
@@ -878,5 +879,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  maskcon_jax.prefer_eigen_cpu_convolutions()  # Before JAX starts.
   define_flags()
   app.run(main)

@@ -48,6 +48,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+import maskcon_jax  # noqa: E402
 from maskcon_jax import input_pipeline  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import pretrained  # noqa: E402
@@ -496,5 +497,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  maskcon_jax.prefer_eigen_cpu_convolutions()  # Before JAX starts.
   define_flags()
   app.run(main)

@@ -41,6 +41,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
+import maskcon_jax  # noqa: E402
 from maskcon_jax import evaluate  # noqa: E402
 from maskcon_jax.errors import UserError  # noqa: E402
 
@@ -218,5 +219,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  maskcon_jax.prefer_eigen_cpu_convolutions()  # Before JAX starts.
   define_flags()
   app.run(main)

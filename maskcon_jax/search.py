@@ -47,6 +47,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
+import maskcon_jax  # noqa: E402
 from maskcon_jax import embed as embed_lib  # noqa: E402
 from maskcon_jax import evaluation  # noqa: E402
 from maskcon_jax import pretrained  # noqa: E402
@@ -389,5 +390,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  maskcon_jax.prefer_eigen_cpu_convolutions()  # Before JAX starts.
   define_flags()
   app.run(main)

@@ -36,6 +36,7 @@ import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 
+import maskcon_jax  # noqa: E402
 from maskcon_jax import configuration  # noqa: E402
 from maskcon_jax import errors  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
@@ -326,4 +327,5 @@ def main(argv: list[str]) -> Any:
 
 
 if __name__ == "__main__":
+  maskcon_jax.prefer_eigen_cpu_convolutions()  # Before JAX starts.
   app.run(main, flags_parser=_parse_flags)

@@ -15,6 +15,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="maskcon_jax_test_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The tests (and the CLI processes they start, which inherit XLA_FLAGS) use
+# the CPU convolutions the command-line tools choose; the stored fixtures
+# (tests/data/step_identity.json, legacy_workdirs.json) were computed so.
+import maskcon_jax  # noqa: E402
+
+maskcon_jax.prefer_eigen_cpu_convolutions()
 
 import pytest  # noqa: E402
 

@@ -7,6 +7,8 @@ the next accelerator run. Timings are not checked, only structure.
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from benchmarks import input_throughput
 from benchmarks import search_throughput
 from benchmarks import step_throughput
 from benchmarks import torch_reference_step
+from tests.conftest import REPO_ROOT
 
 
 def _run(module, tmp_path, capsys, *extra):
@@ -128,7 +131,8 @@ def test_shifted_matmul_kernel_grad_matches_xla(stride):
 
 def test_cpu_variants_compile_and_the_import_default():
   """Every CPU variant is a valid per-program option set, and on jaxlib 0.10
-  `import maskcon_jax` makes CPU convolutions use Eigen, not YNNPACK."""
+  `maskcon_jax.prefer_eigen_cpu_convolutions()` (called by tests/conftest.py
+  as by the command-line tools) makes CPU convolutions use Eigen."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxlib import version  # pylint: disable=g-import-not-at-top
@@ -161,3 +165,23 @@ def test_search_throughput_smoke(tmp_path, capsys):
   assert row["top1_is_source"] == 1.0 and row["chunk"] == 10
   assert _positive(row["first_s"], row["ms_per_query"], row["bound_mb"])
   assert "bound_mb" in printed and "# device:" in printed
+
+
+def test_import_leaves_the_environment_unchanged():
+  """Importing the package and its modules changes no environment variable;
+  the CPU convolution choice is an explicit call."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "MASKCON_JAX_KEEP_XLA_FLAGS")}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  code = (
+      "import os, json; before = dict(os.environ)\n"
+      "import maskcon_jax, maskcon_jax.methods, maskcon_jax.trainer\n"
+      "same = dict(os.environ) == before\n"
+      "called = maskcon_jax.prefer_eigen_cpu_convolutions()\n"
+      "print(json.dumps([same, called, os.environ['XLA_FLAGS']]))\n")
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                       capture_output=True, text=True, cwd=REPO_ROOT).stdout
+  same, called, flags = json.loads(out.strip().splitlines()[-1])
+  assert same
+  import maskcon_jax  # pylint: disable=g-import-not-at-top
+  assert (maskcon_jax._CPU_CONV_FLAG in flags) == called  # pylint: disable=protected-access
