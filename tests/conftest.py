@@ -1,26 +1,22 @@
 """Shared pytest fixtures and environment.
 
-Eight fake CPU devices let the data-parallel tests run anywhere; the flag must
-be set before jax is imported, which is why it lives here.
+The environment (eight fake CPU devices, so the data-parallel tests run
+anywhere) must be set before jax is imported: tests/data/fixture_env.py, the
+first import here.
 """
 
 import os
 import pathlib
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests train the same tiny programs in several processes (CLI runs); a
 # persistent compilation cache shared by them saves most of the compile time.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="maskcon_jax_test_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-# The tests (and the CLI processes they start, which inherit XLA_FLAGS) use
-# the CPU convolutions the command-line tools choose; the stored fixtures
-# (tests/data/step_identity.json, legacy_workdirs.json) were computed so.
-import maskcon_jax  # noqa: E402
-
-maskcon_jax.prefer_eigen_cpu_convolutions()
+# Eight fake CPU devices and the command-line tools' CPU convolutions, as
+# the stored fixtures were computed (CLI processes inherit XLA_FLAGS).
+from tests.data import fixture_env  # noqa: E402,F401  pylint: disable=unused-import
 
 import pytest  # noqa: E402
 

@@ -35,12 +35,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
-# As tests/conftest.py: 8 fake CPU devices, before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import maskcon_jax  # noqa: E402
-
-maskcon_jax.prefer_eigen_cpu_convolutions()  # As tests/conftest.py.
+# The tests' environment, before jax is imported.
+from tests.data import fixture_env  # noqa: E402,F401  pylint: disable=unused-import
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
