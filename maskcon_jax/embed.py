@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import os
 import re
 import sys
@@ -45,14 +44,16 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 import maskcon_jax  # noqa: E402
+from maskcon_jax import embedding  # noqa: E402
 from maskcon_jax import input_pipeline  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import pretrained  # noqa: E402
-from maskcon_jax import train_step as steps  # noqa: E402
+from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.datasets import files as dataset_files  # noqa: E402
 from maskcon_jax.errors import DataError, UserError  # noqa: E402
 
@@ -103,9 +104,9 @@ class RunEncoder:
     image_size: side of the square images `embed` takes.
     channels: their channels (1 or 3).
     mean, std: the normalisation of the run's dataset.
-    apply: ``(variables, images) -> {"features", "projection"}``, jitted
-      (`train_step.embed_step`, as training's evaluation embeds).
-    variables: ``{"params": ..., "batch_stats": ...}`` on the device.
+    embedder: the `embedding.Embedder` training's evaluation uses too.
+    variables: ``{"params": ..., "batch_stats": ...}``, replicated over the
+      embedder's mesh.
   """
   workdir: str
   step: int
@@ -115,8 +116,14 @@ class RunEncoder:
   channels: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  apply: Callable[..., Any]
+  embedder: embedding.Embedder
   variables: dict[str, Any]
+
+  @property
+  def apply(self) -> Callable[..., Any]:
+    """``(variables, images) -> {"features", "projection"}``, not jitted
+    (`train_step.embed_step` with the run's normalisation)."""
+    return self.embedder.apply
 
   @property
   def batch_size(self) -> int:
@@ -142,22 +149,10 @@ class RunEncoder:
   def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """``features`` and ``projection`` of uint8 ``(N, S, S, C)`` images.
 
-    Batches of `batch_size`; the last one is padded so one program is
-    compiled.
+    Batches of `batch_size` (`embedding.Embedder.arrays`).
     """
     self.check_images(images)
-    n, bs = len(images), self.batch_size
-    out = {"features": [], "projection": []}
-    for start in range(0, max(n, 1), bs):
-      chunk = np.asarray(images[start:start + bs])
-      valid = len(chunk)
-      if valid < bs:
-        chunk = np.concatenate(
-            [chunk, np.zeros((bs - valid, *chunk.shape[1:]), np.uint8)])
-      result = jax.device_get(self.apply(self.variables, chunk))
-      for key in out:
-        out[key].append(np.asarray(result[key], np.float32)[:valid])
-    return {key: np.concatenate(v) for key, v in out.items()}
+    return self.embedder.arrays(self.variables, images)
 
 
 def load_run_encoder(workdir: str, checkpoint: int | None = None
@@ -178,15 +173,18 @@ def load_run_encoder(workdir: str, checkpoint: int | None = None
                     f"images but its dataset now gives {channels}: was "
                     "config.json edited?")
   model = methods.build_encoder(config, weights.num_coarse)
-  apply = jax.jit(functools.partial(
-      steps.embed_step, apply_fn=model.apply, image_size=config.image_size,
-      mean=mean, std=std))
-  variables = jax.device_put({"params": weights.params,
-                              "batch_stats": weights.batch_stats})
+  mesh = trainer.make_mesh()
+  embedder = embedding.Embedder(
+      model.apply, image_size=config.image_size, mean=mean, std=std,
+      mesh=mesh, batch_size=config.eval_batch_size)
+  variables = jax.device_put(
+      {"params": weights.params, "batch_stats": weights.batch_stats},
+      NamedSharding(mesh, P()))
   return RunEncoder(
       workdir=os.path.abspath(workdir), step=weights.step, config=config,
       fingerprint=weights.fingerprint(), image_size=int(config.image_size),
-      channels=channels, mean=mean, std=std, apply=apply, variables=variables)
+      channels=channels, mean=mean, std=std, embedder=embedder,
+      variables=variables)
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ its own training data.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -27,33 +28,20 @@ from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 import maskcon_jax  # noqa: E402
+from maskcon_jax import embedding  # noqa: E402
 from maskcon_jax import evaluation  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.errors import UserError  # noqa: E402
 
-SPLITS = ("test", "train")
+SPLITS = embedding.SPLITS
 FIGURES_DIR = "figures"
-
-
-def split_arrays_check(split: str) -> None:
-  """Raises `UserError` unless ``split`` is one of `SPLITS`."""
-  if split not in SPLITS:
-    raise UserError(f"--split={split!r} is not a split; use one of: "
-                    f"{', '.join(SPLITS)}.")
-
-
-def split_arrays(dataset, split: str
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """``(images, fine, coarse)`` of ``split`` ("train" or "test")."""
-  split_arrays_check(split)
-  return (getattr(dataset, f"{split}_images"),
-          getattr(dataset, f"{split}_fine"),
-          getattr(dataset, f"{split}_coarse"))
 
 
 def load_and_embed(workdir: str, split: str, checkpoint: int | None = None,
                    *, with_bank: bool = True) -> dict[str, Any]:
   """Restores a run and embeds ``split`` (and the training split as bank).
+
+  In-memory and streamed datasets alike (`embedding.Embedder.split`).
 
   Args:
     workdir: a directory written by ``maskcon_jax.train``.
@@ -62,25 +50,25 @@ def load_and_embed(workdir: str, split: str, checkpoint: int | None = None,
     with_bank: also embed the training split when ``split`` is not it.
 
   Returns:
-    A dict with ``experiment``, ``step``, ``images``, ``fine``, ``coarse``,
-    ``embeddings`` (``features`` and ``projection`` of the split) and
-    ``bank`` (the training split's embeddings; None when ``split`` is train
-    or ``with_bank`` is False).
+    A dict with ``experiment``, ``step``, ``fine`` (None without fine
+    labels), ``coarse``, ``embeddings`` (``features`` and ``projection`` of
+    the split), ``bank`` (the training split's embeddings and labels; None
+    when ``split`` is train or ``with_bank`` is False) and ``read_images``
+    (``indices -> uint8 images`` of the split, read on demand).
   """
-  split_arrays_check(split)
+  embedding.check_split(split)
   exp, state = trainer.load_trained(workdir, checkpoint)
-  dataset = exp.dataset
-  images, fine, coarse = split_arrays(dataset, split)
-
-  def embed(images):
-    return trainer.embed_dataset(state, images, exp.config, dataset, exp.mesh)
-
-  embeddings = embed(images)
+  variables = trainer.query_variables(state)
+  embedded = exp.embedder.split(variables, exp.dataset, split)
   bank = None
   if with_bank and split != "train":
-    bank = embed(dataset.train_images)
-  return dict(experiment=exp, step=int(state.step), images=images, fine=fine,
-              coarse=coarse, embeddings=embeddings, bank=bank)
+    bank = exp.embedder.split(variables, exp.dataset, "train")
+  return dict(experiment=exp, step=int(state.step), fine=embedded["fine"],
+              coarse=embedded["coarse"],
+              embeddings={k: embedded[k] for k in ("features", "projection")},
+              bank=bank,
+              read_images=functools.partial(embedding.read_images,
+                                            exp.dataset, split))
 
 
 def _json_safe(value):
@@ -119,7 +107,7 @@ def run_evaluation(workdir: str, split: str = "test",
   Raises:
     UserError: ``workdir`` has no run or no such checkpoint, or a bad split.
   """
-  split_arrays_check(split)
+  embedding.check_split(split)
   run = load_and_embed(workdir, split, checkpoint)
   exp, step = run["experiment"], run["step"]
   hierarchy = exp.dataset.hierarchy
@@ -129,7 +117,7 @@ def run_evaluation(workdir: str, split: str = "test",
       features, run["fine"], run["coarse"],
       coarse_names=hierarchy.coarse_names,
       bank_features=None if bank is None else bank["features"],
-      bank_fine_labels=None if bank is None else exp.dataset.train_fine,
+      bank_fine_labels=None if bank is None else bank["fine"],
       num_fine=hierarchy.num_fine)
   results = {**report, "step": step, "split": split,
              "num_queries": int(len(features))}
@@ -143,7 +131,7 @@ def run_evaluation(workdir: str, split: str = "test",
                  for c, name in enumerate(hierarchy.coarse_names)
                  if f"fine_recall@1/coarse={name}" in report}
     rendered = figures_lib.render_all(
-        run["images"], features, run["fine"], run["coarse"], hierarchy,
+        run["read_images"], features, run["fine"], run["coarse"], hierarchy,
         per_group, os.path.join(workdir, FIGURES_DIR), split=split,
         overall_r1=report["fine_recall@1"])
     _log_images(workdir, step, {f"eval_{split}/{name}": image

@@ -7,10 +7,11 @@ r"""Exports a trained run: a split's embeddings, or a self-contained encoder.
 
 ``--format npz`` (the default) embeds one split. The file holds ``features``
 (backbone, what retrieval is scored on), ``projections`` (the contrastive
-head's output, not normalised), ``fine_labels``, ``coarse_labels``,
-``image_ids`` (row indices into the split), ``fine_names``, ``coarse_names``,
-``fine_to_coarse`` and ``step``. Names are unicode arrays, so ``np.load``
-needs no ``allow_pickle``.
+head's output, not normalised), ``fine_labels`` (absent for data labelled
+with coarse classes only), ``coarse_labels``, ``image_ids`` (row indices into
+the split, for in-memory and streamed data alike), ``fine_names``,
+``coarse_names``, ``fine_to_coarse`` and ``step``. Names are unicode arrays,
+so ``np.load`` needs no ``allow_pickle``.
 
 ``--format stablehlo`` serialises, with ``jax.export``, the function from
 uint8 images ``(N, S, S, C)`` (S = ``config.image_size``, C the run's
@@ -74,14 +75,15 @@ def run_export(workdir: str, split: str, out: str,
   arrays = {
       "features": run["embeddings"]["features"].astype(np.float32),
       "projections": run["embeddings"]["projection"].astype(np.float32),
-      "fine_labels": np.asarray(run["fine"], np.int32),
       "coarse_labels": np.asarray(run["coarse"], np.int32),
-      "image_ids": np.arange(len(run["fine"]), dtype=np.int32),
+      "image_ids": np.arange(len(run["coarse"]), dtype=np.int32),
       "fine_names": np.asarray(hierarchy.fine_names, dtype=str),
       "coarse_names": np.asarray(hierarchy.coarse_names, dtype=str),
       "fine_to_coarse": np.asarray(hierarchy.fine_to_coarse, np.int32),
       "step": np.asarray(run["step"], np.int64),
   }
+  if run["fine"] is not None:
+    arrays["fine_labels"] = np.asarray(run["fine"], np.int32)
   directory = os.path.dirname(os.path.abspath(out))
   try:
     os.makedirs(directory, exist_ok=True)
@@ -98,8 +100,10 @@ def run_export(workdir: str, split: str, out: str,
 def encoder_function(encoder):
   """``uint8 (N, S, S, C) -> float32 (N, D)`` unit-norm features of a
   `embed.RunEncoder`, its weights closed over (constants when exported)."""
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  variables = encoder.variables
+  # Host copies: the exported constants carry no device placement.
+  variables = jax.device_get(encoder.variables)
 
   def features(images_NxSxSxC):
     out = encoder.apply(variables, images_NxSxSxC)["features"]

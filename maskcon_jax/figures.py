@@ -156,8 +156,10 @@ def retrieval_grid(images, features, fine, hierarchy, path: str | None = None,
   and red otherwise. Every image is captioned with its fine class.
 
   Args:
-    images: ``(N, H, W, C)`` uint8 images, C in {1, 3}.
-    features: ``(N, D)`` embeddings of ``images``.
+    images: ``(N, H, W, C)`` uint8 images, C in {1, 3}; or a function
+      ``indices -> images at those indices`` (streamed data: only the
+      images shown are read).
+    features: ``(N, D)`` embeddings of the N images.
     fine: ``(N,)`` fine labels.
     hierarchy: a `LabelHierarchy` (class names).
     path: where to save the PNG; None only renders.
@@ -169,13 +171,16 @@ def retrieval_grid(images, features, fine, hierarchy, path: str | None = None,
   Returns:
     The rendered figure, uint8 ``(H, W, 3)``.
   """
-  images, fine = np.asarray(images), np.asarray(fine)
+  fine = np.asarray(fine)
   queries = _pick_queries(fine, num_queries, seed)
   k = min(k, len(fine) - 1)
   # Only the chosen queries' rows are needed; search them against everything.
   neighbours = np.concatenate([
       nn for _, nn, _ in evaluation.iter_neighbours(
           np.asarray(features)[queries], np.asarray(features), k + 1)])
+  shown = np.unique(np.concatenate([np.asarray(queries), neighbours.ravel()]))
+  read = images if callable(images) else (lambda ids: np.asarray(images)[ids])
+  images = dict(zip(shown.tolist(), read(shown)))
   height = 1.25 * len(queries) + 0.6
   fig = _new_figure(1.1 * (k + 1) + 0.4, height)
   grid = fig.add_gridspec(len(queries), k + 1, wspace=0.15, hspace=0.4,
@@ -186,13 +191,13 @@ def retrieval_grid(images, features, fine, hierarchy, path: str | None = None,
     # Drop the query itself (its own nearest match) and keep k others.
     others = [j for j in neighbours[row] if j != q][:k]
     ax = fig.add_subplot(grid[row, 0])
-    _show(ax, images[q], _QUERY)
+    _show(ax, images[int(q)], _QUERY)
     ax.set_title(f"query: {names[fine[q]]}", fontsize=7.5,
                  fontweight="bold", color=_QUERY)
     for col, j in enumerate(others, start=1):
       ax = fig.add_subplot(grid[row, col])
       match = fine[j] == fine[q]
-      _show(ax, images[j], _MATCH if match else _MISMATCH)
+      _show(ax, images[int(j)], _MATCH if match else _MISMATCH)
       ax.set_title(names[fine[j]], fontsize=7,
                    color=_MATCH if match else _MISMATCH)
   fig.suptitle(title or f"Top-{k} retrieval (green = same fine class, "

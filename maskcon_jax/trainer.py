@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 
 from maskcon_jax import configuration
 from maskcon_jax import debugpoints
+from maskcon_jax import embedding
 from maskcon_jax import errors
 from maskcon_jax import evaluation
 from maskcon_jax import fingerprint
@@ -148,69 +149,19 @@ def make_data(exp: "Experiment"):
   return _Data(exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed)
 
 
-def embed_dataset(state, images: np.ndarray, config, dataset, mesh, *,
-                  encoder: str = "query") -> dict[str, np.ndarray]:
-  """Backbone features and projections of ``images`` (test views, BN in
-  eval mode) by the query encoder, or by the EMA key encoder."""
-  bs = config.eval_batch_size
-  embed = jax.jit(functools.partial(
-      steps.embed_step, apply_fn=state.apply_fn, image_size=config.image_size,
-      mean=tuple(dataset.mean), std=tuple(dataset.std)))
-  if encoder == "key":
-    variables = {"params": state.target_params,
-                 "batch_stats": state.target_batch_stats}
-  else:
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-  sharding = NamedSharding(mesh, P("data"))
-  out = {"features": [], "projection": []}
-  n = len(images)
-  bs = int(math.ceil(min(bs, n) / mesh.size) * mesh.size)
-  for start in range(0, n, bs):
-    chunk = images[start:start + bs]
-    valid = len(chunk)
-    if valid < bs:  # Pad the last batch so only one program is compiled.
-      chunk = np.concatenate([chunk, np.zeros((bs - valid, *chunk.shape[1:]),
-                                              chunk.dtype)])
-    result = embed(variables, jax.device_put(chunk, sharding))
-    for key in out:
-      out[key].append(np.asarray(result[key])[:valid])
-  return {key: np.concatenate(v) for key, v in out.items()}
+def query_variables(state) -> dict[str, Any]:
+  """The query encoder's ``{"params", "batch_stats"}`` of ``state``."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def embed_test_split(state, dataset, config, mesh) -> dict[str, np.ndarray]:
-  """Features, projections and labels of the test split (in memory or
-  streamed). ``fine`` is None for data without fine labels."""
-  if not isinstance(dataset, input_pipeline.StreamingDataset):
-    emb = embed_dataset(state, dataset.test_images, config, dataset, mesh)
-    return {**emb, "fine": dataset.test_fine, "coarse": dataset.test_coarse}
-  embed = jax.jit(functools.partial(
-      steps.embed_step, apply_fn=state.apply_fn, image_size=config.image_size,
-      mean=tuple(dataset.mean), std=tuple(dataset.std)))
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  sharding = NamedSharding(mesh, P("data"))
-  bs = config.eval_batch_size // jax.process_count()
-  parts = {"features": [], "projection": [], "fine": [], "coarse": []}
-  for batch in dataset.test_batches(bs, process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    pad=True):
-    images = jax.make_array_from_process_local_data(sharding, batch["image"])
-    result = jax.experimental.multihost_utils.process_allgather(
-        embed(variables, images), tiled=True)
-    mask = jax.experimental.multihost_utils.process_allgather(
-        batch["mask"], tiled=True).astype(bool)
-    for key in ("features", "projection"):
-      parts[key].append(np.asarray(result[key])[mask])
-    parts["coarse"].append(jax.experimental.multihost_utils.process_allgather(
-        batch["coarse_label"], tiled=True)[mask])
-    if "fine_label" in batch:
-      parts["fine"].append(jax.experimental.multihost_utils.process_allgather(
-          batch["fine_label"], tiled=True)[mask])
-  out = {k: np.concatenate(v) for k, v in parts.items() if v}
-  out.setdefault("fine", None)
-  return out
+def key_variables(state) -> dict[str, Any]:
+  """The EMA key encoder's ``{"params", "batch_stats"}`` of ``state``."""
+  return {"params": state.target_params,
+          "batch_stats": state.target_batch_stats}
 
 
-def knn_monitor(state, dataset, config, mesh) -> float | None:
+def knn_monitor(state, dataset, config,
+                embedder: embedding.Embedder) -> float | None:
   """Cheap online k-NN: fine top-1 of a test subset against a train subset.
 
   The first ``knn_monitor_size`` items of each split (in-memory data with
@@ -221,10 +172,9 @@ def knn_monitor(state, dataset, config, mesh) -> float | None:
       not dataset.has_fine_labels):
     return None
   size = config.get("knn_monitor_size") or 2000
-  bank = embed_dataset(state, dataset.train_images[:size], config, dataset,
-                       mesh)["features"]
-  queries = embed_dataset(state, dataset.test_images[:size], config, dataset,
-                          mesh)["features"]
+  variables = query_variables(state)
+  bank = embedder.arrays(variables, dataset.train_images[:size])["features"]
+  queries = embedder.arrays(variables, dataset.test_images[:size])["features"]
   return evaluation.knn_classify(
       bank, dataset.train_fine[:size], queries, dataset.test_fine[:size],
       num_classes=dataset.hierarchy.num_fine)
@@ -234,7 +184,8 @@ def knn_monitor(state, dataset, config, mesh) -> float | None:
 TARGET_DIAGNOSTIC_QUERIES = 512
 
 
-def target_diagnostics(state, dataset, config, mesh) -> dict[str, float]:
+def target_diagnostics(state, dataset, config,
+                       embedder: embedding.Embedder) -> dict[str, float]:
   """Where MaskCon's soft target points, for the current key encoder.
 
   The key encoder embeds (test views, BN in eval mode) up to
@@ -254,9 +205,8 @@ def target_diagnostics(state, dataset, config, mesh) -> dict[str, float]:
   num_queries = min(TARGET_DIAGNOSTIC_QUERIES, dataset.num_train // 2)
   num_queue = min(config.queue_size, dataset.num_train - num_queries)
   items = slice(0, num_queue + num_queries)
-  projections = evaluation.l2_normalize_np(embed_dataset(
-      state, dataset.train_images[items], config, dataset, mesh,
-      encoder="key")["projection"])
+  projections = evaluation.l2_normalize_np(embedder.arrays(
+      key_variables(state), dataset.train_images[items])["projection"])
   fine, coarse = dataset.train_fine[items], dataset.train_coarse[items]
   queue, queries = slice(0, num_queue), slice(num_queue, None)
   return evaluation.soft_target_diagnostics(
@@ -264,13 +214,14 @@ def target_diagnostics(state, dataset, config, mesh) -> dict[str, float]:
       projections[queue], fine[queue], coarse[queue], t=config.t)
 
 
-def evaluate(state, dataset, config, mesh) -> dict[str, float]:
+def evaluate(state, dataset, config,
+             embedder: embedding.Embedder) -> dict[str, float]:
   """Fine and coarse Recall@K on the test split's backbone features, and
   fine Recall@K within each coarse class, plus `target_diagnostics`.
 
   Data without fine labels reports coarse retrieval only.
   """
-  emb = embed_test_split(state, dataset, config, mesh)
+  emb = embedder.split(query_variables(state), dataset, "test")
   ks = tuple(config.retrieval_ks)
   metrics = {}
   levels = [("coarse", emb["coarse"])]
@@ -283,7 +234,7 @@ def evaluate(state, dataset, config, mesh) -> dict[str, float]:
     within = evaluation.within_group_recall_at_k(
         emb["features"], emb["fine"], emb["coarse"], (1,))
     metrics["fine_within_coarse_recall@1"] = within[1]
-  metrics.update(target_diagnostics(state, dataset, config, mesh))
+  metrics.update(target_diagnostics(state, dataset, config, embedder))
   return metrics
 
 
@@ -429,6 +380,7 @@ class Experiment:
   steps_per_epoch: int
   state: train_state_lib.TrainState
   abstract_state: Any
+  embedder: embedding.Embedder
 
   @property
   def total_steps(self) -> int:
@@ -457,7 +409,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   state, abstract_state, _ = _make_state(config, model, tx, dataset, mesh)
   return Experiment(config=config, dataset=dataset, model=model,
                     schedule=schedule, tx=tx, mesh=mesh, steps_per_epoch=spe,
-                    state=state, abstract_state=abstract_state)
+                    state=state, abstract_state=abstract_state,
+                    embedder=embedding.Embedder.for_run(model.apply, config,
+                                                        dataset, mesh))
 
 
 def make_train_step(exp: Experiment):
@@ -1347,13 +1301,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
           save(done, state)
         if (done % eval_every == 0 and done != total_steps and
             stop.received is None):
-          eval_metrics = evaluate(state, dataset, config, mesh)
+          eval_metrics = evaluate(state, dataset, config, exp.embedder)
           writer.write_scalars(done, {f"eval/{k}": v for k, v in
                                       eval_metrics.items()})
           logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
         knn_every = config.get("knn_monitor_every_steps")
         if knn_every and done % knn_every == 0 and stop.received is None:
-          top1 = knn_monitor(state, dataset, config, mesh)
+          top1 = knn_monitor(state, dataset, config, exp.embedder)
           if top1 is not None:
             writer.write_scalars(done, {"monitor/knn_fine_top1": top1})
             logging.info("kNN monitor at step %d: fine top-1 %.4f", done, top1)
@@ -1379,7 +1333,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
 
   if final_step == total_steps or final_step == last_step:
     debugpoints.reached("final_eval", final_step)
-    eval_metrics = evaluate(state, dataset, config, mesh)
+    eval_metrics = evaluate(state, dataset, config, exp.embedder)
     writer.write_scalars(final_step, {f"eval/{k}": v for k, v in
                                       eval_metrics.items()})
     results = {**eval_metrics, "step": final_step, "mode": config.mode,
@@ -1502,7 +1456,7 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
     raise
   mngr.close()
 
-  metrics = evaluate(exp.state, exp.dataset, config, exp.mesh)
+  metrics = evaluate(exp.state, exp.dataset, config, exp.embedder)
   results = {**metrics, "step": 0, "mode": UNTRAINED_MODE,
              "dataset": config.dataset, "complete": True,
              "train_seconds_this_run": 0.0}

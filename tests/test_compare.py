@@ -190,7 +190,7 @@ def test_untrained_row_is_the_initial_state(compared):
   config = _config().copy_and_resolve_references()
   config.seed = 4
   exp = trainer.build_experiment(config)
-  direct = trainer.evaluate(exp.state, exp.dataset, config, exp.mesh)
+  direct = trainer.evaluate(exp.state, exp.dataset, config, exp.embedder)
   results = json.loads((run_dir / "results.json").read_text())
   for key, value in direct.items():
     assert results[key] == pytest.approx(value, abs=1e-6), key

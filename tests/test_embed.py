@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,6 +13,7 @@ from PIL import Image
 from configs import tiny
 from maskcon_jax import embed
 from maskcon_jax import input_pipeline
+from maskcon_jax import train_step
 from maskcon_jax import trainer
 from maskcon_jax.errors import DataError, UserError
 from tests.conftest import REPO_ROOT
@@ -50,11 +52,13 @@ def test_embed_files_equals_the_librarys_embedding(run, tmp_path):
     assert int(data["step"]) == 0 and int(data["image_size"]) == 8
     assert int(data["channels"]) == 3 and data["skipped"].shape == (0,)
     assert str(data["workdir"]) == os.path.abspath(run["workdir"])
-  # The PNGs hold the test split's pixels: the features are the ones the
-  # evaluation computes from the arrays (other batching, same function).
+  # The PNGs hold the test split's pixels: the features are the test-view
+  # forward pass of the restored state over the arrays, in one unbatched call.
   exp, state = trainer.load_trained(run["workdir"])
-  library = trainer.embed_dataset(state, run["images"], exp.config,
-                                  exp.dataset, exp.mesh)
+  library = jax.device_get(train_step.embed_step(
+      trainer.query_variables(state), run["images"], apply_fn=exp.model.apply,
+      image_size=exp.config.image_size, mean=exp.dataset.mean,
+      std=exp.dataset.std))
   np.testing.assert_allclose(arrays["features"], library["features"],
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(arrays["projections"], library["projection"],

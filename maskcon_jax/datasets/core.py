@@ -808,29 +808,41 @@ class StreamingDataset:
   def test_batches(self, batch_size: int, *, process_index: int = 0,
                    process_count: int = 1, pad: bool = False
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """The test split in stored order, once.
+    """The test split in stored order, once: `split_batches` of "test"."""
+    return self.split_batches('test', batch_size, process_index=process_index,
+                              process_count=process_count, pad=pad)
+
+  def split_batches(self, split: str, batch_size: int, *,
+                    process_index: int = 0, process_count: int = 1,
+                    pad: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """A split ("train" or "test") in stored order, once, unshuffled.
 
     Args:
+      split: "train" or "test".
       batch_size: Examples per batch.
       process_index: This process; process ``i`` gets the ``i``-th contiguous
-        share (shares differ in size by at most one example).
+        share (`shard_bounds` without dropping: shares differ in size by at
+        most one example).
       process_count: Number of processes.
       pad: If False the last batch may be smaller. If True every batch has
         ``batch_size`` rows plus a boolean ``'mask'`` (False on zero padding),
         and every process yields the same number of batches,
-        ``ceil(ceil(num_test / process_count) / batch_size)``, which jitted
-        multi-process evaluation needs.
+        ``ceil(ceil(num_examples / process_count) / batch_size)``, which
+        jitted multi-process evaluation needs.
 
     Yields:
       Batch dicts (see the class docstring), plus ``'mask'`` when padding.
     """
+    if split not in ('train', 'test'):
+      raise ValueError(f'split={split!r} is not "train" or "test".')
+    source = self.test_source if split == 'test' else self.train_source
     batches = iterate_batches(
-        self.test_source, image_size=self.image_size, batch_size=batch_size,
+        source, image_size=self.image_size, batch_size=batch_size,
         seed=None, process_index=process_index, process_count=process_count,
         drop_remainder=False)
     if not pad:
       return batches
-    num_batches = math.ceil(math.ceil(self.num_test / process_count) /
+    num_batches = math.ceil(math.ceil(source.num_examples / process_count) /
                             batch_size)
     return _padded(batches, batch_size, num_batches, self.image_shape,
                    self.has_fine_labels)
