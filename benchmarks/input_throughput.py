@@ -11,7 +11,7 @@ For each image size (32 and 224 px by default) on one machine:
 * ``load_img_s``: the in-memory path's one-off load (`datasets.core.in_memory`:
   both splits read and decoded into uint8 arrays), and ``gather_img_s``: its
   per-step cost, the trainer's device-resident batch gather
-  (``trainer._Data``).
+  (``batches.DeviceBatches``).
 * ``aug_img_s``: the on-device augmentation of the paper's policies, both
   views of every image (strong query view + weak key view:
   ``cifar_strong``/``cifar_weak`` at 32 px, ``cars_strong``/``cars_weak`` at
@@ -48,8 +48,8 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks import step_throughput  # noqa: E402
 from maskcon_jax import augment  # noqa: E402
+from maskcon_jax import batches  # noqa: E402
 from maskcon_jax import hierarchies  # noqa: E402
-from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax.datasets import core  # noqa: E402
 
 # Per target size: (view policies (strong, weak), source file format, source
@@ -124,7 +124,7 @@ def gather_rate(data: core.Dataset, batch_size: int, repeats: int) -> float:
   devices = jax.devices()[:1]
   mesh = jax.sharding.Mesh(np.array(devices), ("data",),
                            axis_types=(jax.sharding.AxisType.Auto,))
-  source = trainer._Data(data, mesh, batch_size, seed=0)  # pylint: disable=protected-access
+  source = batches.DeviceBatches(data, mesh, batch_size, seed=0)
   spe = data.num_train // batch_size
   jax.block_until_ready(source.batch(0, spe))
   times = []

@@ -82,11 +82,13 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 import maskcon_jax  # noqa: E402
+from maskcon_jax import checkpoints  # noqa: E402
 from maskcon_jax import configuration  # noqa: E402
 from maskcon_jax import evaluate as evaluate_lib  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import models  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
+from maskcon_jax import workdir_io  # noqa: E402
 from maskcon_jax.errors import ConfigError, Interrupted, UserError  # noqa: E402
 
 # As maskcon_jax.train: EX_TEMPFAIL, a checkpoint was saved; rerun to resume.
@@ -382,7 +384,7 @@ def _train_one(config, run_dir: str, evaluate: bool,
       results = trainer.train_and_evaluate(config, run_dir)
     timing["wall_seconds"] += time.time() - start
     trained = True
-    trainer.write_json_atomic(timing_path, timing)
+    workdir_io.write_json_atomic(timing_path, timing)
   eval_path = os.path.join(run_dir, "eval_test.json")
   report = _read_json(eval_path)
   has_fine = any(k.startswith("fine_") for k in results
@@ -392,7 +394,7 @@ def _train_one(config, run_dir: str, evaluate: bool,
     start = time.time()
     report = evaluate_lib.run_evaluation(run_dir, "test", None, figures=False)
     timing["eval_seconds"] += time.time() - start
-    trainer.write_json_atomic(timing_path, timing)
+    workdir_io.write_json_atomic(timing_path, timing)
   # evaluate reports more K values than training's (up to 10 even where the
   # config's retrieval_ks stop earlier); both score the same features.
   metrics = {**results, **(report or {})}
@@ -629,7 +631,7 @@ def run_comparison(config: ml_collections.ConfigDict,
   table = markdown_table(rows)
   with open(os.path.join(workdir, MARKDOWN_FILE), "w") as f:
     f.write(table)
-  trainer.write_json_atomic(os.path.join(workdir, JSON_FILE), rows)
+  workdir_io.write_json_atomic(os.path.join(workdir, JSON_FILE), rows)
   plot_comparison(rows, os.path.join(workdir, PLOT_FILE))
   return rows
 
@@ -860,7 +862,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(trainer.HideCheckpointChatter())
+  logging.get_absl_handler().addFilter(checkpoints.HideCheckpointChatter())
   flag = flags.FLAGS
   try:
     rows = run_comparison(flag.config, flag.modes, flag.workdir, flag.seeds,

@@ -31,6 +31,7 @@ import maskcon_jax  # noqa: E402
 from maskcon_jax import embedding  # noqa: E402
 from maskcon_jax import evaluation  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
+from maskcon_jax import workdir_io  # noqa: E402
 from maskcon_jax.errors import UserError  # noqa: E402
 
 SPLITS = embedding.SPLITS
@@ -122,7 +123,8 @@ def run_evaluation(workdir: str, split: str = "test",
   results = {**report, "step": step, "split": split,
              "num_queries": int(len(features))}
   path = os.path.join(workdir, f"eval_{split}.json")
-  trainer.write_json_atomic(path, {k: _json_safe(v) for k, v in results.items()})
+  workdir_io.write_json_atomic(
+      path, {k: _json_safe(v) for k, v in results.items()})
   logging.info("Wrote %s.", path)
 
   if figures:

@@ -137,7 +137,7 @@ def run_export_stablehlo(workdir: str, out: str,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from maskcon_jax import embed  # pylint: disable=g-import-not-at-top
-  from maskcon_jax import trainer  # pylint: disable=g-import-not-at-top
+  from maskcon_jax import workdir_io  # pylint: disable=g-import-not-at-top
   encoder = embed.load_run_encoder(workdir, checkpoint)
   size, channels = encoder.image_size, encoder.channels
   batch, = jax.export.symbolic_shape("batch")
@@ -170,7 +170,7 @@ def run_export_stablehlo(workdir: str, out: str,
     with open(tmp, "wb") as f:
       f.write(blob)
     os.replace(tmp, os.path.join(out, ENCODER_FILE))
-    trainer.write_json_atomic(os.path.join(out, ENCODER_INFO_FILE), info)
+    workdir_io.write_json_atomic(os.path.join(out, ENCODER_INFO_FILE), info)
   except OSError as e:
     raise UserError(f"cannot write the encoder to --out={out}: {e.strerror}; "
                     "choose a writable folder.") from e

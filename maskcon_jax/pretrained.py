@@ -113,18 +113,20 @@ def checkpoint_steps(workdir: str) -> list[int]:
     UserError: ``workdir`` is not a run's directory or has no checkpoint.
   """
   # trainer imports this module (for init_from); imported here, not at the
-  # top, so that neither import needs the other finished.
+  # top, so that neither import needs the other finished. checkpoints too,
+  # so that importing this module does not import orbax.
   # pylint: disable-next=g-import-not-at-top
-  from maskcon_jax import trainer
+  from maskcon_jax import checkpoints
+  from maskcon_jax import trainer  # pylint: disable=g-import-not-at-top
   if not workdir or not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir} does not exist: give a directory "
                     "written by maskcon_jax.train.")
   trainer.load_config(workdir)  # A one-line error where config.json is gone.
-  ckpt_dir = os.path.join(os.path.abspath(workdir), trainer.CHECKPOINT_DIR)
+  ckpt_dir = os.path.join(os.path.abspath(workdir),
+                          checkpoints.CHECKPOINT_DIR)
   steps = []
   if os.path.isdir(ckpt_dir):
-    # pylint: disable-next=protected-access
-    mngr = trainer._checkpoint_manager(workdir, create=False)
+    mngr = checkpoints.manager(workdir, create=False)
     try:
       steps = sorted(mngr.all_steps())
     finally:
@@ -153,18 +155,19 @@ def read_run(workdir: str, step: int | None = None) -> RunWeights:
     UserError: no such workdir, checkpoint or step, or one that can't be read.
   """
   # pylint: disable-next=g-import-not-at-top
-  from maskcon_jax import trainer  # See checkpoint_steps.
+  from maskcon_jax import checkpoints  # See checkpoint_steps.
+  from maskcon_jax import trainer  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   available = checkpoint_steps(workdir)
   config = trainer.load_config(workdir)
-  ckpt_dir = os.path.join(os.path.abspath(workdir), trainer.CHECKPOINT_DIR)
+  ckpt_dir = os.path.join(os.path.abspath(workdir),
+                          checkpoints.CHECKPOINT_DIR)
   if step is None:
     step = available[-1]
   elif step not in available:
     raise UserError(f"no checkpoint for step {step} in {workdir}; "
                     f"available: {', '.join(map(str, available))}.")
-  # pylint: disable-next=protected-access
-  mngr = trainer._checkpoint_manager(workdir, create=False)
+  mngr = checkpoints.manager(workdir, create=False)
   try:
     # Orbax and TensorStore raise many exception types for damaged files.
     metadata = mngr.item_metadata(step)

@@ -290,7 +290,7 @@ class RunLock:
   # evaluation) would kill the process without running `release`. The lock
   # would still be taken over by the next run, with a warning; exiting
   # through Python instead releases it cleanly. The training loop installs
-  # its own handler (trainer._StopSignals) and restores this one after.
+  # its own handler (signals.StopSignals) and restores this one after.
 
   def _install_sigterm_handler(self) -> None:
     if threading.current_thread() is not threading.main_thread():

@@ -331,9 +331,9 @@ def run_search(index_path: str, query: str, out: str, *, k: int = 10,
       "queries": results, "skipped_queries": embedded["skipped"],
   }
   # pylint: disable-next=g-import-not-at-top
-  from maskcon_jax import trainer
+  from maskcon_jax import workdir_io
   try:
-    trainer.write_json_atomic(os.path.join(out, RESULTS_FILE), report)
+    workdir_io.write_json_atomic(os.path.join(out, RESULTS_FILE), report)
   except OSError as e:
     raise UserError(f"cannot write to --out={out}: {e.strerror}.") from e
   return report

@@ -37,10 +37,12 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 
 import maskcon_jax  # noqa: E402
+from maskcon_jax import checkpoints  # noqa: E402
 from maskcon_jax import configuration  # noqa: E402
 from maskcon_jax import errors  # noqa: E402
 from maskcon_jax import methods  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
+from maskcon_jax import workdir_io  # noqa: E402
 from maskcon_jax.errors import Interrupted, UserError  # noqa: E402
 
 EXIT_ERROR = 2
@@ -267,12 +269,12 @@ class _LibraryErrorsToDebugLog:
   write with a traceback, and TensorStore's callbacks into orbax's closed
   event loop raise "Event loop is closed" in threads, hundreds of times,
   until the process exits. The run itself ends with one ``error:`` line
-  (`trainer._raise_if_write_failure`); these go to ``WORKDIR/debug.log``,
+  (`workdir_io.raise_if_write_failure`); these go to ``WORKDIR/debug.log``,
   which is only created when there is something to keep.
   """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, trainer.DEBUG_LOG)
+    self.path = os.path.join(workdir, workdir_io.DEBUG_LOG)
 
   def _write(self, text: str) -> None:
     try:
@@ -307,7 +309,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> Any:
   del argv  # Checked by _parse_flags.
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(trainer.HideCheckpointChatter())
+  logging.get_absl_handler().addFilter(checkpoints.HideCheckpointChatter())
   to_debug_log = _LibraryErrorsToDebugLog(_WORKDIR.value)
   logging.get_absl_handler().addFilter(to_debug_log)
   sys.unraisablehook = to_debug_log.unraisable
@@ -317,6 +319,10 @@ def main(argv: list[str]) -> Any:
     # JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
     # JAX_PROCESS_ID on every host.
     import jax  # pylint: disable=g-import-not-at-top
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+      # CPU processes need a collectives backend to run one program together
+      # (without one, the CPU client has none); GPUs and TPUs ignore it.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if os.environ.get("JAX_NUM_PROCESSES"):
       kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])

@@ -1,27 +1,32 @@
 """``train_and_evaluate``: the training loop, evaluation and checkpoints.
 
-Data lives on the device as uint8 arrays; every epoch is a device-side
-permutation, every step gathers its batch and makes both views inside the
-jitted step. The data order is a function of (seed, step) alone, so resuming
-from a checkpoint at step s replays exactly what an uninterrupted run does.
+Here: the mesh, the experiment built from a config (data, model, optimizer,
+state), the train and queue pre-fill steps, the monitors and evaluation, the
+run lock, the guard against non-finite steps, the metric writers, the loop
+itself (`train_and_evaluate`) and `evaluate_untrained`. The loop's parts
+live in their own modules:
+
+* `batches`: the training batches of every step, in an order that is a
+  function of (seed, step) alone, so a resumed run replays exactly;
+* `checkpoints`: the checkpoint folder, restoring the newest readable
+  checkpoint, setting damaged ones aside;
+* `signals`: SIGTERM and Ctrl-C stop the run after the current step;
+* `workdir_io`: atomic JSON writes and failed writes as one-line errors.
+
+It is over 600 lines (about 900) because it keeps everything a run builds
+and calls besides those parts; the loop alone (`_train_and_evaluate`) is
+some 240 lines of closures over one run's bookkeeping. The monitors are the
+next candidates to move out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import functools
 import json
-import logging as pylogging
 import math
 import os
-import re
-import shutil
-import signal
-import threading
 import time
-import traceback
 from typing import Any
 
 from absl import logging
@@ -33,10 +38,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from maskcon_jax import batches
+from maskcon_jax import checkpoints
 from maskcon_jax import configuration
 from maskcon_jax import debugpoints
 from maskcon_jax import embedding
-from maskcon_jax import errors
 from maskcon_jax import evaluation
 from maskcon_jax import fingerprint
 from maskcon_jax import input_pipeline
@@ -44,20 +50,16 @@ from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax import pretrained
 from maskcon_jax import runlock
+from maskcon_jax import signals
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
-from maskcon_jax.errors import ConfigError, DataError, Interrupted
+from maskcon_jax import workdir_io
+from maskcon_jax.errors import DataError, Interrupted
 from maskcon_jax.errors import NonFiniteError
 from maskcon_jax.errors import UserError, WorkdirError
 
-CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
-
-
-def steps_per_epoch(num_train: int, batch_size: int) -> int:
-  """Full batches per epoch (the official loader drops the last one)."""
-  return num_train // batch_size
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -69,84 +71,6 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   return jax.sharding.Mesh(np.array(devices), ("data",),
                            axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
-  """The order of the training set in ``epoch``: a function of (seed, epoch)."""
-  rng = jax.random.fold_in(jax.random.key(seed), epoch)
-  return jax.random.permutation(rng, num_examples)
-
-
-def _gather_batch(images, coarse, permutation, index, *, batch_size):
-  ids = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size,
-                                     batch_size)
-  return {"image": images[ids], "coarse_label": coarse[ids]}
-
-
-class _Data:
-  """Training set resident on the devices, replicated."""
-
-  def __init__(self, dataset: input_pipeline.Dataset, mesh, batch_size: int,
-               seed: int):
-    replicated = NamedSharding(mesh, P())
-    self.images = jax.device_put(dataset.train_images, replicated)
-    self.coarse = jax.device_put(dataset.train_coarse.astype(np.int32),
-                                 replicated)
-    self.num = dataset.num_train
-    self.batch_size = batch_size
-    self.seed = seed
-    self.batch_sharding = NamedSharding(mesh, P("data"))
-    self._epoch, self._perm = None, None
-    # The gather runs on the devices and leaves the batch already split
-    # across them, on every host alike (the data and order are replicated).
-    self._gather = jax.jit(
-        functools.partial(_gather_batch, batch_size=batch_size),
-        out_shardings=self.batch_sharding)
-
-  def batch(self, step: int, spe: int) -> dict[str, jax.Array]:
-    epoch, index = divmod(step, spe)
-    if epoch != self._epoch:
-      self._epoch, self._perm = epoch, epoch_permutation(self.seed, epoch,
-                                                         self.num)
-    return self._gather(self.images, self.coarse, self._perm, index)
-
-
-class _StreamData:
-  """Training batches streamed from the host (datasets too big for memory).
-
-  Each process reads its own shard; the global batch is assembled from the
-  process-local pieces. The order is a function of (seed, epoch, step), and
-  resuming mid-epoch skips the batches already seen without decoding them.
-  """
-
-  def __init__(self, dataset, mesh, batch_size: int, seed: int):
-    self.dataset = dataset
-    self.local_batch = batch_size // jax.process_count()
-    self.seed = seed
-    self.batch_sharding = NamedSharding(mesh, P("data"))
-    self._epoch, self._next_index, self._iter = None, None, None
-
-  def batch(self, step: int, spe: int) -> dict[str, jax.Array]:
-    epoch, index = divmod(step, spe)
-    if (epoch, index) != (self._epoch, self._next_index):
-      self._iter = self.dataset.train_batches(
-          self.local_batch, seed=self.seed, epoch=epoch,
-          process_index=jax.process_index(),
-          process_count=jax.process_count(), start_step=index)
-      self._epoch = epoch
-    local = next(self._iter)
-    self._next_index = index + 1
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding,
-                                                      local[k])
-            for k in ("image", "coarse_label")}
-
-
-def make_data(exp: "Experiment"):
-  """The training batch source of ``exp``: device-resident or streamed."""
-  if isinstance(exp.dataset, input_pipeline.StreamingDataset):
-    return _StreamData(exp.dataset, exp.mesh, exp.config.batch_size,
-                       exp.config.seed)
-  return _Data(exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed)
 
 
 def query_variables(state) -> dict[str, Any]:
@@ -265,7 +189,7 @@ def _make_state(config, model, tx, dataset, mesh):
   return state, abstract, shardings
 
 
-def _prefill_queue(state, data: _Data, exp: "Experiment"):
+def _prefill_queue(state, data: batches.DeviceBatches, exp: "Experiment"):
   config = exp.config
   prefill = make_prefill_step(exp)
   num_batches = math.ceil(config.queue_size / config.batch_size)
@@ -275,22 +199,6 @@ def _prefill_queue(state, data: _Data, exp: "Experiment"):
     # (the views differ from training's: prefill_step has its own keys).
     state = prefill(state, data.batch(i % spe, spe), jnp.asarray(i, jnp.int32))
   return state
-
-
-def _checkpoint_manager(workdir: str, create: bool = True
-                        ) -> ocp.CheckpointManager:
-  """The orbax manager of ``workdir/checkpoints``; read-only unless ``create``.
-
-  Orbax writes each checkpoint into a temporary directory and renames it when
-  complete, so a process killed mid-save leaves only that temporary directory:
-  ``all_steps`` never lists it, and a writable manager deletes it.
-  """
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-      item_handlers=ocp.StandardCheckpointHandler(),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=2, create=create, read_only=not create,
-          cleanup_tmp_directories=create))
 
 
 class _LogOnlyWriter:
@@ -321,22 +229,6 @@ def _create_writer(workdir: str, is_main: bool):
     return _LogOnlyWriter()
   return metric_writers.create_default_writer(
       workdir, just_logging=not is_main, asynchronous=True)
-
-
-def write_json_atomic(path: str, payload: Any, *,
-                      debug_point: str | None = None) -> None:
-  """Writes JSON through a temporary file, so readers never see half a file.
-
-  ``debug_point``: the `debugpoints` name of the moment between writing the
-  temporary file and renaming it.
-  """
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    f.write("\n")
-  if debug_point:
-    debugpoints.reached(debug_point)
-  os.replace(tmp, path)
 
 
 def _config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -398,7 +290,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     spe = dataset.steps_per_epoch(config.batch_size // jax.process_count(),
                                   jax.process_count())
   else:
-    spe = steps_per_epoch(dataset.num_train, config.batch_size)
+    spe = batches.steps_per_epoch(dataset.num_train, config.batch_size)
   num_devices = configuration.check_run_layout(
       config, num_train=dataset.num_train, steps_per_epoch=spe,
       device_count=jax.device_count())
@@ -431,44 +323,6 @@ def make_prefill_step(exp: Experiment):
       weak_policy=config.weak_policy,
       bn_splits=config.bn_splits if config.key_bn == "split" else 1),
       donate_argnums=0)
-
-
-def restore_state(exp: Experiment, mngr: ocp.CheckpointManager,
-                  step: int) -> train_state_lib.TrainState:
-  """The checkpointed state at ``step``, with ``exp``'s static fields.
-
-  A state without key encoder and queue restores from a checkpoint that has
-  them (WCL and SelfCon runs saved before issue 13): they are read, as orbax
-  restores whole trees, and dropped.
-  """
-  abstract = exp.abstract_state
-  unused = {}
-  if abstract.target_params is None:
-    unused = _unused_key_encoder(mngr.item_metadata(step), abstract)
-  state = mngr.restore(step, args=ocp.args.StandardRestore(
-      abstract.replace(**unused)))
-  state = state.replace(**{field: None for field in unused})
-  return state.replace(apply_fn=exp.model.apply, tx=exp.tx)
-
-
-# The state fields of the key encoder and queue (None without them).
-_KEY_ENCODER_STATE = ("target_params", "target_batch_stats", "queue_KxD",
-                      "queue_labels_K", "queue_ptr")
-
-
-def _unused_key_encoder(metadata, abstract_state) -> dict[str, Any]:
-  """The abstract arrays of the key encoder and queue a checkpoint holds
-  (by ``metadata``) and ``abstract_state`` lacks, placed as its params."""
-  tree = getattr(metadata, "tree", metadata)
-  if not isinstance(tree, dict):
-    return {}
-  sharding = jax.tree.leaves(abstract_state.params)[0].sharding
-
-  def abstract(m):
-    return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
-
-  return {field: jax.tree.map(abstract, tree[field])
-          for field in _KEY_ENCODER_STATE if tree.get(field) is not None}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -505,27 +359,29 @@ def load_trained(workdir: str, step: int | None = None,
     config.update(config_overrides)
   exp = build_experiment(config)
   if step is None:
-    restored = _restore_latest(exp, workdir)
+    restored = checkpoints.restore_latest(exp, workdir)
     if restored.step is None:
-      raise UserError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}: train "
-                      "first with maskcon_jax.train.")
+      raise UserError(f"no checkpoint in {workdir}/"
+                      f"{checkpoints.CHECKPOINT_DIR}: train first with "
+                      "maskcon_jax.train.")
     return exp, restored.state
-  mngr = _checkpoint_manager(workdir, create=False)
+  mngr = checkpoints.manager(workdir, create=False)
   available = list(mngr.all_steps())
   if not available:
-    raise UserError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}: train first "
-                    "with maskcon_jax.train.")
+    raise UserError(f"no checkpoint in {workdir}/{checkpoints.CHECKPOINT_DIR}: "
+                    "train first with maskcon_jax.train.")
   if step not in available:
     raise UserError(f"no checkpoint for step {step} in {workdir}; available: "
                     f"{', '.join(map(str, sorted(available)))}.")
-  state = restore_state(exp, mngr, step)
+  state = checkpoints.restore_state(exp, mngr, step)
   mngr.close()
   return exp, state
 
 
 # ---------------------------------------------------------------------------
-# Reliability: checkpoints that can't be read, stop signals, non-finite
-# steps, failed writes.
+# Reliability: the run lock, non-finite steps, resuming onto the same data.
+# Damaged checkpoints, stop signals and failed writes: `checkpoints`,
+# `signals` and `workdir_io`.
 # ---------------------------------------------------------------------------
 
 
@@ -578,242 +434,6 @@ def take_run_lock(workdir: str, *, force: bool = False) -> runlock.RunLock:
           f"({holder.describe()}), but process 0 of this job took run "
           f"{run_id}: is this job launched twice?")
   return lock
-
-
-# Unreadable checkpoints are moved here (kept for inspection, never resumed).
-CORRUPT_DIR = "corrupt_checkpoints"
-
-
-def _first_line(error: BaseException) -> str:
-  return errors.first_line(error, with_type=True)
-
-
-class HideCheckpointChatter:
-  """A logging filter that drops orbax's per-save INFO records, so that the
-  command-line tools' progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return (record.levelno >= pylogging.WARNING or
-            "/orbax/" not in record.pathname)
-
-
-def _path_name(path) -> str:
-  """``a/b/0`` for a pytree path, for a state object or a metadata dict."""
-  parts = []
-  for key in path:
-    for attr in ("name", "key", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
-
-
-def _array_shapes(tree) -> dict[str, str]:
-  return {_path_name(path): f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _check_fits(step: int, saved_tree, abstract_state, ckpt_dir: str) -> None:
-  """Raises ``ConfigError`` if checkpoint ``step`` has other arrays than the
-  config's state (a workdir of another config whose config.json is gone).
-
-  A state without key encoder and queue (WCL, SelfCon) restores from a
-  checkpoint that has them: runs saved before issue 13 kept an unused key
-  encoder and queue in those methods' state, and restoring skips them.
-  """
-  saved, needed = _array_shapes(saved_tree), _array_shapes(abstract_state)
-  if abstract_state.target_params is None:
-    unused = [name for name in saved
-              if name.split("/")[0] in _KEY_ENCODER_STATE]
-    if unused:
-      logging.info("Checkpoint %d in %s holds a key encoder and queue this "
-                   "method does not use; restoring without them.", step,
-                   ckpt_dir)
-      saved = {k: v for k, v in saved.items() if k not in unused}
-  problems = []
-  for name in sorted(set(saved) | set(needed)):
-    if name not in saved:
-      problems.append(f"it lacks {name}")
-    elif name not in needed:
-      problems.append(f"it has {name}, which this config does not")
-    elif saved[name] != needed[name]:
-      problems.append(f"{name} is {saved[name]}, this config needs "
-                      f"{needed[name]}")
-  if problems:
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    raise ConfigError(
-        f"checkpoint {step} in {ckpt_dir} does not fit this config: "
-        f"{problems[0]}{more}; use a new --workdir or the config it was "
-        "written with.")
-
-
-@dataclasses.dataclass
-class _Restored:
-  """The newest readable checkpoint (step None: there is none)."""
-  step: int | None = None
-  state: Any = None
-  # Newer checkpoints that could not be read, newest first.
-  corrupt: list[int] = dataclasses.field(default_factory=list)
-  # Non-finite steps skipped before ``step`` (config.max_nonfinite_steps).
-  nonfinite_steps: int = 0
-
-
-def _restore_latest(exp: Experiment, workdir: str) -> _Restored:
-  """Restores the newest checkpoint of ``workdir`` that can be read.
-
-  Newer ones that can't (truncated or garbled files) are skipped with a
-  warning and listed in ``corrupt``; nothing is written. A reader next to a
-  live run (evaluate, export) may see a checkpoint deleted while it reads it
-  (the run keeps the newest two); when the checkpoints on disk changed during
-  the attempt, it starts over, up to three times.
-
-  Raises:
-    ConfigError: the newest checkpoint whose metadata can be read holds
-      arrays of other shapes than ``exp``'s state.
-    WorkdirError: there are checkpoints, but none can be read.
-  """
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  for attempt in range(3):
-    before = _finished_steps(ckpt_dir)
-    try:
-      restored = _restore_latest_once(exp, workdir)
-    except WorkdirError:
-      if attempt == 2 or _finished_steps(ckpt_dir) == before:
-        raise
-      continue
-    if (not restored.corrupt or attempt == 2 or
-        _finished_steps(ckpt_dir) == before):
-      return restored
-    logging.info("The checkpoints in %s changed while reading them (a live "
-                 "run?); reading again.", ckpt_dir)
-  return restored
-
-
-def _finished_steps(ckpt_dir: str) -> list[str]:
-  try:
-    return sorted(name for name in os.listdir(ckpt_dir) if name.isdigit())
-  except OSError:
-    return []
-
-
-def _restore_latest_once(exp: Experiment, workdir: str) -> _Restored:
-  """One attempt of `_restore_latest`."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_dir):
-    return _Restored()
-  mngr = _checkpoint_manager(workdir, create=False)
-  corrupt = []
-  try:
-    available = sorted(mngr.all_steps(), reverse=True)
-    for step in available:
-      # Orbax and TensorStore raise many exception types for damaged files;
-      # whatever the type, the checkpoint is unusable and an older one may
-      # not be.
-      try:
-        saved = mngr.item_metadata(step)
-        saved = getattr(saved, "tree", saved)
-        if saved is None:
-          raise ValueError("no array metadata")
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint %d in %s cannot be read (%s); trying an "
-                        "older one.", step, ckpt_dir, _first_line(e))
-        corrupt.append(step)
-        continue
-      _check_fits(step, saved, exp.abstract_state, ckpt_dir)
-      try:
-        state = restore_state(exp, mngr, step)
-        restored_step = int(state.step)
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint %d in %s cannot be read (%s); trying an "
-                        "older one.", step, ckpt_dir, _first_line(e))
-        corrupt.append(step)
-        continue
-      if restored_step != step:
-        logging.warning("Checkpoint %d in %s holds the state of step %d; "
-                        "trying an older one.", step, ckpt_dir, restored_step)
-        corrupt.append(step)
-        continue
-      try:
-        custom = mngr.metadata(step).custom_metadata or {}
-        nonfinite = int(custom.get("nonfinite_steps", 0))
-      except Exception:  # pylint: disable=broad-except
-        nonfinite = 0  # Only the step's bookkeeping file is damaged.
-      return _Restored(step, state, corrupt, nonfinite)
-  finally:
-    mngr.close()
-  if available:
-    raise WorkdirError(
-        f"none of the checkpoints in {ckpt_dir} can be read (steps "
-        f"{', '.join(map(str, available))}); move that folder away to start "
-        "over.")
-  return _Restored()
-
-
-def _set_aside(workdir: str, steps_: list[int]) -> None:
-  """Moves unreadable checkpoints to ``workdir/corrupt_checkpoints``, so the
-  resumed run can write those steps again."""
-  target_dir = os.path.join(workdir, CORRUPT_DIR)
-  os.makedirs(target_dir, exist_ok=True)
-  for step in steps_:
-    source = os.path.join(workdir, CHECKPOINT_DIR, str(step))
-    target = os.path.join(target_dir, str(step))
-    if os.path.exists(target):
-      target += f".{time.strftime('%Y%m%d-%H%M%S')}"
-    os.replace(source, target)
-    logging.warning("Moved unreadable checkpoint %d to %s; resuming from an "
-                    "older one.", step, target)
-
-
-class _StopSignals:
-  """Turns SIGTERM and SIGINT into a request to stop after the current step.
-
-  Handlers are installed only while the training loop runs, and only from
-  the main thread (the only one Python delivers signals to); the previous
-  ones come back on exit. A second SIGINT raises ``KeyboardInterrupt`` at
-  once, for a user who does not want to wait.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received: int | None = None
-    self._previous = {}
-
-  def __enter__(self) -> "_StopSignals":
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    for sig, handler in self._previous.items():
-      # None: the handler was not installed from Python; the default is the
-      # closest equivalent.
-      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    self._previous.clear()
-
-  def _handle(self, signum, frame) -> None:
-    del frame
-    if signum == signal.SIGINT and self.received is not None:
-      raise KeyboardInterrupt
-    self.received = signum
-
-  @property
-  def name(self) -> str:
-    return signal.Signals(self.received).name
-
-  def requested(self, step: int, every: int) -> bool:
-    """Whether to stop now. With several processes, all must stop at the same
-    step, so they agree (one all-gather) only every ``every`` steps."""
-    if jax.process_count() == 1:
-      return self.received is not None
-    if step % every:
-      return False
-    flags = jax.experimental.multihost_utils.process_allgather(
-        np.int32(self.received is not None))
-    if np.max(flags) and self.received is None:
-      self.received = signal.SIGTERM
-    return bool(np.max(flags))
 
 
 def _all_finite(tree) -> jax.Array:
@@ -878,150 +498,6 @@ def _make_step_fn(exp: Experiment):
   return lambda state, batch: guarded(state, batch, controls)
 
 
-# Where the full tracebacks of a failed write go (the console gets one line).
-DEBUG_LOG = "debug.log"
-
-# What TensorStore (orbax's writer) says instead of raising OSError: the
-# errno, or failing that the words of the error.
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-_OS_ERROR_WORDS = tuple((os.strerror(code), code) for code in (
-    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
-    errno.EROFS, errno.EIO))
-_FAILED_PATH = re.compile(r'(?:Failed writing|local file):? "([^"]+)"')
-
-
-def _as_os_error(error: BaseException) -> OSError | None:
-  """The file-system error behind ``error`` (None: another failure).
-
-  ``error`` itself, one in its chain of causes, or the errno TensorStore
-  names in its message ("... No space left on device [os_error_code='28']"),
-  which orbax passes on as a ValueError.
-  """
-  seen, todo = set(), [error]
-  while todo:
-    e = todo.pop()
-    if e is None or id(e) in seen:
-      continue
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno is not None:
-      return e
-    text = str(e)
-    path = _FAILED_PATH.search(text)
-    path = path.group(1) if path else None
-    code = _OS_ERROR_CODE.search(text)
-    if code:
-      return OSError(int(code.group(1)), os.strerror(int(code.group(1))), path)
-    for words, code in _OS_ERROR_WORDS:
-      if words in text:
-        return OSError(code, words, path)
-    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-  return None
-
-
-def _raise_if_write_failure(workdir: str, error: BaseException) -> None:
-  """Raises a one-line `WorkdirError` if ``error`` is a failed write.
-
-  The line names the path, the error, the newest complete checkpoint (a
-  failed save leaves only a temporary folder, which the next run deletes)
-  and what to do; the full traceback goes to ``workdir/debug.log`` (if that
-  can still be written).
-  """
-  if isinstance(error, (UserError, Interrupted)):
-    return
-  os_error = _as_os_error(error)
-  if os_error is None:
-    return
-  log = os.path.join(workdir, DEBUG_LOG)
-  try:
-    with open(log, "a") as f:
-      f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} write failure\n")
-      f.write("".join(traceback.format_exception(error)))
-    details = f" (details in {log})"
-  except OSError:
-    details = ""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  path = os.path.abspath(os_error.filename) if os_error.filename else None
-  if path is None or path.startswith(ckpt_dir + os.sep):
-    where = f"checkpoints in {ckpt_dir}" if path else f"--workdir={workdir}"
-  else:
-    where = path
-  done = _finished_steps(ckpt_dir)
-  kept = (f"the newest complete checkpoint, step {max(map(int, done))}, is "
-          "intact" if done else "no checkpoint is complete yet")
-  if os_error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-    todo = "free some space"
-  elif os_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-    todo = "make it writable"
-  else:
-    todo = "check the disk"
-  reason = os_error.strerror or os.strerror(os_error.errno)
-  raise WorkdirError(f"cannot write {where}: {reason}; {kept}; {todo} and "
-                     f"rerun the same command to resume{details}.") from error
-
-
-def _space_warning(ckpt_dir: str) -> str | None:
-  """A warning when the disk of ``ckpt_dir`` has less room than its newest
-  complete checkpoint takes (None: enough room, or no checkpoint yet)."""
-  done = _finished_steps(ckpt_dir)
-  if not done:
-    return None
-  newest = os.path.join(ckpt_dir, max(done, key=int))
-  size = 0
-  for root, _, files in os.walk(newest):
-    for name in files:
-      try:
-        size += os.path.getsize(os.path.join(root, name))
-      except OSError:
-        pass  # Deleted meanwhile: only an estimate.
-  try:
-    free = shutil.disk_usage(ckpt_dir).free
-  except OSError:
-    return None
-  if free >= size:
-    return None
-  return (f"only {free / 1e6:.1f} MB free on the disk of {ckpt_dir}, less than "
-          f"the last checkpoint takes ({size / 1e6:.1f} MB): the next save "
-          "may fail; free some space.")
-
-
-def _write_error(workdir: str, error: OSError) -> str:
-  reason = error.strerror or (os.strerror(error.errno) if error.errno
-                              else str(error))
-  if error.errno in (errno.ENOSPC, errno.EDQUOT):
-    return (f"cannot write to --workdir={workdir}: {reason}; free some space "
-            "or choose another --workdir.")
-  return (f"cannot write to --workdir={workdir}: {reason}; choose a directory "
-          "you can write to.")
-
-
-@contextlib.contextmanager
-def _undo_on_write_error(workdir: str):
-  """Turns a failed write (full disk, read-only file system) into a one-line
-  ``WorkdirError`` and removes what the block added to ``workdir``."""
-  path = os.path.abspath(workdir)
-  created = None  # The outermost directory the block may create.
-  probe = path
-  while not os.path.exists(probe):
-    created, probe = probe, os.path.dirname(probe)
-  before = set(os.listdir(path)) if created is None else set()
-  try:
-    yield
-  except OSError as e:
-    try:
-      if created is not None:
-        shutil.rmtree(created, ignore_errors=True)
-      else:
-        for name in set(os.listdir(path)) - before:
-          added = os.path.join(path, name)
-          if os.path.isdir(added) and not os.path.islink(added):
-            shutil.rmtree(added, ignore_errors=True)
-          else:
-            os.remove(added)
-    except OSError:
-      pass  # A read-only file system: nothing could be added either.
-    raise WorkdirError(_write_error(workdir, e)) from e
-
-
 def _check_same_data(workdir: str, saved: dict[str, Any] | None,
                      current: dict[str, Any], *, finished: bool) -> None:
   """Refuses to resume ``workdir``'s run on other training data.
@@ -1053,35 +529,6 @@ def _check_same_data(workdir: str, saved: dict[str, Any] | None,
   if test:
     logging.warning("The test split differs from the one the run in %s was "
                     "evaluated on so far: %s.", workdir, "; ".join(test))
-
-
-def _read_saved_config(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path} cannot be read ({_first_line(e)}); restore it "
-                       "or use a new --workdir.") from e
-  if not isinstance(saved, dict):
-    raise WorkdirError(f"{path} does not hold a config; restore it or use a "
-                       "new --workdir.")
-  return saved
-
-
-def _close_quietly(mngr, writer) -> None:
-  """Finishes in-flight checkpoint writes and flushes the event files while
-  another exception is on its way out; their own failures only get logged."""
-  for action in (getattr(mngr, "wait_until_finished", None),
-                 getattr(mngr, "close", None), getattr(writer, "flush", None),
-                 getattr(writer, "close", None)):
-    if action is None:
-      continue
-    try:
-      action()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning("While stopping: %s", _first_line(e))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -1130,10 +577,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
                         workdir: str) -> dict[str, Any]:
   """`train_and_evaluate` once the checks passed and the run lock is held."""
   config_path = os.path.join(workdir, CONFIG_FILE)
-  saved = _read_saved_config(config_path)
+  saved = workdir_io.read_saved_config(config_path)
   changed = configuration.check_compatible(saved, config) if saved else []
   exp = build_experiment(config)
-  restored = _restore_latest(exp, workdir)
+  restored = checkpoints.restore_latest(exp, workdir)
   data_print = fingerprint.of_dataset(exp.dataset)
   if restored.step is not None:
     _check_same_data(workdir, fingerprint.read(workdir), data_print,
@@ -1144,7 +591,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     exp.state = pretrained.init_state(exp.state, config)
   dataset, mesh = exp.dataset, exp.mesh
   spe, total_steps, state = exp.steps_per_epoch, exp.total_steps, exp.state
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)
   finished = restored.step is not None and restored.step >= total_steps
   config_record = _config_record(config)
   if finished and saved:
@@ -1167,24 +614,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
                mesh.size, jax.process_count(), config.batch_size)
   mngr = writer = None
   try:
-    with _undo_on_write_error(workdir):
+    with workdir_io.undo_on_write_error(workdir):
       os.makedirs(workdir, exist_ok=True)
       if is_main:
-        write_json_atomic(config_path, config_record)
+        workdir_io.write_json_atomic(config_path, config_record)
         if not finished:
-          write_json_atomic(os.path.join(workdir, fingerprint.FINGERPRINT_FILE),
-                            data_print)
+          workdir_io.write_json_atomic(
+              os.path.join(workdir, fingerprint.FINGERPRINT_FILE), data_print)
         if restored.corrupt:
-          _set_aside(workdir, restored.corrupt)
+          checkpoints.set_aside(workdir, restored.corrupt)
       if jax.process_count() > 1:
         jax.experimental.multihost_utils.sync_global_devices("workdir ready")
-      mngr = _checkpoint_manager(workdir)
+      mngr = checkpoints.manager(workdir)
       writer = _create_writer(workdir, is_main)
   except BaseException:
-    _close_quietly(mngr, writer)
+    workdir_io.close_quietly(mngr, writer)
     raise
   debugpoints.reached("config_written")
-  data = make_data(exp)
+  data = batches.for_experiment(exp)
 
   nonfinite = 0  # Non-finite steps skipped so far, in this run and before.
   if restored.step is not None:
@@ -1272,7 +719,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     if not bool(_state_is_finite(state)):
       raise nonfinite_error(step, "non-finite weights")
     if not space_warned:
-      warning = _space_warning(ckpt_dir)
+      warning = workdir_io.space_warning(ckpt_dir)
       if warning:
         logging.warning("%s", warning)
         space_warned = True
@@ -1284,7 +731,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       debugpoints.reached("checkpoint_saved", step)
     last_saved = step
 
-  stop = _StopSignals()
+  stop = signals.StopSignals()
   try:
     with stop:
       for step in range(start_step, last_step):
@@ -1300,13 +747,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         if done % config.checkpoint_every_steps == 0 or done == last_step:
           save(done, state)
         if (done % eval_every == 0 and done != total_steps and
-            stop.received is None):
+            not stop.stopping):
           eval_metrics = evaluate(state, dataset, config, exp.embedder)
           writer.write_scalars(done, {f"eval/{k}": v for k, v in
                                       eval_metrics.items()})
           logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
         knn_every = config.get("knn_monitor_every_steps")
-        if knn_every and done % knn_every == 0 and stop.received is None:
+        if knn_every and done % knn_every == 0 and not stop.stopping:
           top1 = knn_monitor(state, dataset, config, exp.embedder)
           if top1 is not None:
             writer.write_scalars(done, {"monitor/knn_fine_top1": top1})
@@ -1320,12 +767,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     train_time = time.time() - train_start
     mngr.wait_until_finished()
   except BaseException as e:
-    _close_quietly(mngr, writer)
-    _raise_if_write_failure(workdir, e)
+    workdir_io.close_quietly(mngr, writer)
+    workdir_io.raise_if_write_failure(workdir, e)
     raise
 
   if interrupted:
-    _close_quietly(mngr, writer)
+    workdir_io.close_quietly(mngr, writer)
     raise Interrupted(
         f"stopped by {stop.name} after step {final_step} of {total_steps}: "
         f"checkpoint {final_step} is in {ckpt_dir}; rerun the same command to "
@@ -1345,11 +792,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       results["fine_metrics"] = "unavailable: the dataset has no fine labels"
     if is_main:
       try:
-        write_json_atomic(os.path.join(workdir, RESULTS_FILE), results,
-                          debug_point="results_write")
+        workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE),
+                                     results, debug_point="results_write")
       except BaseException as e:
-        _close_quietly(mngr, writer)
-        _raise_if_write_failure(workdir, e)
+        workdir_io.close_quietly(mngr, writer)
+        workdir_io.raise_if_write_failure(workdir, e)
         raise
     logging.info("Final (step %d): %s", final_step, _summary_line(eval_metrics))
     print(f"step {final_step}: {_summary_line(eval_metrics)}", flush=True)
@@ -1358,7 +805,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     writer.close()
     mngr.close()
   except BaseException as e:
-    _raise_if_write_failure(workdir, e)
+    workdir_io.raise_if_write_failure(workdir, e)
     raise
   return results
 
@@ -1412,10 +859,10 @@ def evaluate_untrained(config: ml_collections.ConfigDict,
 def _evaluate_untrained(config: ml_collections.ConfigDict,
                         workdir: str) -> dict[str, Any]:
   """`evaluate_untrained` once the checks passed and the run lock is held."""
-  ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)
   existing = []
   if os.path.isdir(ckpt_dir):
-    reader = _checkpoint_manager(workdir, create=False)
+    reader = checkpoints.manager(workdir, create=False)
     try:
       existing = sorted(reader.all_steps())
     finally:
@@ -1434,16 +881,16 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
   is_main = jax.process_index() == 0
   mngr = None
   try:
-    with _undo_on_write_error(workdir):
+    with workdir_io.undo_on_write_error(workdir):
       os.makedirs(workdir, exist_ok=True)
       if is_main:
         # As train_and_evaluate records it, so load_config reloads the same
         # model.
-        write_json_atomic(os.path.join(workdir, CONFIG_FILE),
-                          _config_record(config))
+        workdir_io.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+                                     _config_record(config))
       if jax.process_count() > 1:
         jax.experimental.multihost_utils.sync_global_devices("workdir ready")
-      mngr = _checkpoint_manager(workdir)
+      mngr = checkpoints.manager(workdir)
       if existing:
         # Orbax silently skips saving a step that exists; this config may
         # initialise another state than the one saved before.
@@ -1452,7 +899,7 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
                 custom_metadata={"nonfinite_steps": 0})
       mngr.wait_until_finished()
   except BaseException:
-    _close_quietly(mngr, None)
+    workdir_io.close_quietly(mngr, None)
     raise
   mngr.close()
 
@@ -1464,9 +911,9 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
     results["fine_metrics"] = "unavailable: the dataset has no fine labels"
   if is_main:
     try:
-      write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+      workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
     except OSError as e:
-      raise WorkdirError(_write_error(workdir, e)) from e
+      raise WorkdirError(workdir_io.write_error_message(workdir, e)) from e
   logging.info("Untrained encoder (seed %d): %s", config.seed,
                _summary_line(metrics))
   return results

@@ -7,6 +7,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from maskcon_jax import batches
+from maskcon_jax import checkpoints
 from maskcon_jax import train_step as steps
 from maskcon_jax import trainer
 
@@ -22,8 +24,8 @@ def _experiment(num_devices, **overrides):
 
 
 def _batch(exp, step=0):
-  data = trainer._Data(exp.dataset, exp.mesh, exp.config.batch_size,
-                       exp.config.seed)
+  data = batches.DeviceBatches(exp.dataset, exp.mesh, exp.config.batch_size,
+                               exp.config.seed)
   return data.batch(step, exp.steps_per_epoch)
 
 
@@ -97,7 +99,7 @@ def test_checkpoint_moves_between_device_counts(tmp_path, save_on, restore_on):
   mngr.wait_until_finished()
 
   exp_b = _experiment(restore_on)
-  restored = trainer.restore_state(exp_b, mngr, 1)
+  restored = checkpoints.restore_state(exp_b, mngr, 1)
   assert restored.queue_KxD.sharding.mesh.size == restore_on
   _assert_trees_close(_to_numpy((restored.params, restored.queue_KxD)),
                       _to_numpy((state.params, state.queue_KxD)), atol=0)

@@ -24,12 +24,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from maskcon_jax import checkpoints
 from maskcon_jax import debugpoints
 from maskcon_jax import evaluate as evaluate_lib
 from maskcon_jax import fingerprint
 from maskcon_jax import runlock
 from maskcon_jax import train
 from maskcon_jax import trainer
+from maskcon_jax import workdir_io
 from maskcon_jax.errors import ConfigError, Interrupted, NonFiniteError
 from maskcon_jax.errors import DataError, WorkdirError
 from tests.conftest import REPO_ROOT
@@ -72,7 +74,8 @@ def _cli_args(workdir):
 
 def _checkpoint_arrays(workdir, step=None):
   """``(step, {tree path: array})`` of a checkpoint (the newest if None)."""
-  mngr = ocp.CheckpointManager(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+  mngr = ocp.CheckpointManager(
+      os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
   step = mngr.latest_step() if step is None else step
   restored = mngr.restore(step, args=ocp.args.StandardRestore())
   mngr.close()
@@ -83,7 +86,7 @@ def _checkpoint_arrays(workdir, step=None):
 def _steps_on_disk(workdir):
   """Finished and unfinished (temporary) checkpoint steps."""
   try:
-    names = os.listdir(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+    names = os.listdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
   except FileNotFoundError:
     return [], []
   done = sorted(int(n) for n in names if n.isdigit())
@@ -257,7 +260,7 @@ def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path, caplog):
     trainer.train_and_evaluate(_config(), str(workdir))
   warnings = " ".join(r.getMessage() for r in caplog.records)
   assert f"Checkpoint 8 in {ckpt} cannot be read" in warnings
-  assert (workdir / trainer.CORRUPT_DIR / "8").is_dir()
+  assert (workdir / checkpoints.CORRUPT_DIR / "8").is_dir()
   assert _steps_on_disk(workdir) == ([7, 8], [])
   _assert_same_as_reference(workdir, reference)
 
@@ -344,47 +347,6 @@ def test_nonfinite_steps_are_skipped_up_to_the_limit(tmp_path):
       f"{workdir / 'checkpoints'}; lower the learning rate.")
   assert _steps_on_disk(workdir) == ([3, 4], [])
   assert _all_finite(_checkpoint_arrays(workdir)[1])
-
-
-def _write_png(path, value):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(path)
-
-
-def test_streamed_batches_resume_mid_epoch(tmp_path):
-  """A streamed dataset restarted at any step yields exactly the batches an
-  uninterrupted pass yields from there (the data order is a function of the
-  seed and the step)."""
-  from maskcon_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  root = tmp_path / "images"
-  for split, count in (("train", 12), ("test", 2)):
-    for fine in ("a", "b"):
-      for i in range(count):
-        _write_png(str(root / split / fine / f"{i}.png"),
-                   (i * 20 + (fine == "b") * 7) % 256)
-  (root / "coarse.csv").write_text("a,x\nb,y\n")
-  config = tiny.get_config()
-  config.dataset = "folder"
-  config.data_dir = str(root)
-  config.coarse_map = str(root / "coarse.csv")
-  config.in_memory = False
-  config.image_size = 8
-  config.batch_size = 8
-  dataset = input_pipeline.load_dataset(config)
-  mesh = trainer.make_mesh()
-  spe = dataset.steps_per_epoch(config.batch_size)
-  assert spe == 3
-
-  def batches(start, stop):
-    data = trainer._StreamData(dataset, mesh, config.batch_size, config.seed)
-    return [np.asarray(data.batch(s, spe)["image"]) for s in range(start, stop)]
-
-  straight = batches(0, 2 * spe)
-  assert not np.array_equal(straight[0], straight[spe])  # Epochs differ.
-  for start in (1, spe, spe + 2):
-    for got, want in zip(batches(start, 2 * spe), straight[start:]):
-      np.testing.assert_array_equal(got, want, err_msg=f"start {start}")
 
 
 # --- One writer per workdir (maskcon_jax.runlock).
@@ -625,11 +587,11 @@ def test_full_disk_gives_one_line_and_resumes(reference, tmp_path):
       f"error: cannot write checkpoints in {ckpt}: No space left on device; "
       "the newest complete checkpoint, step 3, is intact; free some space and "
       "rerun the same command to resume (details in "
-      f"{workdir / trainer.DEBUG_LOG})."], out.stderr[-3000:]
+      f"{workdir / workdir_io.DEBUG_LOG})."], out.stderr[-3000:]
   for noise in ("Traceback", "RESOURCE_EXHAUSTED", "Event loop is closed"):
     assert noise not in out.stderr, out.stderr[-3000:]
   assert "less than the last checkpoint takes" in out.stderr
-  assert "RESOURCE_EXHAUSTED" in (workdir / trainer.DEBUG_LOG).read_text()
+  assert "RESOURCE_EXHAUSTED" in (workdir / workdir_io.DEBUG_LOG).read_text()
   assert _steps_on_disk(workdir)[0][-1] == 3
   assert not (workdir / runlock.LOCK_FILE).exists()
 
@@ -658,7 +620,7 @@ def test_full_disk_at_results_json(reference, tmp_path, monkeypatch):
       f"cannot write {workdir / trainer.RESULTS_FILE}.tmp: No space left on "
       "device; the newest complete checkpoint, step 8, is intact; free some "
       "space and rerun the same command to resume (details in "
-      f"{workdir / trainer.DEBUG_LOG}).")
+      f"{workdir / workdir_io.DEBUG_LOG}).")
   assert _steps_on_disk(workdir) == ([7, 8], [])
   assert not (workdir / runlock.LOCK_FILE).exists()
 

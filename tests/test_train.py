@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
+from maskcon_jax import checkpoints
 from maskcon_jax import methods
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, UserError
@@ -27,7 +28,8 @@ def _run_cli(workdir, *overrides, env=None):
 
 def _final_state_arrays(workdir):
   """All arrays of the latest checkpoint, as numpy, by tree path."""
-  mngr = ocp.CheckpointManager(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+  mngr = ocp.CheckpointManager(
+      os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
   step = mngr.latest_step()
   restored = mngr.restore(step, args=ocp.args.StandardRestore())
   mngr.close()
