@@ -16,14 +16,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
+from configs import tiny
 from maskcon_jax import checkpoints
 from maskcon_jax import evaluate
 from maskcon_jax import launch_local
@@ -83,17 +82,12 @@ def _wait_for(path, job, seconds=TIMEOUT):
 
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
-  """tiny on one process with four devices."""
+  """tiny in this process on four of its devices (the CLI's config)."""
   workdir = tmp_path_factory.mktemp("one") / "run"
-  env = launch_local.process_env(0, 1, 0, 4)
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-               "JAX_PROCESS_ID"):
-    env.pop(name)
-  out = subprocess.run(
-      [sys.executable, "-m", "maskcon_jax.train", *TINY, "--workdir",
-       str(workdir)], env=env, capture_output=True, text=True,
-      timeout=TIMEOUT)
-  assert out.returncode == 0, out.stderr[-3000:]
+  config = tiny.get_config()
+  config.checkpoint_every_steps = 2
+  config.num_devices = 4
+  trainer.train_and_evaluate(config, str(workdir))
   return workdir
 
 
