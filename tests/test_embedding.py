@@ -32,10 +32,9 @@ _CLASSES = {"ant": ("small", 6, 5), "bee": ("small", 6, 4),
             "cow": ("big", 6, 6), "elk": ("big", 6, 4)}
 
 
-@pytest.fixture(scope="module")
-def streamed_run(tmp_path_factory):
-  """A tiny run trained on a class-folder dataset read from disk (streamed)."""
-  root = tmp_path_factory.mktemp("streamed")
+def streamed_folder_config(root):
+  """tiny's config on a class-folder dataset of random 8-px PNGs written
+  under ``root``, read from disk batch by batch (`_CLASSES`)."""
   rng = np.random.default_rng(0)
   for name, (_, num_train, num_test) in _CLASSES.items():
     for split, count in (("train", num_train), ("test", num_test)):
@@ -56,8 +55,15 @@ def streamed_run(tmp_path_factory):
   config.warmup_epochs = 0
   config.eval_batch_size = 8
   config.checkpoint_every_steps = 100
+  return config
+
+
+@pytest.fixture(scope="module")
+def streamed_run(tmp_path_factory):
+  """A tiny run trained on a class-folder dataset read from disk (streamed)."""
+  root = tmp_path_factory.mktemp("streamed")
   workdir = str(root / "run")
-  trainer.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(streamed_folder_config(root), workdir)
   return workdir
 
 

@@ -25,9 +25,11 @@ import pytest
 from configs import tiny
 from maskcon_jax import checkpoints
 from maskcon_jax import evaluate
+from maskcon_jax import export
 from maskcon_jax import launch_local
 from maskcon_jax import train as train_cli
 from maskcon_jax import trainer
+from tests import test_embedding
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -125,6 +127,8 @@ def test_two_process_run_evaluates_in_one_process(two_process_run, tmp_path):
   assert results["step"] == TOTAL_STEPS
   assert results["fine_recall@1"] == pytest.approx(
       _results(workdir)["fine_recall@1"], abs=1e-6)
+  arrays = export.run_export(str(workdir), "test", str(tmp_path / "e.npz"))
+  assert len(arrays["features"]) == results["num_queries"]
   exp, state = trainer.load_trained(str(workdir))
   assert exp.mesh.size == jax.device_count() == 8
   assert int(state.step) == TOTAL_STEPS
@@ -179,3 +183,31 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
   for a, b in zip(jax.tree.leaves(state.params),
                   jax.tree.leaves(reference_state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_streamed_data_trains_from_per_process_shards(tmp_path):
+  """A class-folder dataset read from disk: each process reads its share of
+  every batch and of the test split; the evaluation the two processes make
+  together is the one a single process makes of the same checkpoint."""
+  config = test_embedding.streamed_folder_config(tmp_path)
+  fields = ("dataset", "data_dir", "coarse_map", "in_memory", "batch_size",
+            "queue_size", "num_epochs", "warmup_epochs", "eval_batch_size")
+  # A config file: tiny has no in_memory field for a flag to override.
+  config_file = tmp_path / "streamed_config.py"
+  config_file.write_text(
+      "from configs import tiny\n\n\ndef get_config():\n"
+      "  config = tiny.get_config()\n" +
+      "".join(f"  config.{f} = {config[f]!r}\n" for f in fields) +
+      "  return config\n")
+  workdir = tmp_path / "run"
+  job = launch_local.start(
+      ["--config", str(config_file), "--workdir", str(workdir)],
+      num_processes=2, devices_per_process=2, log_dir=str(workdir) + "_logs")
+  _finish(job)
+  got = _results(workdir)
+  # 24 training images, global batch 8: 3 steps (4 per process and step).
+  assert got["step"] == 3 and got["complete"]
+  alone = evaluate.run_evaluation(str(workdir), "test", figures=False)
+  assert alone["num_queries"] == 19
+  for key in ("fine_recall@1", "coarse_recall@1"):
+    assert alone[key] == pytest.approx(got[key], abs=1e-6), key
