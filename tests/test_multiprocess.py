@@ -38,6 +38,9 @@ TIMEOUT = 600
 TINY = ["--config", str(REPO_ROOT / "configs" / "tiny.py"),
         "--config.checkpoint_every_steps=2"]
 TOTAL_STEPS = 8  # tiny: 64 examples, batch 16, 2 epochs.
+# The online kNN monitor every 2 steps: more work all processes do together
+# (it changes no weights, so runs with and without it end equal).
+MONITOR = ["--config.knn_monitor_every_steps=2"]
 # Metrics whose value depends on float rounding only through neighbour order.
 _RECALLS = re.compile(r"(fine|coarse)_(within_coarse_)?recall@\d+$")
 
@@ -148,7 +151,7 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
   # SIGTERM to process 1 only, before step 4 (an evaluation step): both
   # processes stop after the same step and one checkpoint of it is written.
   env, pause = _pause_env(tmp_path, "train_step@3")
-  job = _launch(workdir, env=env)
+  job = _launch(workdir, *MONITOR, env=env)
   _wait_for(pause / "paused-train_step@3", job)
   job.kill(1, signal.SIGTERM)
   (pause / "resume").touch()
@@ -161,7 +164,7 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
 
   # SIGKILL of process 1 while both wait before step 6; the job dies.
   env, pause = _pause_env(tmp_path, "train_step@6")
-  job = _launch(workdir, env=env)
+  job = _launch(workdir, *MONITOR, env=env)
   _wait_for(pause / "paused-train_step@6", job)
   job.kill(1)
   job.stop_all()
@@ -170,9 +173,12 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
   # only process 0 reaches the point where results.json is written.
   env, pause = _pause_env(tmp_path, "results_write")
   (pause / "resume").touch()  # Mark the point, don't wait there.
-  logs = _finish(_launch(workdir, env=env))
+  logs = _finish(_launch(workdir, *MONITOR, env=env))
   assert "Debug pause at results_write" in logs[0]
   assert "Debug pause at results_write" not in logs[1]
+  monitor = [re.findall(r"kNN monitor at step 8: fine top-1 ([\d.]+)", log)
+             for log in logs]
+  assert monitor[0] and monitor[0] == monitor[1]  # Computed together.
   reference, _ = two_process_run
   got, want = _results(workdir), _results(reference)
   for key, value in want.items():
