@@ -47,6 +47,8 @@ Not part of CI: it needs torch, the official checkout and hours of CPU.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import math
 import os
@@ -93,7 +95,8 @@ def run_official(args, mode: str, seed: int) -> None:
   cmd = [args.torch_python, os.path.join(HERE, "official_parity_torch.py"),
          "--official", args.official, "--data_dir", args.data_dir,
          "--mode", official_mode, "--w", str(w), "--seed", str(seed),
-         "--epochs", str(args.epochs), "--out", out]
+         "--epochs", str(args.epochs), "--device", args.device,
+         "--num_workers", str(args.num_workers), "--out", out]
   print(f"[official] {mode} seed {seed} -> {out}", flush=True)
   # OpenMP's default spin-waiting makes torch collapse on a machine that
   # anything else shares (BENCHMARKS.md, "How CPU figures here were
@@ -121,9 +124,14 @@ def run_ours(args, entry: str, seed: int, variant: str | None,
   os.makedirs(os.path.dirname(log), exist_ok=True)
   print(f"[ours{'-' + variant if variant else ''}] {entry} seed {seed}",
         flush=True)
+  env = {**os.environ}
+  if args.jobs > 1:
+    # Several runs share one accelerator: JAX must not take 75% of its
+    # memory up front in each process.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   with open(log, "a") as f:
     subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT,
-                   cwd=ROOT)
+                   cwd=ROOT, env=env)
 
 
 def _our_run_dir(workdir, variant, entry, seed):
@@ -234,6 +242,27 @@ def report(args, variants) -> str:
   return "\n".join(lines)
 
 
+def run_tasks(tasks, jobs: int) -> list[str]:
+  """Runs `tasks` in order, `jobs` at a time; returns the failed ones.
+
+  A failed run does not stop the others: each side's table is filled with
+  what finished, and a rerun retries only what is missing.
+  """
+  def attempt(task):
+    try:
+      task()
+      return None
+    except subprocess.CalledProcessError as error:
+      name = " ".join(str(a) for a in task.args[1:] if a not in (None, []))
+      return f"{task.func.__name__} {name}: exit {error.returncode}"
+  if jobs <= 1:
+    outcomes = [attempt(task) for task in tasks]
+  else:
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+      outcomes = list(pool.map(attempt, tasks))
+  return [o for o in outcomes if o]
+
+
 def parse_variants(specs):
   variants = []
   for spec in specs:
@@ -262,6 +291,14 @@ def main(argv=None):
                       default=["official", "ours"])
   parser.add_argument("--variants", type=common.strs, default=[],
                       help="NAME:FIELD=VALUE[:...] runs of our side")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="runs at a time (a machine with many cores or a "
+                      "GPU); the order, seed by seed, is kept")
+  parser.add_argument("--device", default="auto",
+                      choices=("auto", "cpu", "cuda"),
+                      help="the official side's device (ours: JAX's default)")
+  parser.add_argument("--num_workers", type=int, default=4,
+                      help="the official side's DataLoader workers")
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args(argv)
   unknown = [m for m in args.modes if m not in MODES]
@@ -274,22 +311,32 @@ def main(argv=None):
       raise SystemExit("error: --official PATH (a checkout of "
                        "MrChenFeng/MaskCon_CVPR2023) is required")
     start = time.time()
+    tasks = []
     for seed in args.seeds:
       for mode in args.modes:
         if "official" in args.sides:
-          run_official(args, mode, seed)
+          tasks.append(functools.partial(run_official, args, mode, seed))
         if "ours" in args.sides:
-          run_ours(args, MODES[mode][2], seed, None, [])
+          tasks.append(functools.partial(run_ours, args, MODES[mode][2], seed,
+                                         None, []))
         for name, overrides in variants:
-          run_ours(args, MODES[mode][2], seed, name, overrides)
+          tasks.append(functools.partial(run_ours, args, MODES[mode][2], seed,
+                                         name, overrides))
       if "ours" in args.sides:
-        run_ours(args, "untrained", seed, None, [])
+        tasks.append(functools.partial(run_ours, args, "untrained", seed,
+                                       None, []))
+    failures = run_tasks(tasks, args.jobs)
     print(f"all runs done in {time.time() - start:.0f} s", flush=True)
   text = report(args, variants)
   print(f"{common.host()}; load {common.load_average()}")
+  if not args.report_only and failures:
+    print(f"{len(failures)} run(s) failed (their logs say why):",
+          *failures, sep="\n  ")
   print(text)
   with open(os.path.join(args.workdir, "parity.md"), "w") as f:
     f.write(text + "\n")
+  if not args.report_only and failures:
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ what cannot run here is patched at run time, and only that:
 
 1. NumPy >= 1.24 has no ``np.int`` (``utils/utils.py`` uses it): aliased to
    ``int`` before the import.
-2. ``.cuda()`` on tensors and modules: a no-op on this CPU machine.
+2. ``.cuda()`` on tensors and modules: a no-op when the run is on the CPU
+   (``--device cpu``, or ``auto`` on a machine without CUDA); on a GPU the
+   official calls run as written.
 3. ``resnet18(pretrained=True)`` downloads ImageNet weights: replaced by a
    torchvision ``ResNet`` (same ``BasicBlock``s, same initialisation) whose
    every width is divided by ``--width_divisor``; the small-image stem that
@@ -104,8 +106,10 @@ def load_subsets(data_dir: str, num_train: int, num_test: int,
   return tuple(splits)
 
 
-def patch_official(official: str, width_divisor: int):
+def patch_official(official: str, width_divisor: int, *, on_cpu: bool = True):
   """Imports the official modules with the run-time patches listed above.
+
+  ``on_cpu``: apply patch 2 (``.cuda()`` as a no-op).
 
   Returns:
     ``(main, model_module, utils_module)``.
@@ -115,8 +119,9 @@ def patch_official(official: str, width_divisor: int):
   from torchvision.models import resnet
 
   np.int = int  # Patch 1: removed in NumPy 1.24, used by utils/utils.py.
-  torch.Tensor.cuda = lambda self, *args, **kwargs: self  # Patch 2.
-  nn.Module.cuda = lambda self, *args, **kwargs: self
+  if on_cpu:  # Patch 2.
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    nn.Module.cuda = lambda self, *args, **kwargs: self
 
   width = 64 // width_divisor
 
@@ -183,6 +188,9 @@ def main_cli(argv=None):
   parser.add_argument("--num_test", type=int, default=2000)
   parser.add_argument("--subset_seed", type=int, default=0)
   parser.add_argument("--num_workers", type=int, default=4)
+  parser.add_argument("--device", default="auto",
+                      choices=("auto", "cpu", "cuda"),
+                      help="auto: CUDA when torch sees a GPU, else the CPU")
   parser.add_argument("--out", required=True, help="result JSON path")
   args = parser.parse_args(argv)
 
@@ -191,8 +199,14 @@ def main_cli(argv=None):
   from PIL import Image
   from torch.utils.data import DataLoader, Dataset
 
-  main, model_module, utils_module = patch_official(args.official,
-                                                    args.width_divisor)
+  device = args.device
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device == "cuda" and not torch.cuda.is_available():
+    raise SystemExit("error: --device cuda, but torch sees no CUDA device; "
+                     "use --device cpu")
+  main, model_module, utils_module = patch_official(
+      args.official, args.width_divisor, on_cpu=device == "cpu")
 
   # As the official main(): one seed for Python, torch and NumPy.
   random.seed(args.seed)
@@ -246,6 +260,8 @@ def main_cli(argv=None):
   model = model_module.MaskCon(
       num_classes_coarse=3, dim=args.dim, K=args.K, m=args.m, T1=args.t0,
       arch="resnet18", size=size, T2=args.t, mode=args.mode)
+  if device == "cuda":
+    model = model.cuda()  # As the official main_proc does.
   run_args = argparse.Namespace(w=args.w, mode=args.mode, lr=args.lr,
                                 warm_up=args.warm_up, epochs=args.epochs)
   optimizer = torch.optim.SGD(model.parameters(), lr=args.lr,
@@ -259,6 +275,8 @@ def main_cli(argv=None):
             "t": args.t, "seed": args.seed, "epochs": args.epochs,
             "steps_per_epoch": len(train_loader),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": (torch.cuda.get_device_name() if device == "cuda"
+                       else "cpu"),
             "evaluations": {}}
   start = time.time()
   model.initiate_memorybank(train_loader)

@@ -185,3 +185,51 @@ def test_import_leaves_the_environment_unchanged():
   assert same
   import maskcon_jax  # pylint: disable=g-import-not-at-top
   assert (maskcon_jax._CPU_CONV_FLAG in flags) == called  # pylint: disable=protected-access
+
+
+# --- benchmarks/official_parity.py: the statistics and the job runner. -----
+
+
+def test_parity_statistics_match_numpy():
+  from benchmarks import official_parity
+  ours, official = [0.72, 0.71, 0.735, 0.70], [0.74, 0.725, 0.73]
+  mean, std = official_parity.mean_std(ours + [None])
+  assert mean == pytest.approx(np.mean(ours))
+  assert std == pytest.approx(np.std(ours, ddof=1))
+  na, nb = len(ours), len(official)
+  pooled_var = ((na - 1) * np.var(ours, ddof=1)
+                + (nb - 1) * np.var(official, ddof=1)) / (na + nb - 2)
+  expected = np.sqrt(pooled_var * (1 / na + 1 / nb))
+  assert official_parity.pooled_standard_error(ours, official) == (
+      pytest.approx(expected))
+  assert official_parity.pooled_standard_error(ours, [0.7]) is None
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_parity_jobs_run_every_task_and_collect_failures(jobs):
+  import functools
+  import threading
+  from benchmarks import official_parity
+  done, lock = [], threading.Lock()
+
+  def run_one(args, mode, seed):
+    del args
+    if seed == 2:
+      raise subprocess.CalledProcessError(7, ["train"])
+    with lock:
+      done.append((mode, seed))
+
+  tasks = [functools.partial(run_one, None, mode, seed)
+           for seed in (1, 2, 3) for mode in ("moco", "grafit")]
+  failures = official_parity.run_tasks(tasks, jobs)
+  assert sorted(done) == sorted((m, s) for s in (1, 3)
+                                for m in ("moco", "grafit"))
+  assert failures == ["run_one moco 2: exit 7", "run_one grafit 2: exit 7"]
+
+
+def test_parity_variants_are_checked():
+  from benchmarks import official_parity
+  assert official_parity.parse_variants(["pad:conv_padding=same:width=8"]) == [
+      ("pad", ["conv_padding=same", "width=8"])]
+  with pytest.raises(SystemExit, match="NAME:FIELD=VALUE"):
+    official_parity.parse_variants(["pad"])
