@@ -23,8 +23,9 @@ def strs(text: str) -> list[str]:
   return [x for x in text.split(",") if x]
 
 
-def add_output_flags(parser,
-                     smoke_help: str = "one tiny configuration, for CI"):
+def add_output_flags(
+    parser, smoke_help: str = "one tiny configuration, for CI"
+):
   """Adds the flags every script ends with: ``--json`` and ``--smoke``.
 
   Args:
@@ -68,10 +69,13 @@ def machine(device_count: bool = False) -> str:
     E.g. ``"cpu cpu; host box (16 cpus); jax 0.10.0"``.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   device = jax.devices()[0]
   count = f" x{jax.device_count()}" if device_count else ""
-  return (f"{device.platform} {getattr(device, 'device_kind', '')}{count}; "
-          f"{host()}; jax {jax.__version__}")
+  return (
+      f"{device.platform} {getattr(device, 'device_kind', '')}{count}; "
+      f"{host()}; jax {jax.__version__}"
+  )
 
 
 def print_machine(device_count: bool = False, load: bool = True) -> str:
@@ -82,8 +86,10 @@ def print_machine(device_count: bool = False, load: bool = True) -> str:
     load: append the current load averages.
   """
   described = machine(device_count)
-  print(f"# device: {described}"
-        + (f"; load average {load_average()}" if load else ""))
+  print(
+      f"# device: {described}"
+      + (f"; load average {load_average()}" if load else "")
+  )
   return described
 
 
@@ -125,7 +131,10 @@ class Table:
   def row(self, *values) -> str:
     """One line of cells, the values in column order."""
     if len(values) != len(self.columns):
-      raise ValueError(f"{len(values)} values for {len(self.columns)} "
-                       "columns")
-    return " ".join(format(fmt(value, spec), align)
-                    for value, (_, align, spec) in zip(values, self.columns))
+      raise ValueError(
+          f"{len(values)} values for {len(self.columns)} " "columns"
+      )
+    return " ".join(
+        format(fmt(value, spec), align)
+        for value, (_, align, spec) in zip(values, self.columns)
+    )

@@ -47,7 +47,8 @@ LAYERS = (
 
 def _xla_conv(x, w, strides, padding):
   return jax.lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -73,12 +74,27 @@ def _shifted_bwd(strides, padding, residuals, dy):
   (dx,) = input_vjp(dy)
   x_padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
   (n, h_out, w_out, _), (sh, sw) = dy.shape, strides
-  taps = [[jax.lax.dot_general(
-      jax.lax.slice(x_padded, (0, i, j, 0),
-                    (n, i + sh * (h_out - 1) + 1, j + sw * (w_out - 1) + 1,
-                     x_padded.shape[3]), (1, sh, sw, 1)),
-      dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
-           for j in range(w.shape[1])] for i in range(w.shape[0])]
+  taps = [
+      [
+          jax.lax.dot_general(
+              jax.lax.slice(
+                  x_padded,
+                  (0, i, j, 0),
+                  (
+                      n,
+                      i + sh * (h_out - 1) + 1,
+                      j + sw * (w_out - 1) + 1,
+                      x_padded.shape[3],
+                  ),
+                  (1, sh, sw, 1),
+              ),
+              dy,
+              (((0, 1, 2), (0, 1, 2)), ((), ())),
+          )
+          for j in range(w.shape[1])
+      ]
+      for i in range(w.shape[0])
+  ]
   return dx, jnp.stack([jnp.stack(row) for row in taps]).astype(w.dtype)
 
 
@@ -97,21 +113,32 @@ def _median_time(fn, repeats):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--width", type=int, default=64,
-                      help="ResNet width (64 = standard); scales channels")
+  parser.add_argument(
+      "--width",
+      type=int,
+      default=64,
+      help="ResNet width (64 = standard); scales channels",
+  )
   parser.add_argument("--layout", default="NHWC", choices=("NHWC", "NCHW"))
-  parser.add_argument("--kernel_grad", default="xla",
-                      choices=("xla", "shifted_matmuls"),
-                      help="how JAX computes the kernel gradient (NHWC only)")
+  parser.add_argument(
+      "--kernel_grad",
+      default="xla",
+      choices=("xla", "shifted_matmuls"),
+      help="how JAX computes the kernel gradient (NHWC only)",
+  )
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--layers", default=None,
-                      help="comma-separated subset of layer names")
+  parser.add_argument(
+      "--layers", default=None, help="comma-separated subset of layer names"
+  )
   parser.add_argument("--no_torch", action="store_true")
-  parser.add_argument("--omp_wait_policy", default="PASSIVE",
-                      help="OMP_WAIT_POLICY for torch; '' keeps the "
-                      "environment's")
-  common.add_output_flags(parser,
-                          smoke_help="two small layers, batch 2, for CI")
+  parser.add_argument(
+      "--omp_wait_policy",
+      default="PASSIVE",
+      help="OMP_WAIT_POLICY for torch; '' keeps the " "environment's",
+  )
+  common.add_output_flags(
+      parser, smoke_help="two small layers, batch 2, for CI"
+  )
   args = parser.parse_args(argv)
   if args.kernel_grad != "xla" and args.layout != "NHWC":
     parser.error("--kernel_grad=shifted_matmuls needs --layout=NHWC")
@@ -122,20 +149,33 @@ def main(argv=None):
     # on a shared machine. Must precede importing torch.
     os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
   torch = None if args.no_torch else __import__("torch")
-  layers = [l for l in LAYERS
-            if args.layers is None or l[0] in args.layers.split(",")]
+  layers = [
+      l for l in LAYERS if args.layers is None or l[0] in args.layers.split(",")
+  ]
   scale = args.width / 64
-  print(f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')}; jax "
-        f"{jax.__version__}; layout {args.layout}; kernel gradient "
-        f"{args.kernel_grad}; batch {args.batch}; "
-        f"load average {common.load_average()}")
-  table = common.Table([
-      ("layer", "<8", ""), ("x", ">3", ""), ("cin", ">4", ""),
-      ("cout", ">4", ""), ("s", ">2", ""), ("jax_fwd_ms", ">10", ".1f"),
-      ("torch_fwd_ms", ">12", ".1f"), ("jax_bwd_ms", ">10", ".1f"),
-      ("torch_bwd_ms", ">12", ".1f"), ("jax_gflops", ">10", ".1f"),
-      ("torch_gflops", ">12", ".1f"), ("ratio", ">6", ".2f")])
+  print(
+      f"# XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
+      f"{os.environ.get('OMP_WAIT_POLICY')}; jax "
+      f"{jax.__version__}; layout {args.layout}; kernel gradient "
+      f"{args.kernel_grad}; batch {args.batch}; "
+      f"load average {common.load_average()}"
+  )
+  table = common.Table(
+      [
+          ("layer", "<8", ""),
+          ("x", ">3", ""),
+          ("cin", ">4", ""),
+          ("cout", ">4", ""),
+          ("s", ">2", ""),
+          ("jax_fwd_ms", ">10", ".1f"),
+          ("torch_fwd_ms", ">12", ".1f"),
+          ("jax_bwd_ms", ">10", ".1f"),
+          ("torch_bwd_ms", ">12", ".1f"),
+          ("jax_gflops", ">10", ".1f"),
+          ("torch_gflops", ">12", ".1f"),
+          ("ratio", ">6", ".2f"),
+      ]
+  )
   print(table.header())
   rows = []
   total = {"jax": 0.0, "torch": 0.0}
@@ -156,10 +196,12 @@ def main(argv=None):
 
     def conv(x, w):
       if args.kernel_grad == "shifted_matmuls":
-        return conv_shifted_matmul_kernel_grad(x, w, (stride, stride),
-                                               ((1, 1), (1, 1)))
+        return conv_shifted_matmul_kernel_grad(
+            x, w, (stride, stride), ((1, 1), (1, 1))
+        )
       return jax.lax.conv_general_dilated(
-          x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dn)
+          x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dn
+      )
 
     fwd = jax.jit(conv)
     out = fwd(x, w)
@@ -175,7 +217,8 @@ def main(argv=None):
       tx = torch.from_numpy(x_nchw).requires_grad_(True)
       tw = torch.from_numpy(w_oihw).requires_grad_(True)
       conv_t = lambda: torch.nn.functional.conv2d(  # noqa: E731
-          tx, tw, stride=stride, padding=1)
+          tx, tw, stride=stride, padding=1
+      )
       tg = torch.ones_like(conv_t())
 
       def tfwd():
@@ -197,34 +240,71 @@ def main(argv=None):
     jf_ms, jb_ms = 1e3 * statistics.median(jf_t), 1e3 * statistics.median(jb_t)
     if torch is not None:
       tf_ms, tb_ms = 1e3 * statistics.median(tf_t), 1e3 * statistics.median(
-          tb_t)
+          tb_t
+      )
     # Backward of the stem skips the input gradient in a real network, but
     # here both sides compute both gradients, so the ratio stays fair.
     jax_gflops = 3 * flops / ((jf_ms + jb_ms) / 1e3) / 1e9
-    torch_gflops = (3 * flops / ((tf_ms + tb_ms) / 1e3) / 1e9
-                    if torch is not None else None)
+    torch_gflops = (
+        3 * flops / ((tf_ms + tb_ms) / 1e3) / 1e9 if torch is not None else None
+    )
     ratio = (jf_ms + jb_ms) / (tf_ms + tb_ms) if torch is not None else None
     total["jax"] += count * (jf_ms + jb_ms)
     total["torch"] += count * ((tf_ms + tb_ms) if torch is not None else 0.0)
-    row = dict(layer=name, size=size, cin=cin, cout=cout, stride=stride,
-               count=count, jax_fwd_ms=jf_ms, jax_bwd_ms=jb_ms,
-               torch_fwd_ms=tf_ms, torch_bwd_ms=tb_ms, jax_gflops=jax_gflops,
-               torch_gflops=torch_gflops, ratio=ratio)
+    row = dict(
+        layer=name,
+        size=size,
+        cin=cin,
+        cout=cout,
+        stride=stride,
+        count=count,
+        jax_fwd_ms=jf_ms,
+        jax_bwd_ms=jb_ms,
+        torch_fwd_ms=tf_ms,
+        torch_bwd_ms=tb_ms,
+        jax_gflops=jax_gflops,
+        torch_gflops=torch_gflops,
+        ratio=ratio,
+    )
     rows.append(row)
-    print(table.row(name, size, cin, cout, stride, jf_ms, tf_ms, jb_ms, tb_ms,
-                    jax_gflops, torch_gflops, ratio), flush=True)
-  print(f"# 3x3 convs of one ResNet-18 forward+backward (x count): jax "
-        f"{total['jax']:.0f} ms, torch {total['torch']:.0f} ms; load average "
-        f"{common.load_average()}")
-  common.write_json(args.json, {"xla_flags": os.environ.get("XLA_FLAGS", ""),
-                                "layout": args.layout,
-                                "kernel_grad": args.kernel_grad, "rows": rows,
-                                "total_ms": total})
+    print(
+        table.row(
+            name,
+            size,
+            cin,
+            cout,
+            stride,
+            jf_ms,
+            tf_ms,
+            jb_ms,
+            tb_ms,
+            jax_gflops,
+            torch_gflops,
+            ratio,
+        ),
+        flush=True,
+    )
+  print(
+      f"# 3x3 convs of one ResNet-18 forward+backward (x count): jax "
+      f"{total['jax']:.0f} ms, torch {total['torch']:.0f} ms; load average "
+      f"{common.load_average()}"
+  )
+  common.write_json(
+      args.json,
+      {
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "layout": args.layout,
+          "kernel_grad": args.kernel_grad,
+          "rows": rows,
+          "total_ms": total,
+      },
+  )
   return rows
 
 
 if __name__ == "__main__":
   # The library's CPU convolution choice, as its command-line tools make it.
   import maskcon_jax  # pylint: disable=g-import-not-at-top
+
   maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

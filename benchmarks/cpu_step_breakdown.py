@@ -40,8 +40,9 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--variants", type=common.strs,
-                      default=["ynn_conv", "eigen_conv"])
+  parser.add_argument(
+      "--variants", type=common.strs, default=["ynn_conv", "eigen_conv"]
+  )
   parser.add_argument("--omp_wait_policy", default="PASSIVE")
   common.add_output_flags(parser)
   args = parser.parse_args(argv)
@@ -64,18 +65,23 @@ def main(argv=None):
 
   size, batch = args.image_size, args.batch
   model = models.Encoder(
-      backbone=models.build_backbone(arch, args.width, size), embed_dim=256,
-      proj_hidden_dim=512, num_coarse=20)
+      backbone=models.build_backbone(arch, args.width, size),
+      embed_dim=256,
+      proj_hidden_dim=512,
+      num_coarse=20,
+  )
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8))
   x = jnp.asarray(rng.normal(size=(batch, size, size, 3)).astype(np.float32))
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(0), x)
+      jax.random.key(0), x
+  )
   kwargs = dict(size=size, mean=(0.5,) * 3, std=(0.25,) * 3)
 
   def views(key, images):
-    return augment.policy_views(("weak", "strong"),
-                                tuple(jax.random.split(key)), images, **kwargs)
+    return augment.policy_views(
+        ("weak", "strong"), tuple(jax.random.split(key)), images, **kwargs
+    )
 
   def forward(variables, x):
     out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -83,13 +89,19 @@ def main(argv=None):
 
   def fwd_bwd(variables, x):
     def loss(params):
-      out, _ = model.apply({**variables, "params": params}, x, train=True,
-                           mutable=["batch_stats"])
+      out, _ = model.apply(
+          {**variables, "params": params},
+          x,
+          train=True,
+          mutable=["batch_stats"],
+      )
       return jnp.mean(out["projection"] ** 2)
+
     return jax.value_and_grad(loss)(variables["params"])
 
-  tx = optax.chain(optax.add_decayed_weights(5e-4),
-                   optax.sgd(0.02, momentum=0.9))
+  tx = optax.chain(
+      optax.add_decayed_weights(5e-4), optax.sgd(0.02, momentum=0.9)
+  )
   params = variables["params"]
   opt_state = tx.init(params)
 
@@ -97,17 +109,20 @@ def main(argv=None):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  parts = {"views": (views, (jax.random.key(0), images)),
-           "forward": (forward, (variables, x)),
-           "fwd_bwd": (fwd_bwd, (variables, x)),
-           "sgd": (sgd, (params, params, opt_state))}
+  parts = {
+      "views": (views, (jax.random.key(0), images)),
+      "forward": (forward, (variables, x)),
+      "fwd_bwd": (fwd_bwd, (variables, x)),
+      "sgd": (sgd, (params, params, opt_state)),
+  }
   runners = {}
   for variant in args.variants:
     options = step_throughput.CPU_VARIANTS[variant]
     for part, (fn, fn_args) in parts.items():
       compiled = jax.jit(fn).lower(*fn_args).compile(compiler_options=options)
       runners[(part, f"jax:{variant}")] = functools.partial(
-          lambda c, a: jax.block_until_ready(c(*a)), compiled, fn_args)
+          lambda c, a: jax.block_until_ready(c(*a)), compiled, fn_args
+      )
 
   # The same encoder in PyTorch (train mode, no augmentation): the official
   # one of torch_reference_step. Its unused coarse classifier gets no
@@ -115,8 +130,9 @@ def main(argv=None):
   tx_torch = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   encoder = torch_reference_step.build_torch_encoder(args.width, stages=stages)
   encoder.train()
-  opt = torch.optim.SGD(encoder.parameters(), lr=0.02, momentum=0.9,
-                        weight_decay=5e-4)
+  opt = torch.optim.SGD(
+      encoder.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4
+  )
 
   def t_forward():
     with torch.no_grad():
@@ -143,19 +159,24 @@ def main(argv=None):
   med = {key: statistics.median(t) for key, t in times.items()}
   load = os.getloadavg()
   sides = ["torch"] + [f"jax:{v}" for v in args.variants]
-  print(f"# {arch} width {args.width}, {size} px, batch {batch}; median of "
-        f"{args.repeats}; jax {jax.__version__}, torch {torch.__version__} "
-        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); load "
-        f"average {common.load_average(load)}")
+  print(
+      f"# {arch} width {args.width}, {size} px, batch {batch}; median of "
+      f"{args.repeats}; jax {jax.__version__}, torch {torch.__version__} "
+      f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); load "
+      f"average {common.load_average(load)}"
+  )
   table = common.Table(
-      [("part", "<8", "")] + [(s + "_s", ">16", ".3f") for s in sides]
-      + [(s[4:] + "/torch", ">16", ".2f") for s in sides[1:]])
+      [("part", "<8", "")]
+      + [(s + "_s", ">16", ".3f") for s in sides]
+      + [(s[4:] + "/torch", ">16", ".2f") for s in sides[1:]]
+  )
   print(table.header())
   rows = []
   for part in parts:
     vals = [med.get((part, s)) for s in sides]
-    ratios = [(v / vals[0]) if (v is not None and vals[0]) else None
-              for v in vals[1:]]
+    ratios = [
+        (v / vals[0]) if (v is not None and vals[0]) else None for v in vals[1:]
+    ]
     print(table.row(part, *vals, *ratios), flush=True)
     rows.append(dict(part=part, **{s: v for s, v in zip(sides, vals)}))
   common.write_json(args.json, {"load_avg": load, "rows": rows})
@@ -165,5 +186,6 @@ def main(argv=None):
 if __name__ == "__main__":
   # The library's CPU convolution choice, as its command-line tools make it.
   import maskcon_jax  # pylint: disable=g-import-not-at-top
+
   maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

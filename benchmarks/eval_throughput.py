@@ -47,8 +47,9 @@ from maskcon_jax import evaluation  # noqa: E402
 METRICS = ("recall_at_k", "retrieval_report")
 
 
-def synthetic_embeddings(n: int, dim: int, num_fine: int, num_coarse: int,
-                         seed: int = 0):
+def synthetic_embeddings(
+    n: int, dim: int, num_fine: int, num_coarse: int, seed: int = 0
+):
   """Clustered embeddings: a fine-class centre near its coarse centre + noise.
 
   The noise keeps fine Recall@1 near 0.45 at N = 2k (it rises with N, as
@@ -59,8 +60,9 @@ def synthetic_embeddings(n: int, dim: int, num_fine: int, num_coarse: int,
   fine = rng.integers(0, num_fine, n).astype(np.int32)
   fine_to_coarse = np.arange(num_fine) % num_coarse
   coarse_centres = rng.normal(size=(num_coarse, dim))
-  fine_centres = (coarse_centres[fine_to_coarse] +
-                  0.7 * rng.normal(size=(num_fine, dim)))
+  fine_centres = coarse_centres[fine_to_coarse] + 0.7 * rng.normal(
+      size=(num_fine, dim)
+  )
   x = fine_centres[fine] + 4.0 * rng.normal(size=(n, dim))
   return x.astype(np.float32), fine, fine_to_coarse[fine].astype(np.int32)
 
@@ -94,19 +96,27 @@ def _device_peak_mb() -> float | None:
   return stats["peak_bytes_in_use"] / 2**20
 
 
-def _call(metric: str, x, fine, coarse, *, chunk_size: int,
-          probe_epochs: int):
+def _call(metric: str, x, fine, coarse, *, chunk_size: int, probe_epochs: int):
   if metric == "recall_at_k":
     return evaluation.recall_at_k(x, fine, chunk_size=chunk_size)
   if metric == "retrieval_report":
     return evaluation.retrieval_report(
-        x, fine, coarse, chunk_size=chunk_size,
-        probe=dict(epochs=probe_epochs))
+        x, fine, coarse, chunk_size=chunk_size, probe=dict(epochs=probe_epochs)
+    )
   raise ValueError(f"Unknown metric {metric!r}; expected one of {METRICS}.")
 
 
-def measure(metric: str, n: int, dim: int, *, num_fine: int, num_coarse: int,
-            chunk_size: int, repeats: int, probe_epochs: int) -> dict:
+def measure(
+    metric: str,
+    n: int,
+    dim: int,
+    *,
+    num_fine: int,
+    num_coarse: int,
+    chunk_size: int,
+    repeats: int,
+    probe_epochs: int,
+) -> dict:
   """Times ``metric`` on N synthetic embeddings; returns one table row."""
   x, fine, coarse = synthetic_embeddings(n, dim, num_fine, num_coarse)
   times, result = [], None
@@ -115,8 +125,14 @@ def measure(metric: str, n: int, dim: int, *, num_fine: int, num_coarse: int,
   tracemalloc.start()
   for _ in range(max(1, repeats)):
     start = time.perf_counter()
-    result = _call(metric, x, fine, coarse, chunk_size=chunk_size,
-                   probe_epochs=probe_epochs)
+    result = _call(
+        metric,
+        x,
+        fine,
+        coarse,
+        chunk_size=chunk_size,
+        probe_epochs=probe_epochs,
+    )
     times.append(time.perf_counter() - start)
   _, py_peak = tracemalloc.get_traced_memory()
   tracemalloc.stop()
@@ -126,12 +142,20 @@ def measure(metric: str, n: int, dim: int, *, num_fine: int, num_coarse: int,
   else:
     recall_1 = result["fine_recall@1"]
   return dict(
-      metric=metric, n=n, dim=dim, chunk=chunk_size, first_s=times[0],
+      metric=metric,
+      n=n,
+      dim=dim,
+      chunk=chunk_size,
+      first_s=times[0],
       warm_s=statistics.median(times[1:]) if len(times) > 1 else None,
-      py_peak_mb=py_peak / 2**20, rss_base_mb=rss_base, rss_peak_mb=rss_peak,
-      dev_peak_mb=_device_peak_mb(), fine_recall_at_1=recall_1,
-      queries_per_s=n / (statistics.median(times[1:]) if len(times) > 1
-                         else times[0]))
+      py_peak_mb=py_peak / 2**20,
+      rss_base_mb=rss_base,
+      rss_peak_mb=rss_peak,
+      dev_peak_mb=_device_peak_mb(),
+      fine_recall_at_1=recall_1,
+      queries_per_s=n
+      / (statistics.median(times[1:]) if len(times) > 1 else times[0]),
+  )
 
 
 def main(argv=None):
@@ -142,10 +166,15 @@ def main(argv=None):
   parser.add_argument("--num_fine", type=int, default=100)
   parser.add_argument("--num_coarse", type=int, default=20)
   parser.add_argument("--chunk_size", type=int, default=1024)
-  parser.add_argument("--repeats", type=int, default=2,
-                      help="calls per row; the first includes compilation")
-  parser.add_argument("--probe_epochs", type=int,
-                      default=evaluation.PROBE_DEFAULTS["epochs"])
+  parser.add_argument(
+      "--repeats",
+      type=int,
+      default=2,
+      help="calls per row; the first includes compilation",
+  )
+  parser.add_argument(
+      "--probe_epochs", type=int, default=evaluation.PROBE_DEFAULTS["epochs"]
+  )
   common.add_output_flags(parser)
   args = parser.parse_args(argv)
   if args.smoke:
@@ -156,32 +185,73 @@ def main(argv=None):
       parser.error(f"unknown metric {metric!r}; expected one of {METRICS}")
 
   common.print_machine()
-  table = common.Table([
-      ("metric", "<16", ""), ("N", ">6", ""), ("D", ">4", ""),
-      ("first_s", ">8", ".2f"), ("warm_s", ">8", ".2f"),
-      ("queries/s", ">9", ".0f"), ("py_peak_mb", ">10", ".1f"),
-      ("rss_base_mb", ">11", ".0f"), ("rss_peak_mb", ">11", ".0f"),
-      ("dev_peak_mb", ">11", ".1f"), ("R@1", ">6", ".3f")])
+  table = common.Table(
+      [
+          ("metric", "<16", ""),
+          ("N", ">6", ""),
+          ("D", ">4", ""),
+          ("first_s", ">8", ".2f"),
+          ("warm_s", ">8", ".2f"),
+          ("queries/s", ">9", ".0f"),
+          ("py_peak_mb", ">10", ".1f"),
+          ("rss_base_mb", ">11", ".0f"),
+          ("rss_peak_mb", ">11", ".0f"),
+          ("dev_peak_mb", ">11", ".1f"),
+          ("R@1", ">6", ".3f"),
+      ]
+  )
   print(table.header())
   rows = []
   for n in args.sizes:
     for metric in args.metrics:
-      row = measure(metric, n, args.dim, num_fine=args.num_fine,
-                    num_coarse=args.num_coarse, chunk_size=args.chunk_size,
-                    repeats=args.repeats, probe_epochs=args.probe_epochs)
+      row = measure(
+          metric,
+          n,
+          args.dim,
+          num_fine=args.num_fine,
+          num_coarse=args.num_coarse,
+          chunk_size=args.chunk_size,
+          repeats=args.repeats,
+          probe_epochs=args.probe_epochs,
+      )
       rows.append(row)
-      print(table.row(metric, n, args.dim, *(row[k] for k in (
-          "first_s", "warm_s", "queries_per_s", "py_peak_mb", "rss_base_mb",
-          "rss_peak_mb", "dev_peak_mb", "fine_recall_at_1"))), flush=True)
+      print(
+          table.row(
+              metric,
+              n,
+              args.dim,
+              *(
+                  row[k]
+                  for k in (
+                      "first_s",
+                      "warm_s",
+                      "queries_per_s",
+                      "py_peak_mb",
+                      "rss_base_mb",
+                      "rss_peak_mb",
+                      "dev_peak_mb",
+                      "fine_recall_at_1",
+                  )
+              ),
+          ),
+          flush=True,
+      )
   load = common.print_load_after()
-  common.write_json(args.json, {"device": str(jax.devices()[0]),
-                                "jax": jax.__version__, "load_avg": load,
-                                "rows": rows})
+  common.write_json(
+      args.json,
+      {
+          "device": str(jax.devices()[0]),
+          "jax": jax.__version__,
+          "load_avg": load,
+          "rows": rows,
+      },
+  )
   return rows
 
 
 if __name__ == "__main__":
   # The library's CPU convolution choice, as its command-line tools make it.
   import maskcon_jax  # pylint: disable=g-import-not-at-top
+
   maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

@@ -43,8 +43,11 @@ def main(argv=None):
   from benchmarks import common
   # pylint: enable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--encoder", required=True,
-                      help="the folder export --format stablehlo wrote")
+  parser.add_argument(
+      "--encoder",
+      required=True,
+      help="the folder export --format stablehlo wrote",
+  )
   parser.add_argument("--batch_sizes", type=common.ints, default=[1024])
   parser.add_argument("--steps", type=int, default=10)
   common.add_output_flags(parser, "two calls at batch 8")
@@ -58,16 +61,25 @@ def main(argv=None):
     info = json.load(f)
   size, channels = info["image_size"], info["channels"]
   common.print_machine()
-  print(f"# encoder: {info['arch']} width {info['width']}, {size} px x "
-        f"{channels}, {info['output']['shape'][1]}-d, step {info['step']}")
-  table = common.Table([("batch", ">6", ""), ("first_s", ">8", ".2f"),
-                        ("ms", ">9", ".2f"), ("images_s", ">10", ",.0f")])
+  print(
+      f"# encoder: {info['arch']} width {info['width']}, {size} px x "
+      f"{channels}, {info['output']['shape'][1]}-d, step {info['step']}"
+  )
+  table = common.Table(
+      [
+          ("batch", ">6", ""),
+          ("first_s", ">8", ".2f"),
+          ("ms", ">9", ".2f"),
+          ("images_s", ">10", ",.0f"),
+      ]
+  )
   print(table.header())
   rng = np.random.default_rng(0)
   rows = []
   for batch in args.batch_sizes:
-    images = jax.device_put(rng.integers(0, 256, (batch, size, size, channels),
-                                         dtype=np.uint8))
+    images = jax.device_put(
+        rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
+    )
     start = time.perf_counter()
     jax.block_until_ready(encoder.call(images))
     first = time.perf_counter() - start
@@ -81,14 +93,22 @@ def main(argv=None):
     rows.append(row)
     print(table.row(batch, first, ms, row["images_s"]), flush=True)
   load = common.print_load_after()
-  common.write_json(args.json, {"device": str(jax.devices()[0]),
-                                "jax": jax.__version__, "encoder": info,
-                                "load_avg": load, "rows": rows})
+  common.write_json(
+      args.json,
+      {
+          "device": str(jax.devices()[0]),
+          "jax": jax.__version__,
+          "encoder": info,
+          "load_avg": load,
+          "rows": rows,
+      },
+  )
   return rows
 
 
 if __name__ == "__main__":
   # The library's CPU convolution choice, as its command-line tools make it.
   import maskcon_jax  # pylint: disable=g-import-not-at-top
+
   maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

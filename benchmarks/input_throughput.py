@@ -61,8 +61,9 @@ SETTINGS = {
 }
 
 
-def write_images(directory: str, count: int, fmt: str,
-                 width: int, height: int, seed: int = 0) -> list[str]:
+def write_images(
+    directory: str, count: int, fmt: str, width: int, height: int, seed: int = 0
+) -> list[str]:
   """Writes ``count`` smooth-plus-noise RGB images; returns their paths."""
   tf = core.import_tf()
   rng = np.random.default_rng(seed)
@@ -72,10 +73,14 @@ def write_images(directory: str, count: int, fmt: str,
     fx, fy, phase = rng.uniform(0.02, 0.2, 3)
     base = 127 + 100 * np.sin(fx * xx + fy * yy + 6 * phase)
     image = base[..., None] * rng.uniform(0.5, 1.0, 3) + rng.normal(
-        0, 12, (height, width, 3))
+        0, 12, (height, width, 3)
+    )
     image = np.clip(image, 0, 255).astype(np.uint8)
-    encoded = (tf.io.encode_png(image) if fmt == "png" else
-               tf.io.encode_jpeg(image, quality=90))
+    encoded = (
+        tf.io.encode_png(image)
+        if fmt == "png"
+        else tf.io.encode_jpeg(image, quality=90)
+    )
     path = os.path.join(directory, f"{i:06d}.{fmt}")
     tf.io.write_file(path, encoded)
     paths.append(path)
@@ -87,9 +92,14 @@ def _streaming_dataset(paths, image_size, num_coarse):
   source = core.FileSource(paths, coarse, coarse, "benchmark images")
   hierarchy = core.identity_hierarchy([str(c) for c in range(num_coarse)])
   return core.StreamingDataset(
-      name="benchmark", hierarchy=hierarchy, mean=hierarchies.IMAGENET_MEAN,
-      std=hierarchies.IMAGENET_STD, image_size=image_size,
-      train_source=source, test_source=source)
+      name="benchmark",
+      hierarchy=hierarchy,
+      mean=hierarchies.IMAGENET_MEAN,
+      std=hierarchies.IMAGENET_STD,
+      image_size=image_size,
+      train_source=source,
+      test_source=source,
+  )
 
 
 def stream_rate(dataset, batch_size: int, epochs: int) -> float:
@@ -122,8 +132,9 @@ def load_rate(dataset) -> tuple[float, core.Dataset]:
 def gather_rate(data: core.Dataset, batch_size: int, repeats: int) -> float:
   """Images/s of the trainer's device-resident batch gather."""
   devices = jax.devices()[:1]
-  mesh = jax.sharding.Mesh(np.array(devices), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.sharding.Mesh(
+      np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
   source = batches.DeviceBatches(data, mesh, batch_size, seed=0)
   spe = data.num_train // batch_size
   jax.block_until_ready(source.batch(0, spe))
@@ -135,21 +146,31 @@ def gather_rate(data: core.Dataset, batch_size: int, repeats: int) -> float:
   return batch_size / statistics.median(times)
 
 
-def augment_rate(image_size: int, batch_size: int, policies, repeats: int,
-                 mean=hierarchies.IMAGENET_MEAN,
-                 std=hierarchies.IMAGENET_STD) -> tuple[float, float]:
+def augment_rate(
+    image_size: int,
+    batch_size: int,
+    policies,
+    repeats: int,
+    mean=hierarchies.IMAGENET_MEAN,
+    std=hierarchies.IMAGENET_STD,
+) -> tuple[float, float]:
   """(images/s, compile seconds) of making both views of a uint8 batch."""
   strong_policy, weak_policy = policies
   kwargs = dict(size=image_size, mean=mean, std=std)
 
   @jax.jit
   def views(rng, images):
-    return augment.policy_views((weak_policy, strong_policy),
-                                tuple(jax.random.split(rng)), images, **kwargs)
+    return augment.policy_views(
+        (weak_policy, strong_policy),
+        tuple(jax.random.split(rng)),
+        images,
+        **kwargs,
+    )
 
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(
-      0, 256, (batch_size, image_size, image_size, 3), np.uint8))
+  images = jnp.asarray(
+      rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8)
+  )
   key = jax.random.key(0)
   start = time.perf_counter()
   compiled = views.lower(key, images).compile()
@@ -164,10 +185,20 @@ def augment_rate(image_size: int, batch_size: int, policies, repeats: int,
   return batch_size / statistics.median(times), compile_s
 
 
-def measure(image_size: int, batch_size: int, *, num_files: int,
-            epochs: int, repeats: int, step_steps: int, step_warmup: int,
-            arch: str, width: int, queue_size: int,
-            skip_step: bool = False) -> dict:
+def measure(
+    image_size: int,
+    batch_size: int,
+    *,
+    num_files: int,
+    epochs: int,
+    repeats: int,
+    step_steps: int,
+    step_warmup: int,
+    arch: str,
+    width: int,
+    queue_size: int,
+    skip_step: bool = False,
+) -> dict:
   """One table row: every rate at ``image_size`` with ``batch_size``."""
   policies, fmt, (src_w, src_h) = SETTINGS[image_size]
   with tempfile.TemporaryDirectory(prefix="maskcon_input_bench_") as tmp:
@@ -180,35 +211,65 @@ def measure(image_size: int, batch_size: int, *, num_files: int,
   step = None
   if not skip_step:
     step = step_throughput.measure(
-        arch, width, image_size, batch_size, queue_size, "float32", 1,
-        mode="maskcon", steps_timed=step_steps, warmup=step_warmup,
-        strong_policy=policies[0], weak_policy=policies[1])["img_s"]
-  return dict(image_size=image_size, batch=batch_size,
-              source=f"{src_w}x{src_h} {fmt}", policies=list(policies),
-              stream_img_s=stream, load_img_s=load, gather_img_s=gather,
-              aug_img_s=aug, aug_compile_s=aug_compile_s, step_img_s=step,
-              arch=arch, width=width, queue=queue_size,
-              aug_over_step=aug / step if step else None,
-              stream_over_step=stream / step if step else None)
+        arch,
+        width,
+        image_size,
+        batch_size,
+        queue_size,
+        "float32",
+        1,
+        mode="maskcon",
+        steps_timed=step_steps,
+        warmup=step_warmup,
+        strong_policy=policies[0],
+        weak_policy=policies[1],
+    )["img_s"]
+  return dict(
+      image_size=image_size,
+      batch=batch_size,
+      source=f"{src_w}x{src_h} {fmt}",
+      policies=list(policies),
+      stream_img_s=stream,
+      load_img_s=load,
+      gather_img_s=gather,
+      aug_img_s=aug,
+      aug_compile_s=aug_compile_s,
+      step_img_s=step,
+      arch=arch,
+      width=width,
+      queue=queue_size,
+      aug_over_step=aug / step if step else None,
+      stream_over_step=stream / step if step else None,
+  )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--image_sizes", type=common.ints, default=[32, 224])
-  parser.add_argument("--batch_sizes", type=common.ints, default=[128],
-                      help="one per image size, or one for all")
+  parser.add_argument(
+      "--batch_sizes",
+      type=common.ints,
+      default=[128],
+      help="one per image size, or one for all",
+  )
   parser.add_argument("--num_files", type=int, default=1024)
   parser.add_argument("--epochs", type=int, default=2)
-  parser.add_argument("--repeats", type=int, default=5,
-                      help="timed calls of the gather and the augmentation")
-  parser.add_argument("--steps", type=int, default=3,
-                      help="timed train steps")
+  parser.add_argument(
+      "--repeats",
+      type=int,
+      default=5,
+      help="timed calls of the gather and the augmentation",
+  )
+  parser.add_argument("--steps", type=int, default=3, help="timed train steps")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--arch", default="resnet18")
   parser.add_argument("--width", type=int, default=64)
   parser.add_argument("--queue_size", type=int, default=8192)
-  parser.add_argument("--skip_step", action="store_true",
-                      help="leave out the train step (input side only)")
+  parser.add_argument(
+      "--skip_step",
+      action="store_true",
+      help="leave out the train step (input side only)",
+  )
   common.add_output_flags(parser, smoke_help="tiny sizes, for CI")
   args = parser.parse_args(argv)
   if args.smoke:
@@ -217,38 +278,78 @@ def main(argv=None):
     args.queue_size = 16
   for size in args.image_sizes:
     if size not in SETTINGS:
-      parser.error(f"image size {size} has no settings; use one of "
-                   f"{sorted(SETTINGS)}")
-  batches = (args.batch_sizes * len(args.image_sizes)
-             if len(args.batch_sizes) == 1 else args.batch_sizes)
+      parser.error(
+          f"image size {size} has no settings; use one of "
+          f"{sorted(SETTINGS)}"
+      )
+  batches = (
+      args.batch_sizes * len(args.image_sizes)
+      if len(args.batch_sizes) == 1
+      else args.batch_sizes
+  )
   if len(batches) != len(args.image_sizes):
     parser.error("give one batch size, or one per image size")
 
   machine = common.print_machine()
-  table = common.Table([
-      ("px", ">4", ""), ("batch", ">5", ""), ("source", ">12", ""),
-      ("stream_img_s", ">12", ".0f"), ("load_img_s", ">10", ".0f"),
-      ("gather_img_s", ">12", ".0f"), ("aug_img_s", ">10", ".0f"),
-      ("step_img_s", ">10", ".1f"), ("aug/step", ">8", ".1f")])
+  table = common.Table(
+      [
+          ("px", ">4", ""),
+          ("batch", ">5", ""),
+          ("source", ">12", ""),
+          ("stream_img_s", ">12", ".0f"),
+          ("load_img_s", ">10", ".0f"),
+          ("gather_img_s", ">12", ".0f"),
+          ("aug_img_s", ">10", ".0f"),
+          ("step_img_s", ">10", ".1f"),
+          ("aug/step", ">8", ".1f"),
+      ]
+  )
   print(table.header())
   rows = []
   for size, batch in zip(args.image_sizes, batches):
-    row = measure(size, batch, num_files=args.num_files, epochs=args.epochs,
-                  repeats=args.repeats, step_steps=args.steps,
-                  step_warmup=args.warmup, arch=args.arch, width=args.width,
-                  queue_size=args.queue_size, skip_step=args.skip_step)
+    row = measure(
+        size,
+        batch,
+        num_files=args.num_files,
+        epochs=args.epochs,
+        repeats=args.repeats,
+        step_steps=args.steps,
+        step_warmup=args.warmup,
+        arch=args.arch,
+        width=args.width,
+        queue_size=args.queue_size,
+        skip_step=args.skip_step,
+    )
     rows.append(row)
-    print(table.row(size, batch, *(row[k] for k in (
-        "source", "stream_img_s", "load_img_s", "gather_img_s", "aug_img_s",
-        "step_img_s", "aug_over_step"))), flush=True)
+    print(
+        table.row(
+            size,
+            batch,
+            *(
+                row[k]
+                for k in (
+                    "source",
+                    "stream_img_s",
+                    "load_img_s",
+                    "gather_img_s",
+                    "aug_img_s",
+                    "step_img_s",
+                    "aug_over_step",
+                )
+            ),
+        ),
+        flush=True,
+    )
   load = common.print_load_after()
-  common.write_json(args.json, {"machine": machine, "load_avg": load,
-                                "rows": rows})
+  common.write_json(
+      args.json, {"machine": machine, "load_avg": load, "rows": rows}
+  )
   return rows
 
 
 if __name__ == "__main__":
   # The library's CPU convolution choice, as its command-line tools make it.
   import maskcon_jax  # pylint: disable=g-import-not-at-top
+
   maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

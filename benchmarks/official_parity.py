@@ -90,13 +90,30 @@ def run_official(args, mode: str, seed: int) -> None:
   if os.path.exists(out):
     return
   official_mode, w, _ = MODES[mode]
-  log = out[:-len(".json")] + ".log"
+  log = out[: -len(".json")] + ".log"
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  cmd = [args.torch_python, os.path.join(HERE, "official_parity_torch.py"),
-         "--official", args.official, "--data_dir", args.data_dir,
-         "--mode", official_mode, "--w", str(w), "--seed", str(seed),
-         "--epochs", str(args.epochs), "--device", args.device,
-         "--num_workers", str(args.num_workers), "--out", out]
+  cmd = [
+      args.torch_python,
+      os.path.join(HERE, "official_parity_torch.py"),
+      "--official",
+      args.official,
+      "--data_dir",
+      args.data_dir,
+      "--mode",
+      official_mode,
+      "--w",
+      str(w),
+      "--seed",
+      str(seed),
+      "--epochs",
+      str(args.epochs),
+      "--device",
+      args.device,
+      "--num_workers",
+      str(args.num_workers),
+      "--out",
+      out,
+  ]
   print(f"[official] {mode} seed {seed} -> {out}", flush=True)
   # OpenMP's default spin-waiting makes torch collapse on a machine that
   # anything else shares (BENCHMARKS.md, "How CPU figures here were
@@ -104,40 +121,57 @@ def run_official(args, mode: str, seed: int) -> None:
   env = {**os.environ}
   env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   with open(log, "w") as f:
-    subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT,
-                   env=env)
+    subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
 def _ours_dir(workdir: str, variant: str | None) -> str:
   return os.path.join(workdir, "ours" if not variant else f"ours-{variant}")
 
 
-def run_ours(args, entry: str, seed: int, variant: str | None,
-             overrides: list[str]) -> None:
+def run_ours(
+    args, entry: str, seed: int, variant: str | None, overrides: list[str]
+) -> None:
   workdir = _ours_dir(args.workdir, variant)
-  cmd = [sys.executable, "-m", "maskcon_jax.compare", "--config", OUR_CONFIG,
-         "--modes", entry, "--seeds", str(seed), "--workdir", workdir,
-         "--noevaluate", f"--config.num_epochs={args.epochs}",
-         f"--config.data_dir={args.data_dir}"]
+  cmd = [
+      sys.executable,
+      "-m",
+      "maskcon_jax.compare",
+      "--config",
+      OUR_CONFIG,
+      "--modes",
+      entry,
+      "--seeds",
+      str(seed),
+      "--workdir",
+      workdir,
+      "--noevaluate",
+      f"--config.num_epochs={args.epochs}",
+      f"--config.data_dir={args.data_dir}",
+  ]
   cmd += [f"--config.{o}" for o in overrides]
   log = os.path.join(workdir, "logs", f"{entry.replace(':', '_')}_{seed}.log")
   os.makedirs(os.path.dirname(log), exist_ok=True)
-  print(f"[ours{'-' + variant if variant else ''}] {entry} seed {seed}",
-        flush=True)
+  print(
+      f"[ours{'-' + variant if variant else ''}] {entry} seed {seed}",
+      flush=True,
+  )
   env = {**os.environ}
   if args.jobs > 1:
     # Several runs share one accelerator: JAX must not take 75% of its
     # memory up front in each process.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   with open(log, "a") as f:
-    subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT,
-                   cwd=ROOT, env=env)
+    subprocess.run(
+        cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+    )
 
 
 def _our_run_dir(workdir, variant, entry, seed):
   from maskcon_jax import compare  # pylint: disable=g-import-not-at-top
-  return os.path.join(_ours_dir(workdir, variant),
-                      compare.directory_name(entry), f"seed_{seed}")
+
+  return os.path.join(
+      _ours_dir(workdir, variant), compare.directory_name(entry), f"seed_{seed}"
+  )
 
 
 def collect(args, variants) -> dict:
@@ -149,11 +183,13 @@ def collect(args, variants) -> dict:
       if official:
         evals = official["evaluations"]
         table.setdefault(("official", mode), {})[seed] = {
-            **evals["final"], "seconds": official["train_seconds"]
-            + official["prefill_seconds"],
-            "seconds_per_step": official["seconds_per_step"]}
+            **evals["final"],
+            "seconds": official["train_seconds"] + official["prefill_seconds"],
+            "seconds_per_step": official["seconds_per_step"],
+        }
         table.setdefault(("official", "untrained"), {})[seed] = evals[
-            "untrained"]
+            "untrained"
+        ]
       for variant, _ in [(None, [])] + variants:
         side = "ours" if not variant else f"ours-{variant}"
         entry = MODES[mode][2]
@@ -162,12 +198,17 @@ def collect(args, variants) -> dict:
         timing = _read(os.path.join(run_dir, "comparison_timing.json"))
         if results and results.get("complete"):
           table.setdefault((side, mode), {})[seed] = {
-              **results, "seconds": (timing or {}).get("wall_seconds"),
+              **results,
+              "seconds": (timing or {}).get("wall_seconds"),
               "seconds_per_step": results.get("train_seconds_this_run", 0)
-              / max(results["step"], 1)}
-        untrained = _read(os.path.join(
-            _our_run_dir(args.workdir, variant, "untrained", seed),
-            "results.json"))
+              / max(results["step"], 1),
+          }
+        untrained = _read(
+            os.path.join(
+                _our_run_dir(args.workdir, variant, "untrained", seed),
+                "results.json",
+            )
+        )
         if untrained:
           table.setdefault((side, "untrained"), {})[seed] = untrained
   return table
@@ -205,23 +246,33 @@ def _cell(values):
 def report(args, variants) -> str:
   table = collect(args, variants)
   sides = ["official", "ours"] + [f"ours-{v}" for v, _ in variants]
-  lines = ["| row | side | seeds | " + " | ".join(f"R@{k}" for k in KS)
-           + " | s/step | wall (s) |", "|" + "---|" * (len(KS) + 5)]
+  lines = [
+      "| row | side | seeds | "
+      + " | ".join(f"R@{k}" for k in KS)
+      + " | s/step | wall (s) |",
+      "|" + "---|" * (len(KS) + 5),
+  ]
   for mode in ["untrained"] + list(args.modes):
     for side in sides:
       runs = table.get((side, mode), {})
       if not runs:
         continue
-      cells = [_cell([r[f"fine_recall@{k}"] for r in runs.values()])
-               for k in KS]
+      cells = [
+          _cell([r[f"fine_recall@{k}"] for r in runs.values()]) for k in KS
+      ]
       spstep = mean_std([r.get("seconds_per_step") for r in runs.values()])[0]
       wall = mean_std([r.get("seconds") for r in runs.values()])[0]
-      lines.append(f"| {mode} | {side} | {len(runs)} | " + " | ".join(cells)
-                   + f" | {common.fmt(spstep, '.3f')} | "
-                   f"{common.fmt(wall, '.0f')} |")
+      lines.append(
+          f"| {mode} | {side} | {len(runs)} | "
+          + " | ".join(cells)
+          + f" | {common.fmt(spstep, '.3f')} | "
+          f"{common.fmt(wall, '.0f')} |"
+      )
   lines.append("")
-  lines.append("Difference in mean R@1 to the official code (pooled standard "
-               "error over both sides' seeds):")
+  lines.append(
+      "Difference in mean R@1 to the official code (pooled standard "
+      "error over both sides' seeds):"
+  )
   for mode in ["untrained"] + list(args.modes):
     reference = table.get(("official", mode), {})
     ref = [r["fine_recall@1"] for r in reference.values()]
@@ -234,11 +285,16 @@ def report(args, variants) -> str:
       se = pooled_standard_error(ours, ref)
       verdict = ""
       if se is not None:
-        verdict = ("within one SE or better" if diff >= -se
-                   else "BELOW by more than one SE")
-      lines.append(f"- {mode}, {side}: {diff:+.4f} (SE "
-                   f"{common.fmt(se, '.4f')}; n = {len(ours)} vs {len(ref)}) "
-                   f"{verdict}")
+        verdict = (
+            "within one SE or better"
+            if diff >= -se
+            else "BELOW by more than one SE"
+        )
+      lines.append(
+          f"- {mode}, {side}: {diff:+.4f} (SE "
+          f"{common.fmt(se, '.4f')}; n = {len(ours)} vs {len(ref)}) "
+          f"{verdict}"
+      )
   return "\n".join(lines)
 
 
@@ -248,6 +304,7 @@ def run_tasks(tasks, jobs: int) -> list[str]:
   A failed run does not stop the others: each side's table is filled with
   what finished, and a rerun retries only what is missing.
   """
+
   def attempt(task):
     try:
       task()
@@ -255,6 +312,7 @@ def run_tasks(tasks, jobs: int) -> list[str]:
     except subprocess.CalledProcessError as error:
       name = " ".join(str(a) for a in task.args[1:] if a not in (None, []))
       return f"{task.func.__name__} {name}: exit {error.returncode}"
+
   if jobs <= 1:
     outcomes = [attempt(task) for task in tasks]
   else:
@@ -268,8 +326,10 @@ def parse_variants(specs):
   for spec in specs:
     name, *overrides = spec.split(":")
     if not name or not overrides or any("=" not in o for o in overrides):
-      raise SystemExit(f"error: --variants entry {spec!r} is not "
-                       "NAME:FIELD=VALUE[:FIELD=VALUE...]")
+      raise SystemExit(
+          f"error: --variants entry {spec!r} is not "
+          "NAME:FIELD=VALUE[:FIELD=VALUE...]"
+      )
     variants.append((name, overrides))
   return variants
 
@@ -277,28 +337,47 @@ def parse_variants(specs):
 def main(argv=None):
   parser = argparse.ArgumentParser(
       description=__doc__.split("\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--official", help="checkout of the official code")
-  parser.add_argument("--torch_python", default="python3",
-                      help="a Python with torch and torchvision")
+  parser.add_argument(
+      "--torch_python",
+      default="python3",
+      help="a Python with torch and torchvision",
+  )
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
-  parser.add_argument("--modes", type=common.strs,
-                      default=["maskcon", "moco", "grafit"])
+  parser.add_argument(
+      "--modes", type=common.strs, default=["maskcon", "moco", "grafit"]
+  )
   parser.add_argument("--seeds", type=common.ints, default=[1228, 1229, 1230])
   parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--sides", type=common.strs,
-                      default=["official", "ours"])
-  parser.add_argument("--variants", type=common.strs, default=[],
-                      help="NAME:FIELD=VALUE[:...] runs of our side")
-  parser.add_argument("--jobs", type=int, default=1,
-                      help="runs at a time (a machine with many cores or a "
-                      "GPU); the order, seed by seed, is kept")
-  parser.add_argument("--device", default="auto",
-                      choices=("auto", "cpu", "cuda"),
-                      help="the official side's device (ours: JAX's default)")
-  parser.add_argument("--num_workers", type=int, default=4,
-                      help="the official side's DataLoader workers")
+  parser.add_argument("--sides", type=common.strs, default=["official", "ours"])
+  parser.add_argument(
+      "--variants",
+      type=common.strs,
+      default=[],
+      help="NAME:FIELD=VALUE[:...] runs of our side",
+  )
+  parser.add_argument(
+      "--jobs",
+      type=int,
+      default=1,
+      help="runs at a time (a machine with many cores or a "
+      "GPU); the order, seed by seed, is kept",
+  )
+  parser.add_argument(
+      "--device",
+      default="auto",
+      choices=("auto", "cpu", "cuda"),
+      help="the official side's device (ours: JAX's default)",
+  )
+  parser.add_argument(
+      "--num_workers",
+      type=int,
+      default=4,
+      help="the official side's DataLoader workers",
+  )
   parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args(argv)
   unknown = [m for m in args.modes if m not in MODES]
@@ -308,8 +387,10 @@ def main(argv=None):
 
   if not args.report_only:
     if "official" in args.sides and not args.official:
-      raise SystemExit("error: --official PATH (a checkout of "
-                       "MrChenFeng/MaskCon_CVPR2023) is required")
+      raise SystemExit(
+          "error: --official PATH (a checkout of "
+          "MrChenFeng/MaskCon_CVPR2023) is required"
+      )
     start = time.time()
     tasks = []
     for seed in args.seeds:
@@ -317,21 +398,29 @@ def main(argv=None):
         if "official" in args.sides:
           tasks.append(functools.partial(run_official, args, mode, seed))
         if "ours" in args.sides:
-          tasks.append(functools.partial(run_ours, args, MODES[mode][2], seed,
-                                         None, []))
+          tasks.append(
+              functools.partial(run_ours, args, MODES[mode][2], seed, None, [])
+          )
         for name, overrides in variants:
-          tasks.append(functools.partial(run_ours, args, MODES[mode][2], seed,
-                                         name, overrides))
+          tasks.append(
+              functools.partial(
+                  run_ours, args, MODES[mode][2], seed, name, overrides
+              )
+          )
       if "ours" in args.sides:
-        tasks.append(functools.partial(run_ours, args, "untrained", seed,
-                                       None, []))
+        tasks.append(
+            functools.partial(run_ours, args, "untrained", seed, None, [])
+        )
     failures = run_tasks(tasks, args.jobs)
     print(f"all runs done in {time.time() - start:.0f} s", flush=True)
   text = report(args, variants)
   print(f"{common.host()}; load {common.load_average()}")
   if not args.report_only and failures:
-    print(f"{len(failures)} run(s) failed (their logs say why):",
-          *failures, sep="\n  ")
+    print(
+        f"{len(failures)} run(s) failed (their logs say why):",
+        *failures,
+        sep="\n  ",
+    )
   print(text)
   with open(os.path.join(args.workdir, "parity.md"), "w") as f:
     f.write(text + "\n")

@@ -75,8 +75,9 @@ def read_idx(path: str) -> np.ndarray:
   with opener(path, "rb") as f:
     data = f.read()
   ndim = data[3]
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
-                for i in range(ndim))
+  shape = tuple(
+      int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+  )
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -85,12 +86,15 @@ def _find(data_dir: str, stem: str) -> str:
     path = os.path.join(data_dir, name)
     if os.path.exists(path):
       return path
-  raise SystemExit(f"error: {stem}[.gz] not found in {data_dir}; install "
-                   "Debian's dataset-fashion-mnist or pass --data_dir.")
+  raise SystemExit(
+      f"error: {stem}[.gz] not found in {data_dir}; install "
+      "Debian's dataset-fashion-mnist or pass --data_dir."
+  )
 
 
-def load_subsets(data_dir: str, num_train: int, num_test: int,
-                 subset_seed: int):
+def load_subsets(
+    data_dir: str, num_train: int, num_test: int, subset_seed: int
+):
   """The protocol's subsets: the first N of ``default_rng(seed).permutation``.
 
   Returns:
@@ -131,19 +135,31 @@ def patch_official(official: str, width_divisor: int, *, on_cpu: bool = True):
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
       if planes == 64:  # layer1 follows the stem, which is `width` wide.
         self.inplanes = width
-      return super()._make_layer(block, planes // width_divisor, blocks,
-                                 stride, dilate)
+      return super()._make_layer(
+          block, planes // width_divisor, blocks, stride, dilate
+      )
 
     def __setattr__(self, name, value):
       # The stem: ResNet.__init__'s conv1/bn1 and the 3x3 conv1 that the
       # official ModelBase installs for small images, all 64 wide as written.
-      if name == "conv1" and isinstance(value, nn.Conv2d) and (
-          value.out_channels != width):
-        value = nn.Conv2d(value.in_channels, width,
-                          kernel_size=value.kernel_size, stride=value.stride,
-                          padding=value.padding, bias=value.bias is not None)
-      if name == "bn1" and isinstance(value, nn.BatchNorm2d) and (
-          value.num_features != width):
+      if (
+          name == "conv1"
+          and isinstance(value, nn.Conv2d)
+          and (value.out_channels != width)
+      ):
+        value = nn.Conv2d(
+            value.in_channels,
+            width,
+            kernel_size=value.kernel_size,
+            stride=value.stride,
+            padding=value.padding,
+            bias=value.bias is not None,
+        )
+      if (
+          name == "bn1"
+          and isinstance(value, nn.BatchNorm2d)
+          and (value.num_features != width)
+      ):
         value = nn.BatchNorm2d(width)
       super().__setattr__(name, value)
 
@@ -166,11 +182,15 @@ def patch_official(official: str, width_divisor: int, *, on_cpu: bool = True):
 
 def main_cli(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--official", required=True,
-                      help="checkout of MrChenFeng/MaskCon_CVPR2023")
+  parser.add_argument(
+      "--official",
+      required=True,
+      help="checkout of MrChenFeng/MaskCon_CVPR2023",
+  )
   parser.add_argument("--data_dir", default="/usr/share/datasets/fashion-mnist")
-  parser.add_argument("--mode", default="maskcon",
-                      choices=("maskcon", "grafit", "coins"))
+  parser.add_argument(
+      "--mode", default="maskcon", choices=("maskcon", "grafit", "coins")
+  )
   parser.add_argument("--w", type=float, default=0.5)
   parser.add_argument("--t0", type=float, default=0.1)
   parser.add_argument("--t", type=float, default=0.05)
@@ -188,9 +208,12 @@ def main_cli(argv=None):
   parser.add_argument("--num_test", type=int, default=2000)
   parser.add_argument("--subset_seed", type=int, default=0)
   parser.add_argument("--num_workers", type=int, default=4)
-  parser.add_argument("--device", default="auto",
-                      choices=("auto", "cpu", "cuda"),
-                      help="auto: CUDA when torch sees a GPU, else the CPU")
+  parser.add_argument(
+      "--device",
+      default="auto",
+      choices=("auto", "cpu", "cuda"),
+      help="auto: CUDA when torch sees a GPU, else the CPU",
+  )
   parser.add_argument("--out", required=True, help="result JSON path")
   args = parser.parse_args(argv)
 
@@ -203,10 +226,13 @@ def main_cli(argv=None):
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
   if device == "cuda" and not torch.cuda.is_available():
-    raise SystemExit("error: --device cuda, but torch sees no CUDA device; "
-                     "use --device cpu")
+    raise SystemExit(
+        "error: --device cuda, but torch sees no CUDA device; "
+        "use --device cpu"
+    )
   main, model_module, utils_module = patch_official(
-      args.official, args.width_divisor, on_cpu=device == "cpu")
+      args.official, args.width_divisor, on_cpu=device == "cpu"
+  )
 
   # As the official main(): one seed for Python, torch and NumPy.
   random.seed(args.seed)
@@ -214,24 +240,35 @@ def main_cli(argv=None):
   np.random.seed(args.seed)
 
   train_x, train_fine, test_x, test_fine = load_subsets(
-      args.data_dir, args.num_train, args.num_test, args.subset_seed)
+      args.data_dir, args.num_train, args.num_test, args.subset_seed
+  )
   coarse_of = np.asarray(FASHION_MNIST_COARSE, np.int64)
 
   size = 28
-  normalize = transforms.Normalize(mean=(FASHION_MNIST_MEAN,) * 3,
-                                   std=(FASHION_MNIST_STD,) * 3)
+  normalize = transforms.Normalize(
+      mean=(FASHION_MNIST_MEAN,) * 3, std=(FASHION_MNIST_STD,) * 3
+  )
   # get_augment's 32-px branch ("strong" and "weak"), at 28 px.
-  weak = transforms.Compose([
-      transforms.RandomResizedCrop(size=[size, size], scale=(0.2, 1)),
-      transforms.RandomHorizontalFlip(),
-      transforms.ToTensor(), normalize])
-  strong = transforms.Compose([
-      transforms.RandomResizedCrop(size=[size, size], scale=(0.2, 1)),
-      transforms.RandomHorizontalFlip(),
-      utils_module.CIFAR10Policy(),
-      transforms.ToTensor(), normalize])
-  test = transforms.Compose([transforms.Resize(size=[size, size]),
-                             transforms.ToTensor(), normalize])
+  weak = transforms.Compose(
+      [
+          transforms.RandomResizedCrop(size=[size, size], scale=(0.2, 1)),
+          transforms.RandomHorizontalFlip(),
+          transforms.ToTensor(),
+          normalize,
+      ]
+  )
+  strong = transforms.Compose(
+      [
+          transforms.RandomResizedCrop(size=[size, size], scale=(0.2, 1)),
+          transforms.RandomHorizontalFlip(),
+          utils_module.CIFAR10Policy(),
+          transforms.ToTensor(),
+          normalize,
+      ]
+  )
+  test = transforms.Compose(
+      [transforms.Resize(size=[size, size]), transforms.ToTensor(), normalize]
+  )
 
   class FashionMNIST(Dataset):
     """(view(s), coarse, fine) like the official datasets; gray -> RGB."""
@@ -247,37 +284,68 @@ def main_cli(argv=None):
       image = Image.fromarray(self.images[i], mode="L").convert("RGB")
       return self.transform(image), int(self.coarse[i]), int(self.fine[i])
 
-  train_set = FashionMNIST(train_x, train_fine,
-                           utils_module.DMixTransform([weak, strong], [1, 1]))
+  train_set = FashionMNIST(
+      train_x, train_fine, utils_module.DMixTransform([weak, strong], [1, 1])
+  )
   test_set = FashionMNIST(test_x, test_fine, test)
-  train_loader = DataLoader(train_set, batch_size=args.batch_size,
-                            shuffle=True, num_workers=args.num_workers,
-                            drop_last=True, pin_memory=False)
-  test_loader = DataLoader(test_set, batch_size=args.batch_size,
-                           shuffle=False, num_workers=args.num_workers,
-                           pin_memory=False)
+  train_loader = DataLoader(
+      train_set,
+      batch_size=args.batch_size,
+      shuffle=True,
+      num_workers=args.num_workers,
+      drop_last=True,
+      pin_memory=False,
+  )
+  test_loader = DataLoader(
+      test_set,
+      batch_size=args.batch_size,
+      shuffle=False,
+      num_workers=args.num_workers,
+      pin_memory=False,
+  )
 
   model = model_module.MaskCon(
-      num_classes_coarse=3, dim=args.dim, K=args.K, m=args.m, T1=args.t0,
-      arch="resnet18", size=size, T2=args.t, mode=args.mode)
+      num_classes_coarse=3,
+      dim=args.dim,
+      K=args.K,
+      m=args.m,
+      T1=args.t0,
+      arch="resnet18",
+      size=size,
+      T2=args.t,
+      mode=args.mode,
+  )
   if device == "cuda":
     model = model.cuda()  # As the official main_proc does.
-  run_args = argparse.Namespace(w=args.w, mode=args.mode, lr=args.lr,
-                                warm_up=args.warm_up, epochs=args.epochs)
-  optimizer = torch.optim.SGD(model.parameters(), lr=args.lr,
-                              weight_decay=args.wd, momentum=0.9)
+  run_args = argparse.Namespace(
+      w=args.w,
+      mode=args.mode,
+      lr=args.lr,
+      warm_up=args.warm_up,
+      epochs=args.epochs,
+  )
+  optimizer = torch.optim.SGD(
+      model.parameters(), lr=args.lr, weight_decay=args.wd, momentum=0.9
+  )
 
   def recall():
     values = main.retrieval(model.encoder_q, test_loader, list(RETRIEVAL_KS))
     return {f"fine_recall@{k}": float(v) for k, v in zip(RETRIEVAL_KS, values)}
 
-  result = {"side": "official", "mode": args.mode, "w": args.w, "t0": args.t0,
-            "t": args.t, "seed": args.seed, "epochs": args.epochs,
-            "steps_per_epoch": len(train_loader),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": (torch.cuda.get_device_name() if device == "cuda"
-                       else "cpu"),
-            "evaluations": {}}
+  result = {
+      "side": "official",
+      "mode": args.mode,
+      "w": args.w,
+      "t0": args.t0,
+      "t": args.t,
+      "seed": args.seed,
+      "epochs": args.epochs,
+      "steps_per_epoch": len(train_loader),
+      "torch": torch.__version__,
+      "threads": torch.get_num_threads(),
+      "device": (torch.cuda.get_device_name() if device == "cuda" else "cpu"),
+      "evaluations": {},
+  }
   start = time.time()
   model.initiate_memorybank(train_loader)
   result["prefill_seconds"] = round(time.time() - start, 2)
@@ -291,13 +359,17 @@ def main_cli(argv=None):
     start = time.time()
     loss = main.train(model, train_loader, optimizer, epoch, run_args)
     train_seconds += time.time() - start
-    print(f"epoch {epoch + 1}/{args.epochs} loss {loss:.4f} "
-          f"({train_seconds:.0f} s)", flush=True)
+    print(
+        f"epoch {epoch + 1}/{args.epochs} loss {loss:.4f} "
+        f"({train_seconds:.0f} s)",
+        flush=True,
+    )
   result["evaluations"]["final"] = recall()
   result["final_loss"] = float(loss)
   result["train_seconds"] = round(train_seconds, 2)
   result["seconds_per_step"] = round(
-      train_seconds / (args.epochs * len(train_loader)), 4)
+      train_seconds / (args.epochs * len(train_loader)), 4
+  )
   print(f"final: {result['evaluations']['final']}", flush=True)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   tmp = args.out + ".tmp"

@@ -48,6 +48,7 @@ from benchmarks import common  # noqa: E402
 
 def _torch():
   import torch  # pylint: disable=g-import-not-at-top
+
   return torch
 
 
@@ -73,7 +74,8 @@ def _torch_modules():
       self.downsample = None
       if stride != 1 or cin != cout:
         self.downsample = nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+        )
 
     def forward(self, x):
       y = F.relu(self.bn1(self.conv1(x)))
@@ -92,12 +94,14 @@ def _torch_modules():
       for stage, blocks in enumerate(stages):
         cout = width * 2**stage
         for block in range(blocks):
-          layers.append(BasicBlock(cin, cout,
-                                   2 if stage > 0 and block == 0 else 1))
+          layers.append(
+              BasicBlock(cin, cout, 2 if stage > 0 and block == 0 else 1)
+          )
           cin = cout
       self.layers = nn.Sequential(*layers)
-      self.projector = nn.Sequential(nn.Linear(cin, 512), nn.ReLU(),
-                                     nn.Linear(512, embed_dim))
+      self.projector = nn.Sequential(
+          nn.Linear(cin, 512), nn.ReLU(), nn.Linear(512, embed_dim)
+      )
       self.classifier = nn.Linear(cin, num_coarse)
 
     def forward(self, x):
@@ -109,8 +113,13 @@ def _torch_modules():
   return BasicBlock, Encoder
 
 
-def build_torch_encoder(width: int, *, stages=(2, 2, 2, 2),
-                        embed_dim: int = 256, num_coarse: int = 20):
+def build_torch_encoder(
+    width: int,
+    *,
+    stages=(2, 2, 2, 2),
+    embed_dim: int = 256,
+    num_coarse: int = 20,
+):
   """The official encoder: CIFAR ResNet (3x3 stem) and projector, in torch.
 
   Args:
@@ -129,19 +138,33 @@ def build_torch_encoder(width: int, *, stages=(2, 2, 2, 2),
   return encoder(width, stages, embed_dim, num_coarse)
 
 
-def build_torch_step(width: int, image_size: int, batch_size: int,
-                     queue_size: int, *, num_coarse: int = 20,
-                     embed_dim: int = 256, stages=(2, 2, 2, 2), seed: int = 0,
-                     channels_last: bool = False):
+def build_torch_step(
+    width: int,
+    image_size: int,
+    batch_size: int,
+    queue_size: int,
+    *,
+    num_coarse: int = 20,
+    embed_dim: int = 256,
+    stages=(2, 2, 2, 2),
+    seed: int = 0,
+    channels_last: bool = False,
+):
   """The official step as a closure ``step() -> loss``, on fixed views."""
   torch = _torch()
   F = torch.nn.functional
   torch.manual_seed(seed)
-  new_encoder = functools.partial(build_torch_encoder, width, stages=stages,
-                                  embed_dim=embed_dim, num_coarse=num_coarse)
+  new_encoder = functools.partial(
+      build_torch_encoder,
+      width,
+      stages=stages,
+      embed_dim=embed_dim,
+      num_coarse=num_coarse,
+  )
 
-  memory_format = (torch.channels_last if channels_last
-                   else torch.contiguous_format)
+  memory_format = (
+      torch.channels_last if channels_last else torch.contiguous_format
+  )
   encoder_q = new_encoder().to(memory_format=memory_format)
   encoder_k = new_encoder().to(memory_format=memory_format)
   encoder_k.load_state_dict(encoder_q.state_dict())
@@ -149,8 +172,9 @@ def build_torch_step(width: int, image_size: int, batch_size: int,
     p.requires_grad = False
   encoder_q.train()
   encoder_k.train()  # The official code keeps both in train mode.
-  optimizer = torch.optim.SGD(encoder_q.parameters(), lr=0.02, momentum=0.9,
-                              weight_decay=5e-4)
+  optimizer = torch.optim.SGD(
+      encoder_q.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4
+  )
   queue = F.normalize(torch.randn(embed_dim, queue_size), dim=0)
   queue_labels = torch.randint(0, num_coarse, (queue_size,))
   ptr = [0]
@@ -193,8 +217,8 @@ def build_torch_step(width: int, image_size: int, batch_size: int,
     optimizer.step()
     with torch.no_grad():  # Enqueue keys and their coarse labels.
       p = ptr[0]
-      queue[:, p:p + batch_size] = k.T
-      queue_labels[p:p + batch_size] = labels
+      queue[:, p : p + batch_size] = k.T
+      queue_labels[p : p + batch_size] = labels
       ptr[0] = (p + batch_size) % queue_size
     return float(loss.detach())
 
@@ -213,23 +237,44 @@ def main(argv=None):
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--queue_size", type=int, default=8192)
-  parser.add_argument("--steps", type=int, default=5,
-                      help="timed steps (rounds with --compare_jax)")
+  parser.add_argument(
+      "--steps",
+      type=int,
+      default=5,
+      help="timed steps (rounds with --compare_jax)",
+  )
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--threads", type=int, default=None,
-                      help="torch intra-op threads (default: all cores)")
-  parser.add_argument("--omp_wait_policy", default="PASSIVE",
-                      help="OMP_WAIT_POLICY for torch's OpenMP threads; "
-                      "'' keeps the environment's")
-  parser.add_argument("--channels_last", action="store_true",
-                      help="torch NHWC memory format")
-  parser.add_argument("--compare_jax", action="store_true",
-                      help="also time our jitted step, alternating")
-  parser.add_argument("--jax_variants", default=["process"],
-                      type=common.strs,
-                      help="comma-separated step_throughput.CPU_VARIANTS")
-  parser.add_argument("--precision", default="float32",
-                      help="our step's precision (torch stays float32)")
+  parser.add_argument(
+      "--threads",
+      type=int,
+      default=None,
+      help="torch intra-op threads (default: all cores)",
+  )
+  parser.add_argument(
+      "--omp_wait_policy",
+      default="PASSIVE",
+      help="OMP_WAIT_POLICY for torch's OpenMP threads; "
+      "'' keeps the environment's",
+  )
+  parser.add_argument(
+      "--channels_last", action="store_true", help="torch NHWC memory format"
+  )
+  parser.add_argument(
+      "--compare_jax",
+      action="store_true",
+      help="also time our jitted step, alternating",
+  )
+  parser.add_argument(
+      "--jax_variants",
+      default=["process"],
+      type=common.strs,
+      help="comma-separated step_throughput.CPU_VARIANTS",
+  )
+  parser.add_argument(
+      "--precision",
+      default="float32",
+      help="our step's precision (torch stays float32)",
+  )
   common.add_output_flags(parser)
   args = parser.parse_args(argv)
   stages = (2, 2, 2, 2)
@@ -247,19 +292,34 @@ def main(argv=None):
   torch = _torch()
   if args.threads:
     torch.set_num_threads(args.threads)
-  torch_step = build_torch_step(args.width, args.image_size, args.batch_size,
-                                args.queue_size, stages=stages,
-                                channels_last=args.channels_last)
+  torch_step = build_torch_step(
+      args.width,
+      args.image_size,
+      args.batch_size,
+      args.queue_size,
+      stages=stages,
+      channels_last=args.channels_last,
+  )
   jax_steps = {}
   if args.compare_jax:
     from benchmarks import step_throughput  # pylint: disable=g-import-not-at-top
+
     for variant in args.jax_variants:
       jax_steps[variant] = step_throughput.build_step(
-          arch, args.width, args.image_size, args.batch_size,
-          args.queue_size, args.precision, 1, mode="maskcon",
-          compiler_options=step_throughput.CPU_VARIANTS[variant])
-  runners = {"torch": torch_step, **{f"jax:{v}": s.run
-                                      for v, s in jax_steps.items()}}
+          arch,
+          args.width,
+          args.image_size,
+          args.batch_size,
+          args.queue_size,
+          args.precision,
+          1,
+          mode="maskcon",
+          compiler_options=step_throughput.CPU_VARIANTS[variant],
+      )
+  runners = {
+      "torch": torch_step,
+      **{f"jax:{v}": s.run for v, s in jax_steps.items()},
+  }
   for _ in range(args.warmup):
     for run in runners.values():
       run()
@@ -275,35 +335,63 @@ def main(argv=None):
   load = os.getloadavg()
   med = {name: statistics.median(t) for name, t in wall.items()}
   med_cpu = {name: statistics.median(t) for name, t in cpu.items()}
-  row = dict(arch=arch, width=args.width, image_size=args.image_size,
-             batch=args.batch_size, queue=args.queue_size,
-             torch_threads=torch.get_num_threads(),
-             channels_last=args.channels_last, precision=args.precision,
-             omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-             step_s=med, cpu_s=med_cpu, times_s=wall, cpu_times_s=cpu,
-             ratio_over_torch={n: med[n] / med["torch"] for n in med},
-             cpu_ratio_over_torch={n: med_cpu[n] / med_cpu["torch"]
-                                   for n in med_cpu},
-             jax_compile_s={v: s.compile_s for v, s in jax_steps.items()},
-             load_avg_before=load_before, load_avg=load)
-  print(f"# {common.host(platform.processor() or platform.machine())}; torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})"
-        + (f"; jax {__import__('jax').__version__}" if jax_steps else ""))
-  print(f"# {arch} width {args.width}, {args.image_size} px, batch "
-        f"{args.batch_size}, queue {args.queue_size}; median of {args.steps} "
-        f"alternating steps after {args.warmup} warm-up")
-  print(f"# load average (1/5/15 min) before timing "
-        f"{common.load_average(load_before)}, after "
-        f"{common.load_average(load)}")
-  table = common.Table([("side", "<16", ""), ("step_s", ">8", ".3f"),
-                        ("cpu_s", ">8", ".3f"), ("x torch", ">8", ".2f"),
-                        ("cpu x torch", ">11", ".2f")])
+  row = dict(
+      arch=arch,
+      width=args.width,
+      image_size=args.image_size,
+      batch=args.batch_size,
+      queue=args.queue_size,
+      torch_threads=torch.get_num_threads(),
+      channels_last=args.channels_last,
+      precision=args.precision,
+      omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+      step_s=med,
+      cpu_s=med_cpu,
+      times_s=wall,
+      cpu_times_s=cpu,
+      ratio_over_torch={n: med[n] / med["torch"] for n in med},
+      cpu_ratio_over_torch={n: med_cpu[n] / med_cpu["torch"] for n in med_cpu},
+      jax_compile_s={v: s.compile_s for v, s in jax_steps.items()},
+      load_avg_before=load_before,
+      load_avg=load,
+  )
+  print(
+      f"# {common.host(platform.processor() or platform.machine())}; torch "
+      f"{torch.__version__} ({torch.get_num_threads()} threads, "
+      f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})"
+      + (f"; jax {__import__('jax').__version__}" if jax_steps else "")
+  )
+  print(
+      f"# {arch} width {args.width}, {args.image_size} px, batch "
+      f"{args.batch_size}, queue {args.queue_size}; median of {args.steps} "
+      f"alternating steps after {args.warmup} warm-up"
+  )
+  print(
+      f"# load average (1/5/15 min) before timing "
+      f"{common.load_average(load_before)}, after "
+      f"{common.load_average(load)}"
+  )
+  table = common.Table(
+      [
+          ("side", "<16", ""),
+          ("step_s", ">8", ".3f"),
+          ("cpu_s", ">8", ".3f"),
+          ("x torch", ">8", ".2f"),
+          ("cpu x torch", ">11", ".2f"),
+      ]
+  )
   print(table.header())
   for name in runners:
-    print(table.row(name, med[name], med_cpu[name],
-                    row["ratio_over_torch"][name],
-                    row["cpu_ratio_over_torch"][name]), flush=True)
+    print(
+        table.row(
+            name,
+            med[name],
+            med_cpu[name],
+            row["ratio_over_torch"][name],
+            row["cpu_ratio_over_torch"][name],
+        ),
+        flush=True,
+    )
   common.write_json(args.json, row)
   return row
 
@@ -311,5 +399,6 @@ def main(argv=None):
 if __name__ == "__main__":
   # The library's CPU convolution choice, as its command-line tools make it.
   import maskcon_jax  # pylint: disable=g-import-not-at-top
+
   maskcon_jax.prefer_eigen_cpu_convolutions()
   main()

@@ -12,8 +12,9 @@ from ml_collections import config_dict
 from configs import default
 
 
-def get_config(dataset: str, image_size: int, strong_policy: str,
-               weak_policy: str):
+def get_config(
+    dataset: str, image_size: int, strong_policy: str, weak_policy: str
+):
   config = default.get_config()
   config.dataset = dataset
   config.image_size = image_size

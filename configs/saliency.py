@@ -39,23 +39,25 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.mode = "saliency"
-  config.saliency = ml_collections.ConfigDict(dict(
-      alpha=2.0,
-      num_hard_negatives=1,
-      strategy="hp",  # hp | blur | mean
-      # Patches per side; unset: the key encoder's last feature map (4 at
-      # 28 px).
-      grid=config_dict.placeholder(int),
-      fg_std=0.6,
-      # intent (the paper) | official (the official code's row-sorted
-      # lookup).
-      fg_rule="intent",
-      query_ratio=(0.05, 0.25),
-      negative_ratio=(0.4, 0.7),
-      query_noise_std=0.18,
-      negative_noise_std=0.14,
-      # Unset: the official 224-px sigmas (5 and 10) scaled to image_size.
-      hp_sigma=config_dict.placeholder(float),
-      blur_sigma=config_dict.placeholder(float),
-  ))
+  config.saliency = ml_collections.ConfigDict(
+      dict(
+          alpha=2.0,
+          num_hard_negatives=1,
+          strategy="hp",  # hp | blur | mean
+          # Patches per side; unset: the key encoder's last feature map (4 at
+          # 28 px).
+          grid=config_dict.placeholder(int),
+          fg_std=0.6,
+          # intent (the paper) | official (the official code's row-sorted
+          # lookup).
+          fg_rule="intent",
+          query_ratio=(0.05, 0.25),
+          negative_ratio=(0.4, 0.7),
+          query_noise_std=0.18,
+          negative_noise_std=0.14,
+          # Unset: the official 224-px sigmas (5 and 10) scaled to image_size.
+          hp_sigma=config_dict.placeholder(float),
+          blur_sigma=config_dict.placeholder(float),
+      )
+  )
   return config

@@ -31,12 +31,14 @@ def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.mode = "selfcon"
   config.t0 = 0.1  # SelfCon's tau.
-  config.selfcon = ml_collections.ConfigDict(dict(
-      position=2,  # The exit follows stage 2.
-      size="fc",  # fc | small | same
-      label_free=False,
-      base_temperature=0.07,  # tau_b.
-      eval_exit_ensemble=False,
-  ))
+  config.selfcon = ml_collections.ConfigDict(
+      dict(
+          position=2,  # The exit follows stage 2.
+          size="fc",  # fc | small | same
+          label_free=False,
+          base_temperature=0.07,  # tau_b.
+          eval_exit_ensemble=False,
+      )
+  )
   config.query_bn = "global"
   return config

@@ -13,9 +13,16 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.dataset = "synthetic"
-  config.synthetic = ml_collections.ConfigDict(dict(
-      num_train=64, num_test=32, image_size=8, channels=3, num_fine=8,
-      num_coarse=2))
+  config.synthetic = ml_collections.ConfigDict(
+      dict(
+          num_train=64,
+          num_test=32,
+          image_size=8,
+          channels=3,
+          num_fine=8,
+          num_coarse=2,
+      )
+  )
   config.image_size = 8
   config.arch = "resnet10"
   config.width = 4

@@ -30,10 +30,12 @@ def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.mode = "wcl"
   config.t0 = 0.1  # WCL's temperature for both losses.
-  config.wcl = ml_collections.ConfigDict(dict(
-      same_coarse_nn=False,  # Each 1-NN within its coarse class.
-      graph_weight=1.0,  # The paper adds the graph loss with weight 1.
-  ))
+  config.wcl = ml_collections.ConfigDict(
+      dict(
+          same_coarse_nn=False,  # Each 1-NN within its coarse class.
+          graph_weight=1.0,  # The paper adds the graph loss with weight 1.
+      )
+  )
   # SyncBN in the official code: statistics over the whole (global) batch.
   config.query_bn = "global"
   return config

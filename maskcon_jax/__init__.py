@@ -15,8 +15,10 @@ __version__ = "0.1.0"
 # option only concerns the CPU compiler, so GPU and TPU programs are
 # unaffected. It is added only for the jaxlib series it was measured on,
 # because XLA aborts the process on an option it does not know.
-_CPU_CONV_FLAG = ("--xla_cpu_experimental_ynn_fusion_type="
-                  "-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+_CPU_CONV_FLAG = (
+    "--xla_cpu_experimental_ynn_fusion_type="
+    "-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+)
 _CPU_CONV_FLAG_JAXLIB = (0, 10)
 
 
@@ -29,11 +31,14 @@ def prefer_eigen_cpu_convolutions() -> bool:
   ``MASKCON_JAX_KEEP_XLA_FLAGS=1``, or on another jaxlib series.
   """
   flags = _os.environ.get("XLA_FLAGS", "")
-  if (_os.environ.get("MASKCON_JAX_KEEP_XLA_FLAGS", "") not in ("", "0")
-      or "xla_cpu_experimental_ynn_fusion_type" in flags):
+  if (
+      _os.environ.get("MASKCON_JAX_KEEP_XLA_FLAGS", "") not in ("", "0")
+      or "xla_cpu_experimental_ynn_fusion_type" in flags
+  ):
     return False
   try:
     from jaxlib import version as _jaxlib_version  # pylint: disable=g-import-not-at-top
+
     release = tuple(int(p) for p in _jaxlib_version.__version__.split(".")[:2])
   except (ImportError, ValueError):
     return False
@@ -41,4 +46,3 @@ def prefer_eigen_cpu_convolutions() -> bool:
     return False
   _os.environ["XLA_FLAGS"] = f"{flags} {_CPU_CONV_FLAG}".strip()
   return True
-

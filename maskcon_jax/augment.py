@@ -265,19 +265,26 @@ def _square_to_quad(corners: jax.Array) -> jax.Array:
   det = dx1 * dy2 - dx2 * dy1
   g = (sum_x * dy2 - dx2 * sum_y) / det
   h = (dx1 * sum_y - sum_x * dy1) / det
-  return jnp.stack([
-      jnp.stack([x[1] - x[0] + g * x[1], x[3] - x[0] + h * x[3], x[0]]),
-      jnp.stack([y[1] - y[0] + g * y[1], y[3] - y[0] + h * y[3], y[0]]),
-      jnp.stack([g, h, jnp.ones_like(g)]),
-  ])
+  return jnp.stack(
+      [
+          jnp.stack([x[1] - x[0] + g * x[1], x[3] - x[0] + h * x[3], x[0]]),
+          jnp.stack([y[1] - y[0] + g * y[1], y[3] - y[0] + h * y[3], y[0]]),
+          jnp.stack([g, h, jnp.ones_like(g)]),
+      ]
+  )
 
 
 def _adjugate3(m: jax.Array) -> jax.Array:
   """Adjugate of a 3x3 matrix: its inverse times the determinant."""
   cols = [m[:, i] for i in range(3)]
   # Rows of the adjugate are cross products of the matrix's columns.
-  return jnp.stack([jnp.cross(cols[1], cols[2]), jnp.cross(cols[2], cols[0]),
-                    jnp.cross(cols[0], cols[1])])
+  return jnp.stack(
+      [
+          jnp.cross(cols[1], cols[2]),
+          jnp.cross(cols[2], cols[0]),
+          jnp.cross(cols[0], cols[1]),
+      ]
+  )
 
 
 def perspective_coeffs(
@@ -341,7 +348,8 @@ def _homography_warp(
   ys = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
   xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
   (a, b, c), (d, e, f), (g, h, i) = (
-      [matrix[r, k] for k in range(3)] for r in range(3))
+      [matrix[r, k] for k in range(3)] for r in range(3)
+  )
   den = g * xs + h * ys + i
   # Points on or behind the homography's vanishing line have no image; with
   # RandomPerspective's corner offsets (at most a quarter of the side) that
@@ -350,8 +358,13 @@ def _homography_warp(
   safe_den = jnp.where(ahead, den, 1.0)
   src_x = (a * xs + b * ys + c) / safe_den
   src_y = (d * xs + e * ys + f) / safe_den
-  inside = (ahead & (src_x >= 0.0) & (src_x < width) & (src_y >= 0.0)
-            & (src_y < height))
+  inside = (
+      ahead
+      & (src_x >= 0.0)
+      & (src_x < width)
+      & (src_y >= 0.0)
+      & (src_y < height)
+  )
   # Pixel centres are at integer + 0.5.
   src_x = jnp.clip(src_x, 0.0, float(width)) - 0.5
   src_y = jnp.clip(src_y, 0.0, float(height)) - 0.5
@@ -369,8 +382,9 @@ def _homography_warp(
 
   top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * fx
   bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * fx
-  return jnp.where(inside[..., None], top + (bottom - top) * fy,
-                   jnp.float32(fill))
+  return jnp.where(
+      inside[..., None], top + (bottom - top) * fy, jnp.float32(fill)
+  )
 
 
 def _perspective_endpoints(
@@ -384,18 +398,21 @@ def _perspective_endpoints(
   offsets = jnp.minimum(jnp.floor(uniforms * (limit + 1.0)), limit)
   dx, dy = offsets[0::2], offsets[1::2]
   right, bottom = float(width - 1), float(height - 1)
-  return jnp.stack([
-      jnp.stack([dx[0], dy[0]]),
-      jnp.stack([right - dx[1], dy[1]]),
-      jnp.stack([right - dx[2], bottom - dy[2]]),
-      jnp.stack([dx[3], bottom - dy[3]]),
-  ])
+  return jnp.stack(
+      [
+          jnp.stack([dx[0], dy[0]]),
+          jnp.stack([right - dx[1], dy[1]]),
+          jnp.stack([right - dx[2], bottom - dy[2]]),
+          jnp.stack([dx[3], bottom - dy[3]]),
+      ]
+  )
 
 
 def _image_corners(height: int, width: int) -> jax.Array:
   right, bottom = float(width - 1), float(height - 1)
   return jnp.asarray(
-      [[0.0, 0.0], [right, 0.0], [right, bottom], [0.0, bottom]], jnp.float32)
+      [[0.0, 0.0], [right, 0.0], [right, bottom], [0.0, bottom]], jnp.float32
+  )
 
 
 # Eight corner offsets and one apply decision.
@@ -420,8 +437,9 @@ def sample_perspective_coeffs(
     Output-to-input coefficients for `perspective_transform`.
   """
   uniforms = jax.random.uniform(rng, (_PERSPECTIVE_UNIFORMS,))
-  endpoints = _perspective_endpoints(uniforms[:8], height, width,
-                                     distortion_scale)
+  endpoints = _perspective_endpoints(
+      uniforms[:8], height, width, distortion_scale
+  )
   return perspective_coeffs(_image_corners(height, width), endpoints)
 
 
@@ -473,11 +491,13 @@ def _perspective_matrix(
   Returns:
     The homography, or the identity where the warp is not applied.
   """
-  endpoints = _perspective_endpoints(uniforms[:8], height, width,
-                                     distortion_scale)
+  endpoints = _perspective_endpoints(
+      uniforms[:8], height, width, distortion_scale
+  )
   coeffs = perspective_coeffs(_image_corners(height, width), endpoints)
-  return jnp.where(uniforms[8] < p, _coeffs_to_matrix(coeffs),
-                   jnp.eye(3, dtype=jnp.float32))
+  return jnp.where(
+      uniforms[8] < p, _coeffs_to_matrix(coeffs), jnp.eye(3, dtype=jnp.float32)
+  )
 
 
 def _flip_matrix(u: jax.Array, width: int, p: float) -> jax.Array:
@@ -487,8 +507,9 @@ def _flip_matrix(u: jax.Array, width: int, p: float) -> jax.Array:
   centres onto pixel centres, so a warp composed with it samples exactly
   what flipping the pixels before or after the warp would.
   """
-  flip = jnp.asarray([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-                     jnp.float32)
+  flip = jnp.asarray(
+      [[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], jnp.float32
+  )
   return jnp.where(u < p, flip, jnp.eye(3, dtype=jnp.float32))
 
 
@@ -828,11 +849,11 @@ def normalize(
     ValueError: If `mean` or `std` does not have 1 or `C` entries.
   """
   channels = image.shape[-1]
-  for name, value in (('mean', mean), ('std', std)):
+  for name, value in (("mean", mean), ("std", std)):
     if len(value) not in (1, channels):
       raise ValueError(
-          f'{name} has {len(value)} entries but the image has {channels}'
-          ' channels; give one value per channel.'
+          f"{name} has {len(value)} entries but the image has {channels}"
+          " channels; give one value per channel."
       )
   mean_arr = jnp.asarray(mean, jnp.float32)
   inv_std = 1.0 / jnp.asarray(std, jnp.float32)
@@ -900,9 +921,14 @@ def strong_augment(rng: jax.Array, image: jax.Array, *, size: int) -> jax.Array:
   """
   uniforms = jax.random.uniform(rng, (_STRONG_UNIFORMS,))
   x = _weak_augment(uniforms[:_WEAK_UNIFORMS], image, size)
-  jitter_u = uniforms[_WEAK_UNIFORMS:_WEAK_UNIFORMS + _JITTER_UNIFORMS]
+  jitter_u = uniforms[_WEAK_UNIFORMS : _WEAK_UNIFORMS + _JITTER_UNIFORMS]
   x = _color_jitter(
-      jitter_u, x, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+      jitter_u,
+      x,
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.4,
+      hue=0.1,
       p=0.8,
   )
   return _grayscale(uniforms[-1], x, 0.2)
@@ -939,14 +965,19 @@ def strong_view(
 # Per-dataset (mean, std) used by `normalize` in the paper's code; Cars196,
 # SOP and ImageNet32 use the ImageNet statistics.
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    'cifar10': (hierarchies.CIFAR10_MEAN, hierarchies.CIFAR10_STD),
-    'cifar100': (hierarchies.CIFAR100_MEAN, hierarchies.CIFAR100_STD),
-    'imagenet': (hierarchies.IMAGENET_MEAN, hierarchies.IMAGENET_STD),
+    "cifar10": (hierarchies.CIFAR10_MEAN, hierarchies.CIFAR10_STD),
+    "cifar100": (hierarchies.CIFAR100_MEAN, hierarchies.CIFAR100_STD),
+    "imagenet": (hierarchies.IMAGENET_MEAN, hierarchies.IMAGENET_STD),
 }
 
 _CIFAR_STRONG_UNIFORMS = _WEAK_UNIFORMS + autoaugment.AUTOAUGMENT_UNIFORMS
-_CARS_STRONG_UNIFORMS = (_WEAK_UNIFORMS + _PERSPECTIVE_UNIFORMS
-                         + _JITTER_UNIFORMS + 1 + _BLUR_UNIFORMS)
+_CARS_STRONG_UNIFORMS = (
+    _WEAK_UNIFORMS
+    + _PERSPECTIVE_UNIFORMS
+    + _JITTER_UNIFORMS
+    + 1
+    + _BLUR_UNIFORMS
+)
 _CARS_WEAK_UNIFORMS = _CROP_UNIFORMS + _PERSPECTIVE_UNIFORMS + 1
 _SOP_UNIFORMS = _WEAK_UNIFORMS + _PERSPECTIVE_UNIFORMS
 
@@ -954,10 +985,10 @@ _SOP_UNIFORMS = _WEAK_UNIFORMS + _PERSPECTIVE_UNIFORMS
 def _split_uniforms(uniforms: jax.Array, *sizes: int) -> list[jax.Array]:
   """Consecutive slices of `uniforms` with the given sizes."""
   if sum(sizes) != uniforms.shape[0]:
-    raise ValueError(f'{uniforms.shape[0]} uniforms for parts {sizes}.')
+    raise ValueError(f"{uniforms.shape[0]} uniforms for parts {sizes}.")
   parts, start = [], 0
   for size in sizes:
-    parts.append(uniforms[start:start + size])
+    parts.append(uniforms[start : start + size])
     start += size
   return parts
 
@@ -965,8 +996,9 @@ def _split_uniforms(uniforms: jax.Array, *sizes: int) -> list[jax.Array]:
 def _view_crop(uniforms: jax.Array, image: jax.Array, size: int) -> jax.Array:
   """The views' random resized crop (scale 0.2-1) of a uint8/float image."""
   x = to_float(image)
-  box = _crop_box(uniforms, x.shape[0], x.shape[1], _VIEW_CROP_SCALE,
-                  _VIEW_CROP_RATIO)
+  box = _crop_box(
+      uniforms, x.shape[0], x.shape[1], _VIEW_CROP_SCALE, _VIEW_CROP_RATIO
+  )
   return resized_crop(x, box, size)
 
 
@@ -980,19 +1012,23 @@ def _flip_then_perspective(
   """
   x = _view_crop(weak_u[:_CROP_UNIFORMS], image, size)
   # Warping the flipped image: the warp's source point is flipped.
-  matrix = (_flip_matrix(weak_u[_CROP_UNIFORMS], size, 0.5)
-            @ _perspective_matrix(persp_u, size, size, 0.5, 0.5))
+  matrix = _flip_matrix(
+      weak_u[_CROP_UNIFORMS], size, 0.5
+  ) @ _perspective_matrix(persp_u, size, size, 0.5, 0.5)
   return _homography_warp(x, matrix)
 
 
 def _cifar_strong_augment(
-    rng: jax.Array, image: jax.Array, size: int,
+    rng: jax.Array,
+    image: jax.Array,
+    size: int,
     flavour: autoaugment.Flavour,
 ) -> jax.Array:
   """Crop + flip + AutoAugment of `flavour`; both CIFAR views draw alike."""
   uniforms = jax.random.uniform(rng, (_CIFAR_STRONG_UNIFORMS,))
   weak_u, policy_u = _split_uniforms(
-      uniforms, _WEAK_UNIFORMS, autoaugment.AUTOAUGMENT_UNIFORMS)
+      uniforms, _WEAK_UNIFORMS, autoaugment.AUTOAUGMENT_UNIFORMS
+  )
   x = _weak_augment(weak_u, image, size)
   return autoaugment.apply_autoaugment(policy_u, x, flavour=flavour)
 
@@ -1064,14 +1100,21 @@ def cars_strong_augment(
   """
   uniforms = jax.random.uniform(rng, (_CARS_STRONG_UNIFORMS,))
   weak_u, persp_u, jitter_u, gray_u, blur_u = _split_uniforms(
-      uniforms, _WEAK_UNIFORMS, _PERSPECTIVE_UNIFORMS, _JITTER_UNIFORMS, 1,
-      _BLUR_UNIFORMS)
+      uniforms,
+      _WEAK_UNIFORMS,
+      _PERSPECTIVE_UNIFORMS,
+      _JITTER_UNIFORMS,
+      1,
+      _BLUR_UNIFORMS,
+  )
   x = _flip_then_perspective(weak_u, persp_u, image, size)
-  x = _color_jitter(jitter_u, x, brightness=0.4, contrast=0.4,
-                    saturation=0.4, hue=0.1, p=0.8)
+  x = _color_jitter(
+      jitter_u, x, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8
+  )
   x = _grayscale(gray_u[0], x, 0.2)
-  return _gaussian_blur(blur_u, x, sigma=(0.1, 2.0),
-                        kernel_size=blur_kernel_size(size), p=0.5)
+  return _gaussian_blur(
+      blur_u, x, sigma=(0.1, 2.0), kernel_size=blur_kernel_size(size), p=0.5
+  )
 
 
 def cars_weak_augment(
@@ -1091,11 +1134,13 @@ def cars_weak_augment(
   """
   uniforms = jax.random.uniform(rng, (_CARS_WEAK_UNIFORMS,))
   crop_u, persp_u, flip_u = _split_uniforms(
-      uniforms, _CROP_UNIFORMS, _PERSPECTIVE_UNIFORMS, 1)
+      uniforms, _CROP_UNIFORMS, _PERSPECTIVE_UNIFORMS, 1
+  )
   x = _view_crop(crop_u, image, size)
   # Flipping the warped image: the flip acts on output coordinates first.
-  matrix = (_perspective_matrix(persp_u, size, size, 0.5, 0.5)
-            @ _flip_matrix(flip_u[0], size, 0.5))
+  matrix = _perspective_matrix(persp_u, size, size, 0.5, 0.5) @ _flip_matrix(
+      flip_u[0], size, 0.5
+  )
   return _homography_warp(x, matrix)
 
 
@@ -1117,7 +1162,8 @@ def sop_augment(rng: jax.Array, image: jax.Array, *, size: int) -> jax.Array:
   """
   uniforms = jax.random.uniform(rng, (_SOP_UNIFORMS,))
   weak_u, persp_u = _split_uniforms(
-      uniforms, _WEAK_UNIFORMS, _PERSPECTIVE_UNIFORMS)
+      uniforms, _WEAK_UNIFORMS, _PERSPECTIVE_UNIFORMS
+  )
   return _flip_then_perspective(weak_u, persp_u, image, size)
 
 
@@ -1220,14 +1266,14 @@ ViewFn = Callable[..., jax.Array]
 # `cars_strong` / `cars_weak`, SOP `sop` for both. `cifar_strong_tv` is the
 # CIFAR query view with torchvision's AutoAugment instead.
 VIEW_POLICIES: dict[str, ViewFn] = {
-    'weak': weak_view,
-    'strong': strong_view,
-    'cifar_strong': cifar_strong_view,
-    'cifar_strong_tv': cifar_strong_tv_view,
-    'cifar_weak': weak_view,
-    'cars_strong': cars_strong_view,
-    'cars_weak': cars_weak_view,
-    'sop': sop_view,
+    "weak": weak_view,
+    "strong": strong_view,
+    "cifar_strong": cifar_strong_view,
+    "cifar_strong_tv": cifar_strong_tv_view,
+    "cifar_weak": weak_view,
+    "cars_strong": cars_strong_view,
+    "cars_weak": cars_weak_view,
+    "sop": sop_view,
 }
 
 
@@ -1278,9 +1324,12 @@ def policy_views(
   """
   if len(policies) != len(rngs):
     raise ValueError(f"{len(policies)} policies but {len(rngs)} keys.")
-  return tuple(view_batch(VIEW_POLICIES[name], rng, images, size=size,
-                          mean=mean, std=std)
-               for name, rng in zip(policies, rngs))
+  return tuple(
+      view_batch(
+          VIEW_POLICIES[name], rng, images, size=size, mean=mean, std=std
+      )
+      for name, rng in zip(policies, rngs)
+  )
 
 
 def weak_view_batch(
@@ -1315,9 +1364,7 @@ def test_view_batch(
     std: Sequence[float],
 ) -> jax.Array:
   """`test_view` over a batch."""
-  return jax.vmap(lambda x: test_view(x, size=size, mean=mean, std=std))(
-      images
-  )
+  return jax.vmap(lambda x: test_view(x, size=size, mean=mean, std=std))(images)
 
 
 test_view_batch.__test__ = False

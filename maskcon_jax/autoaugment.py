@@ -51,41 +51,41 @@ _NUM_LEVELS = 256
 # Operation names, as torchvision's AutoAugment spells them. The index of a
 # name is the `op` argument of `apply_op`.
 OP_NAMES = (
-    'Identity',
-    'Invert',
-    'AutoContrast',
-    'Equalize',
-    'Posterize',
-    'Solarize',
-    'Brightness',
-    'Color',
-    'Contrast',
-    'Sharpness',
-    'Rotate',
-    'ShearX',
-    'ShearY',
-    'TranslateX',
-    'TranslateY',
+    "Identity",
+    "Invert",
+    "AutoContrast",
+    "Equalize",
+    "Posterize",
+    "Solarize",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Rotate",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
 )
 OP_INDEX = {name: i for i, name in enumerate(OP_NAMES)}
 
 _IDENTITY_FAMILY, _LUT_FAMILY, _BLEND_FAMILY, _AFFINE_FAMILY = range(4)
 _FAMILY_OF = {
-    'Identity': _IDENTITY_FAMILY,
-    'Invert': _LUT_FAMILY,
-    'AutoContrast': _LUT_FAMILY,
-    'Equalize': _LUT_FAMILY,
-    'Posterize': _LUT_FAMILY,
-    'Solarize': _LUT_FAMILY,
-    'Brightness': _BLEND_FAMILY,
-    'Color': _BLEND_FAMILY,
-    'Contrast': _BLEND_FAMILY,
-    'Sharpness': _BLEND_FAMILY,
-    'Rotate': _AFFINE_FAMILY,
-    'ShearX': _AFFINE_FAMILY,
-    'ShearY': _AFFINE_FAMILY,
-    'TranslateX': _AFFINE_FAMILY,
-    'TranslateY': _AFFINE_FAMILY,
+    "Identity": _IDENTITY_FAMILY,
+    "Invert": _LUT_FAMILY,
+    "AutoContrast": _LUT_FAMILY,
+    "Equalize": _LUT_FAMILY,
+    "Posterize": _LUT_FAMILY,
+    "Solarize": _LUT_FAMILY,
+    "Brightness": _BLEND_FAMILY,
+    "Color": _BLEND_FAMILY,
+    "Contrast": _BLEND_FAMILY,
+    "Sharpness": _BLEND_FAMILY,
+    "Rotate": _AFFINE_FAMILY,
+    "ShearX": _AFFINE_FAMILY,
+    "ShearY": _AFFINE_FAMILY,
+    "TranslateX": _AFFINE_FAMILY,
+    "TranslateY": _AFFINE_FAMILY,
 }
 _FAMILIES = np.asarray([_FAMILY_OF[name] for name in OP_NAMES], np.int32)
 
@@ -94,31 +94,31 @@ _FAMILIES = np.asarray([_FAMILY_OF[name] for name in OP_NAMES], np.int32)
 # magnitude.
 SubPolicy = tuple[tuple[str, float, int | None], tuple[str, float, int | None]]
 CIFAR10_POLICY: tuple[SubPolicy, ...] = (
-    (('Invert', 0.1, None), ('Contrast', 0.2, 6)),
-    (('Rotate', 0.7, 2), ('TranslateX', 0.3, 9)),
-    (('Sharpness', 0.8, 1), ('Sharpness', 0.9, 3)),
-    (('ShearY', 0.5, 8), ('TranslateY', 0.7, 9)),
-    (('AutoContrast', 0.5, None), ('Equalize', 0.9, None)),
-    (('ShearY', 0.2, 7), ('Posterize', 0.3, 7)),
-    (('Color', 0.4, 3), ('Brightness', 0.6, 7)),
-    (('Sharpness', 0.3, 9), ('Brightness', 0.7, 9)),
-    (('Equalize', 0.6, None), ('Equalize', 0.5, None)),
-    (('Contrast', 0.6, 7), ('Sharpness', 0.6, 5)),
-    (('Color', 0.7, 7), ('TranslateX', 0.5, 8)),
-    (('Equalize', 0.3, None), ('AutoContrast', 0.4, None)),
-    (('TranslateY', 0.4, 3), ('Sharpness', 0.2, 6)),
-    (('Brightness', 0.9, 6), ('Color', 0.2, 8)),
-    (('Solarize', 0.5, 2), ('Invert', 0.0, None)),
-    (('Equalize', 0.2, None), ('AutoContrast', 0.6, None)),
-    (('Equalize', 0.2, None), ('Equalize', 0.6, None)),
-    (('Color', 0.9, 9), ('Equalize', 0.6, None)),
-    (('AutoContrast', 0.8, None), ('Solarize', 0.2, 8)),
-    (('Brightness', 0.1, 3), ('Color', 0.7, 0)),
-    (('Solarize', 0.4, 5), ('AutoContrast', 0.9, None)),
-    (('TranslateY', 0.9, 9), ('TranslateY', 0.7, 9)),
-    (('AutoContrast', 0.9, None), ('Solarize', 0.8, 3)),
-    (('Equalize', 0.8, None), ('Invert', 0.1, None)),
-    (('TranslateY', 0.7, 9), ('AutoContrast', 0.9, None)),
+    (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+    (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+    (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
 )
 
 # The official MaskCon code's CIFAR10Policy: the same sub-policies and
@@ -126,7 +126,7 @@ CIFAR10_POLICY: tuple[SubPolicy, ...] = (
 # (torchvision: 0.6).
 OFFICIAL_CIFAR10_POLICY: tuple[SubPolicy, ...] = (
     CIFAR10_POLICY[:16]
-    + ((('Equalize', 0.2, None), ('Equalize', 0.8, None)),)
+    + ((("Equalize", 0.2, None), ("Equalize", 0.8, None)),)
     + CIFAR10_POLICY[17:]
 )
 
@@ -175,13 +175,13 @@ class Flavour:
 
 # torchvision's AutoAugment on a PIL image, with its default fill (0).
 TORCHVISION = Flavour(
-    name='torchvision',
+    name="torchvision",
     policy=CIFAR10_POLICY,
     fill=0.0,
     solarize_start=255.0,
     signed_rotate=True,
     truncate_translate=True,
-    shear_resample='nearest',
+    shear_resample="nearest",
     strict_probability=False,
     # Kept from the first version of this module; within 1e-4 of PIL's luma.
     luma_weights=LUMA_WEIGHTS,
@@ -192,13 +192,13 @@ TORCHVISION = Flavour(
 # Its rotate composites an RGBA rotation over a grey image, which amounts to
 # a nearest-neighbour rotation with fill 128; it never negates the angle.
 OFFICIAL = Flavour(
-    name='official',
+    name="official",
     policy=OFFICIAL_CIFAR10_POLICY,
     fill=128.0 / 255.0,
     solarize_start=256.0,
     signed_rotate=False,
     truncate_translate=False,
-    shear_resample='bicubic',
+    shear_resample="bicubic",
     strict_probability=True,
     luma_weights=_PIL_LUMA_WEIGHTS,
 )
@@ -211,8 +211,10 @@ def get_flavour(flavour: Flavour | str) -> Flavour:
   if isinstance(flavour, Flavour):
     return flavour
   if flavour not in FLAVOURS:
-    raise ValueError(f'Unknown AutoAugment flavour {flavour!r}; expected one '
-                     f'of {sorted(FLAVOURS)}.')
+    raise ValueError(
+        f"Unknown AutoAugment flavour {flavour!r}; expected one "
+        f"of {sorted(FLAVOURS)}."
+    )
   return FLAVOURS[flavour]
 
 
@@ -275,8 +277,9 @@ def _solarize_lut(threshold: jax.Array) -> jax.Array:
   # may be fractional (torchvision's bins are linspace(255, 0, 10)).
   levels = _identity_lut()
   threshold = jnp.asarray(threshold, jnp.float32)
-  return jnp.where(levels.astype(jnp.float32) >= threshold, 255 - levels,
-                   levels)
+  return jnp.where(
+      levels.astype(jnp.float32) >= threshold, 255 - levels, levels
+  )
 
 
 def _autocontrast_lut(levels: jax.Array) -> jax.Array:
@@ -349,15 +352,17 @@ def equalize(image: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
-def _blend(image: jax.Array, degenerate: jax.Array, factor: jax.Array
-           ) -> jax.Array:
+def _blend(
+    image: jax.Array, degenerate: jax.Array, factor: jax.Array
+) -> jax.Array:
   image = jnp.asarray(image, jnp.float32)
   factor = jnp.asarray(factor, jnp.float32)
   return jnp.clip(degenerate + factor * (image - degenerate), 0.0, 1.0)
 
 
-def _grayscale(image: jax.Array,
-               luma_weights: tuple[float, ...] = LUMA_WEIGHTS) -> jax.Array:
+def _grayscale(
+    image: jax.Array, luma_weights: tuple[float, ...] = LUMA_WEIGHTS
+) -> jax.Array:
   image = jnp.asarray(image, jnp.float32)
   if image.shape[-1] == 1:
     return image
@@ -375,12 +380,13 @@ def _smooth(image: jax.Array) -> jax.Array:
   total = 4.0 * image[1:-1, 1:-1]
   for dy in range(3):
     for dx in range(3):
-      total = total + image[dy:height - 2 + dy, dx:width - 2 + dx]
+      total = total + image[dy : height - 2 + dy, dx : width - 2 + dx]
   return image.at[1:-1, 1:-1].set(total * (1.0 / 13.0))
 
 
-def enhance_brightness(image: jax.Array, factor: jax.Array | float
-                       ) -> jax.Array:
+def enhance_brightness(
+    image: jax.Array, factor: jax.Array | float
+) -> jax.Array:
   """`ImageEnhance.Brightness`: blend with black."""
   return _blend(image, jnp.zeros_like(image), factor)
 
@@ -395,8 +401,7 @@ def enhance_contrast(image: jax.Array, factor: jax.Array | float) -> jax.Array:
   return _blend(image, jnp.mean(_grayscale(image)), factor)
 
 
-def enhance_sharpness(image: jax.Array, factor: jax.Array | float
-                      ) -> jax.Array:
+def enhance_sharpness(image: jax.Array, factor: jax.Array | float) -> jax.Array:
   """`ImageEnhance.Sharpness`: blend with the smoothed image."""
   return _blend(image, _smooth(image), factor)
 
@@ -436,10 +441,10 @@ def affine_transform(
   ix = jnp.floor(src_x).astype(jnp.int32)
   iy = jnp.floor(src_y).astype(jnp.int32)
   inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
-  flat_index = (jnp.clip(iy, 0, height - 1) * width
-                + jnp.clip(ix, 0, width - 1))
-  gathered = jnp.take(image.reshape(height * width, channels), flat_index,
-                      axis=0)
+  flat_index = jnp.clip(iy, 0, height - 1) * width + jnp.clip(ix, 0, width - 1)
+  gathered = jnp.take(
+      image.reshape(height * width, channels), flat_index, axis=0
+  )
   return jnp.where(inside[..., None], gathered, jnp.float32(fill))
 
 
@@ -488,8 +493,7 @@ def affine_transform_bicubic(
   xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
   src_x = m[0] * xs + m[1] * ys + m[2]
   src_y = m[3] * xs + m[4] * ys + m[5]
-  inside = ((src_x >= 0.0) & (src_x < width) & (src_y >= 0.0)
-            & (src_y < height))
+  inside = (src_x >= 0.0) & (src_x < width) & (src_y >= 0.0) & (src_y < height)
   # Points outside give `fill`; clipping them keeps the taps in the table.
   u = jnp.clip(src_x, 0.0, float(width)) - 0.5
   v = jnp.clip(src_y, 0.0, float(height)) - 0.5
@@ -502,10 +506,12 @@ def affine_transform_bicubic(
   # of a pixel centre (every row of some columns for some shears), whereas
   # weights of the gathered taps' own positions stay consistent.
   pad = 2
-  padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='edge')
+  padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
   rows, cols = jnp.meshgrid(
       jnp.arange(-pad, height + pad, dtype=jnp.float32),
-      jnp.arange(-pad, width + pad, dtype=jnp.float32), indexing='ij')
+      jnp.arange(-pad, width + pad, dtype=jnp.float32),
+      indexing="ij",
+  )
   table = jnp.concatenate([padded, rows[..., None], cols[..., None]], axis=-1)
   taps = jnp.arange(-1, 3, dtype=jnp.int32) + pad
   ix = jnp.floor(u).astype(jnp.int32)[..., None] + taps
@@ -523,8 +529,9 @@ def affine_transform_bicubic(
   return jnp.where(inside[..., None], value, jnp.float32(fill))
 
 
-def _shear_rows_bicubic(image: jax.Array, factor: jax.Array, fill: float
-                        ) -> jax.Array:
+def _shear_rows_bicubic(
+    image: jax.Array, factor: jax.Array, fill: float
+) -> jax.Array:
   """`affine_transform_bicubic` for the ShearX matrix `(1, f, 0, 0, 1, 0)`.
 
   The source point of output `(x, y)` is `(x + 0.5 + s, y + 0.5)` with the
@@ -547,13 +554,18 @@ def _shear_rows_bicubic(image: jax.Array, factor: jax.Array, fill: float
   base = jnp.floor(jnp.clip(shift, -width - 2.0, width + 2.0))
   taps = jnp.arange(-1, 3, dtype=jnp.int32)
   weights = _cubic_kernel((shift - base)[:, None] - taps.astype(jnp.float32))
-  columns = (jnp.arange(width, dtype=jnp.int32)[None, :, None]
-             + base.astype(jnp.int32)[:, None, None] + taps)
-  flat_index = (jnp.arange(height, dtype=jnp.int32)[:, None, None] * width
-                + jnp.clip(columns, 0, width - 1))
+  columns = (
+      jnp.arange(width, dtype=jnp.int32)[None, :, None]
+      + base.astype(jnp.int32)[:, None, None]
+      + taps
+  )
+  flat_index = jnp.arange(height, dtype=jnp.int32)[
+      :, None, None
+  ] * width + jnp.clip(columns, 0, width - 1)
   # (H, W, tap, C): one gather of 4 taps per output pixel.
-  gathered = jnp.take(image.reshape(height * width, channels), flat_index,
-                      axis=0)
+  gathered = jnp.take(
+      image.reshape(height * width, channels), flat_index, axis=0
+  )
   value = jnp.sum(gathered * weights[:, None, :, None], axis=2)
   value = jnp.clip(value, 0.0, 1.0)
   return jnp.where(inside[..., None], value, jnp.float32(fill))
@@ -564,9 +576,10 @@ def _swap_axes(image: jax.Array) -> jax.Array:
 
 
 def _check_resample(resample: str) -> None:
-  if resample not in ('nearest', 'bicubic'):
-    raise ValueError(f"Unknown resample {resample!r}; expected 'nearest' or "
-                     "'bicubic'.")
+  if resample not in ("nearest", "bicubic"):
+    raise ValueError(
+        f"Unknown resample {resample!r}; expected 'nearest' or " "'bicubic'."
+    )
 
 
 def _rotate_matrix(degrees: jax.Array, height: int, width: int) -> jax.Array:
@@ -574,10 +587,16 @@ def _rotate_matrix(degrees: jax.Array, height: int, width: int) -> jax.Array:
   theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
   cos, sin = jnp.cos(theta), jnp.sin(theta)
   cx, cy = width / 2.0, height / 2.0
-  return jnp.stack([
-      cos, -sin, cx - cos * cx + sin * cy,
-      sin, cos, cy - sin * cx - cos * cy,
-  ])
+  return jnp.stack(
+      [
+          cos,
+          -sin,
+          cx - cos * cx + sin * cy,
+          sin,
+          cos,
+          cy - sin * cx - cos * cy,
+      ]
+  )
 
 
 def _shear_x_matrix(factor: jax.Array) -> jax.Array:
@@ -600,46 +619,57 @@ def _translate_matrix(dx: jax.Array, dy: jax.Array) -> jax.Array:
   return jnp.stack([one, zero, -dx, zero, one, -dy])
 
 
-def rotate(image: jax.Array, degrees: jax.Array | float, fill: float = 0.0
-           ) -> jax.Array:
+def rotate(
+    image: jax.Array, degrees: jax.Array | float, fill: float = 0.0
+) -> jax.Array:
   """Rotates counter-clockwise by `degrees` about the image centre."""
   height, width = image.shape[0], image.shape[1]
   return affine_transform(image, _rotate_matrix(degrees, height, width), fill)
 
 
-def shear_x(image: jax.Array, factor: jax.Array | float, fill: float = 0.0,
-            resample: str = 'nearest') -> jax.Array:
+def shear_x(
+    image: jax.Array,
+    factor: jax.Array | float,
+    fill: float = 0.0,
+    resample: str = "nearest",
+) -> jax.Array:
   """Horizontal shear about the top-left corner: out(x, y) = in(x + f y, y).
 
   `resample` is `'nearest'` or `'bicubic'` (as `affine_transform_bicubic`).
   """
   _check_resample(resample)
-  if resample == 'bicubic':
+  if resample == "bicubic":
     return _shear_rows_bicubic(image, factor, fill)
   return affine_transform(image, _shear_x_matrix(factor), fill)
 
 
-def shear_y(image: jax.Array, factor: jax.Array | float, fill: float = 0.0,
-            resample: str = 'nearest') -> jax.Array:
+def shear_y(
+    image: jax.Array,
+    factor: jax.Array | float,
+    fill: float = 0.0,
+    resample: str = "nearest",
+) -> jax.Array:
   """Vertical shear about the top-left corner: out(x, y) = in(x, y + f x).
 
   `resample` is `'nearest'` or `'bicubic'` (as `affine_transform_bicubic`).
   """
   _check_resample(resample)
-  if resample == 'bicubic':
+  if resample == "bicubic":
     # ShearY is ShearX of the transposed image.
     return _swap_axes(_shear_rows_bicubic(_swap_axes(image), factor, fill))
   return affine_transform(image, _shear_y_matrix(factor), fill)
 
 
-def translate_x(image: jax.Array, pixels: jax.Array | float, fill: float = 0.0
-                ) -> jax.Array:
+def translate_x(
+    image: jax.Array, pixels: jax.Array | float, fill: float = 0.0
+) -> jax.Array:
   """Shifts the content right by `pixels` (left if negative)."""
   return affine_transform(image, _translate_matrix(pixels, 0.0), fill)
 
 
-def translate_y(image: jax.Array, pixels: jax.Array | float, fill: float = 0.0
-                ) -> jax.Array:
+def translate_y(
+    image: jax.Array, pixels: jax.Array | float, fill: float = 0.0
+) -> jax.Array:
   """Shifts the content down by `pixels` (up if negative)."""
   return affine_transform(image, _translate_matrix(0.0, pixels), fill)
 
@@ -653,8 +683,9 @@ def _is(op: jax.Array, name: str) -> jax.Array:
   return op == OP_INDEX[name]
 
 
-def _lut_family(image: jax.Array, op: jax.Array, magnitude: jax.Array
-                ) -> jax.Array:
+def _lut_family(
+    image: jax.Array, op: jax.Array, magnitude: jax.Array
+) -> jax.Array:
   levels = to_levels(image)
   channels = image.shape[-1]
 
@@ -662,32 +693,51 @@ def _lut_family(image: jax.Array, op: jax.Array, magnitude: jax.Array
     return jnp.broadcast_to(lut, (channels, _NUM_LEVELS))
 
   lut = jnp.select(
-      [_is(op, 'Invert'), _is(op, 'AutoContrast'), _is(op, 'Equalize'),
-       _is(op, 'Posterize')],
-      [per_channel(_invert_lut()), _autocontrast_lut(levels),
-       _equalize_lut(levels),
-       # torchvision passes int(magnitude) bits.
-       per_channel(_posterize_lut(jnp.trunc(magnitude)))],
+      [
+          _is(op, "Invert"),
+          _is(op, "AutoContrast"),
+          _is(op, "Equalize"),
+          _is(op, "Posterize"),
+      ],
+      [
+          per_channel(_invert_lut()),
+          _autocontrast_lut(levels),
+          _equalize_lut(levels),
+          # torchvision passes int(magnitude) bits.
+          per_channel(_posterize_lut(jnp.trunc(magnitude))),
+      ],
       per_channel(_solarize_lut(magnitude)),
   )
   offsets = jnp.arange(channels, dtype=jnp.int32) * _NUM_LEVELS
   return _from_levels(jnp.take(lut.reshape(-1), levels + offsets))
 
 
-def _blend_family(image: jax.Array, op: jax.Array, magnitude: jax.Array,
-                  luma_weights: tuple[float, ...] = LUMA_WEIGHTS
-                  ) -> jax.Array:
+def _blend_family(
+    image: jax.Array,
+    op: jax.Array,
+    magnitude: jax.Array,
+    luma_weights: tuple[float, ...] = LUMA_WEIGHTS,
+) -> jax.Array:
   gray = _grayscale(image, luma_weights)
   degenerate = jnp.where(
-      _is(op, 'Brightness'), 0.0,
-      jnp.where(_is(op, 'Color'), gray,
-                jnp.where(_is(op, 'Contrast'), jnp.mean(gray),
-                          _smooth(image))))
+      _is(op, "Brightness"),
+      0.0,
+      jnp.where(
+          _is(op, "Color"),
+          gray,
+          jnp.where(_is(op, "Contrast"), jnp.mean(gray), _smooth(image)),
+      ),
+  )
   return _blend(image, degenerate, 1.0 + magnitude)
 
 
-def _affine_family(image: jax.Array, op: jax.Array, magnitude: jax.Array,
-                   fill: float, flavour: Flavour = TORCHVISION) -> jax.Array:
+def _affine_family(
+    image: jax.Array,
+    op: jax.Array,
+    magnitude: jax.Array,
+    fill: float,
+    flavour: Flavour = TORCHVISION,
+) -> jax.Array:
   height, width = image.shape[0], image.shape[1]
   if flavour.truncate_translate:
     # torchvision passes int(magnitude) pixels to translate (towards zero).
@@ -695,20 +745,28 @@ def _affine_family(image: jax.Array, op: jax.Array, magnitude: jax.Array,
   else:
     shift = magnitude
   matrix = jnp.select(
-      [_is(op, 'Rotate'), _is(op, 'ShearX'), _is(op, 'ShearY'),
-       _is(op, 'TranslateX')],
-      [_rotate_matrix(magnitude, height, width), _shear_x_matrix(magnitude),
-       _shear_y_matrix(magnitude), _translate_matrix(shift, 0.0)],
+      [
+          _is(op, "Rotate"),
+          _is(op, "ShearX"),
+          _is(op, "ShearY"),
+          _is(op, "TranslateX"),
+      ],
+      [
+          _rotate_matrix(magnitude, height, width),
+          _shear_x_matrix(magnitude),
+          _shear_y_matrix(magnitude),
+          _translate_matrix(shift, 0.0),
+      ],
       _translate_matrix(0.0, shift),
   )
   warped = affine_transform(image, matrix, fill)
   _check_resample(flavour.shear_resample)
-  if flavour.shear_resample == 'nearest':
+  if flavour.shear_resample == "nearest":
     return warped
   # Rotate and translate stay nearest; under vmap both warps run for every
   # example. ShearY is ShearX of the transposed image: a square image is
   # transposed (or not) before one row-wise shear.
-  shear_y_op = _is(op, 'ShearY')
+  shear_y_op = _is(op, "ShearY")
   if height == width:
     rows = jnp.where(shear_y_op, _swap_axes(image), image)
     sheared = _shear_rows_bicubic(rows, magnitude, fill)
@@ -717,8 +775,9 @@ def _affine_family(image: jax.Array, op: jax.Array, magnitude: jax.Array,
     sheared = jnp.where(
         shear_y_op,
         _swap_axes(_shear_rows_bicubic(_swap_axes(image), magnitude, fill)),
-        _shear_rows_bicubic(image, magnitude, fill))
-  shear = _is(op, 'ShearX') | shear_y_op
+        _shear_rows_bicubic(image, magnitude, fill),
+    )
+  shear = _is(op, "ShearX") | shear_y_op
   return jnp.where(shear, sheared, warped)
 
 
@@ -807,21 +866,21 @@ def augmentation_space(
   bits = 8 - np.round(np.arange(num_bins) / ((num_bins - 1) / 4))
   zero = np.zeros((1,), np.float32)
   return {
-      'ShearX': (linspace(0.0, 0.3), True),
-      'ShearY': (linspace(0.0, 0.3), True),
-      'TranslateX': (linspace(0.0, 150.0 / 331.0 * width), True),
-      'TranslateY': (linspace(0.0, 150.0 / 331.0 * height), True),
-      'Rotate': (linspace(0.0, 30.0), flavour.signed_rotate),
-      'Brightness': (linspace(0.0, 0.9), True),
-      'Color': (linspace(0.0, 0.9), True),
-      'Contrast': (linspace(0.0, 0.9), True),
-      'Sharpness': (linspace(0.0, 0.9), True),
-      'Posterize': (bits.astype(np.float32), False),
-      'Solarize': (linspace(flavour.solarize_start, 0.0), False),
-      'AutoContrast': (zero, False),
-      'Equalize': (zero, False),
-      'Invert': (zero, False),
-      'Identity': (zero, False),
+      "ShearX": (linspace(0.0, 0.3), True),
+      "ShearY": (linspace(0.0, 0.3), True),
+      "TranslateX": (linspace(0.0, 150.0 / 331.0 * width), True),
+      "TranslateY": (linspace(0.0, 150.0 / 331.0 * height), True),
+      "Rotate": (linspace(0.0, 30.0), flavour.signed_rotate),
+      "Brightness": (linspace(0.0, 0.9), True),
+      "Color": (linspace(0.0, 0.9), True),
+      "Contrast": (linspace(0.0, 0.9), True),
+      "Sharpness": (linspace(0.0, 0.9), True),
+      "Posterize": (bits.astype(np.float32), False),
+      "Solarize": (linspace(flavour.solarize_start, 0.0), False),
+      "AutoContrast": (zero, False),
+      "Equalize": (zero, False),
+      "Invert": (zero, False),
+      "Identity": (zero, False),
   }
 
 
@@ -893,7 +952,8 @@ def autoaugment_params(
   flavour = get_flavour(flavour)
   policy = flavour.policy if policy is None else policy
   ops, probs, mags, signed = (
-      jnp.asarray(t) for t in policy_tables(policy, height, width, flavour))
+      jnp.asarray(t) for t in policy_tables(policy, height, width, flavour)
+  )
   num = len(policy)
   index = jnp.minimum(jnp.floor(uniforms[0] * num).astype(jnp.int32), num - 1)
   u_prob, u_sign = uniforms[1:3], uniforms[3:5]
@@ -901,7 +961,7 @@ def autoaugment_params(
     run = u_prob < probs[index]
   else:
     run = u_prob <= probs[index]
-  step_ops = jnp.where(run, ops[index], OP_INDEX['Identity'])
+  step_ops = jnp.where(run, ops[index], OP_INDEX["Identity"])
   negate = signed[index] & (u_sign < 0.5)
   step_mags = jnp.where(negate, -mags[index], mags[index])
   return index, step_ops, step_mags
@@ -919,10 +979,12 @@ def apply_autoaugment(
   flavour = get_flavour(flavour)
   image = jnp.asarray(image, jnp.float32)
   _, step_ops, step_mags = autoaugment_params(
-      uniforms, image.shape[0], image.shape[1], policy, flavour=flavour)
+      uniforms, image.shape[0], image.shape[1], policy, flavour=flavour
+  )
   for step in range(2):
-    image = apply_op(image, step_ops[step], step_mags[step], fill,
-                     flavour=flavour)
+    image = apply_op(
+        image, step_ops[step], step_mags[step], fill, flavour=flavour
+    )
   return image
 
 

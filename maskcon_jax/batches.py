@@ -34,20 +34,23 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
 
 
 def _gather_batch(images, coarse, permutation, index, *, batch_size):
-  ids = jax.lax.dynamic_slice_in_dim(permutation, index * batch_size,
-                                     batch_size)
+  ids = jax.lax.dynamic_slice_in_dim(
+      permutation, index * batch_size, batch_size
+  )
   return {"image": images[ids], "coarse_label": coarse[ids]}
 
 
 class DeviceBatches:
   """Training set resident on the devices, replicated."""
 
-  def __init__(self, dataset: input_pipeline.Dataset, mesh, batch_size: int,
-               seed: int):
+  def __init__(
+      self, dataset: input_pipeline.Dataset, mesh, batch_size: int, seed: int
+  ):
     replicated = NamedSharding(mesh, P())
     self.images = jax.device_put(dataset.train_images, replicated)
-    self.coarse = jax.device_put(dataset.train_coarse.astype(np.int32),
-                                 replicated)
+    self.coarse = jax.device_put(
+        dataset.train_coarse.astype(np.int32), replicated
+    )
     self.num = dataset.num_train
     self.batch_size = batch_size
     self.seed = seed
@@ -57,13 +60,15 @@ class DeviceBatches:
     # across them, on every host alike (the data and order are replicated).
     self._gather = jax.jit(
         functools.partial(_gather_batch, batch_size=batch_size),
-        out_shardings=self.batch_sharding)
+        out_shardings=self.batch_sharding,
+    )
 
   def batch(self, step: int, spe: int) -> dict[str, jax.Array]:
     epoch, index = divmod(step, spe)
     if epoch != self._epoch:
-      self._epoch, self._perm = epoch, epoch_permutation(self.seed, epoch,
-                                                         self.num)
+      self._epoch, self._perm = epoch, epoch_permutation(
+          self.seed, epoch, self.num
+      )
     return self._gather(self.images, self.coarse, self._perm, index)
 
 
@@ -86,15 +91,20 @@ class StreamedBatches:
     epoch, index = divmod(step, spe)
     if (epoch, index) != (self._epoch, self._next_index):
       self._iter = self.dataset.train_batches(
-          self.local_batch, seed=self.seed, epoch=epoch,
+          self.local_batch,
+          seed=self.seed,
+          epoch=epoch,
           process_index=jax.process_index(),
-          process_count=jax.process_count(), start_step=index)
+          process_count=jax.process_count(),
+          start_step=index,
+      )
       self._epoch = epoch
     local = next(self._iter)
     self._next_index = index + 1
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding,
-                                                      local[k])
-            for k in ("image", "coarse_label")}
+    return {
+        k: jax.make_array_from_process_local_data(self.batch_sharding, local[k])
+        for k in ("image", "coarse_label")
+    }
 
 
 def for_experiment(exp) -> DeviceBatches | StreamedBatches:
@@ -104,7 +114,9 @@ def for_experiment(exp) -> DeviceBatches | StreamedBatches:
   ``config`` (``batch_size``, ``seed``) are read.
   """
   if isinstance(exp.dataset, input_pipeline.StreamingDataset):
-    return StreamedBatches(exp.dataset, exp.mesh, exp.config.batch_size,
-                           exp.config.seed)
-  return DeviceBatches(exp.dataset, exp.mesh, exp.config.batch_size,
-                       exp.config.seed)
+    return StreamedBatches(
+        exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed
+    )
+  return DeviceBatches(
+      exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed
+  )

@@ -42,12 +42,17 @@ def manager(workdir: str, create: bool = True) -> ocp.CheckpointManager:
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
       item_handlers=ocp.StandardCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=2, create=create, read_only=not create,
-          cleanup_tmp_directories=create))
+          max_to_keep=2,
+          create=create,
+          read_only=not create,
+          cleanup_tmp_directories=create,
+      ),
+  )
 
 
-def restore_state(exp, mngr: ocp.CheckpointManager,
-                  step: int) -> train_state_lib.TrainState:
+def restore_state(
+    exp, mngr: ocp.CheckpointManager, step: int
+) -> train_state_lib.TrainState:
   """The checkpointed state at ``step``, with ``exp``'s static fields.
 
   A state without key encoder and queue restores from a checkpoint that has
@@ -58,15 +63,21 @@ def restore_state(exp, mngr: ocp.CheckpointManager,
   unused = {}
   if abstract.target_params is None:
     unused = _unused_key_encoder(mngr.item_metadata(step), abstract)
-  state = mngr.restore(step, args=ocp.args.StandardRestore(
-      abstract.replace(**unused)))
+  state = mngr.restore(
+      step, args=ocp.args.StandardRestore(abstract.replace(**unused))
+  )
   state = state.replace(**{field: None for field in unused})
   return state.replace(apply_fn=exp.model.apply, tx=exp.tx)
 
 
 # The state fields of the key encoder and queue (None without them).
-_KEY_ENCODER_STATE = ("target_params", "target_batch_stats", "queue_KxD",
-                      "queue_labels_K", "queue_ptr")
+_KEY_ENCODER_STATE = (
+    "target_params",
+    "target_batch_stats",
+    "queue_KxD",
+    "queue_labels_K",
+    "queue_ptr",
+)
 
 
 def _unused_key_encoder(metadata, abstract_state) -> dict[str, Any]:
@@ -80,8 +91,11 @@ def _unused_key_encoder(metadata, abstract_state) -> dict[str, Any]:
   def abstract(m):
     return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
 
-  return {field: jax.tree.map(abstract, tree[field])
-          for field in _KEY_ENCODER_STATE if tree.get(field) is not None}
+  return {
+      field: jax.tree.map(abstract, tree[field])
+      for field in _KEY_ENCODER_STATE
+      if tree.get(field) is not None
+  }
 
 
 class HideCheckpointChatter:
@@ -89,8 +103,9 @@ class HideCheckpointChatter:
   command-line tools' progress lines stay readable."""
 
   def filter(self, record) -> bool:
-    return (record.levelno >= pylogging.WARNING or
-            "/orbax/" not in record.pathname)
+    return (
+        record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+    )
 
 
 def _path_name(path) -> str:
@@ -105,8 +120,10 @@ def _path_name(path) -> str:
 
 
 def _array_shapes(tree) -> dict[str, str]:
-  return {_path_name(path): f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      _path_name(path): f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _check_fits(step: int, saved_tree, abstract_state, ckpt_dir: str) -> None:
@@ -119,12 +136,16 @@ def _check_fits(step: int, saved_tree, abstract_state, ckpt_dir: str) -> None:
   """
   saved, needed = _array_shapes(saved_tree), _array_shapes(abstract_state)
   if abstract_state.target_params is None:
-    unused = [name for name in saved
-              if name.split("/")[0] in _KEY_ENCODER_STATE]
+    unused = [
+        name for name in saved if name.split("/")[0] in _KEY_ENCODER_STATE
+    ]
     if unused:
-      logging.info("Checkpoint %d in %s holds a key encoder and queue this "
-                   "method does not use; restoring without them.", step,
-                   ckpt_dir)
+      logging.info(
+          "Checkpoint %d in %s holds a key encoder and queue this "
+          "method does not use; restoring without them.",
+          step,
+          ckpt_dir,
+      )
       saved = {k: v for k, v in saved.items() if k not in unused}
   problems = []
   for name in sorted(set(saved) | set(needed)):
@@ -133,19 +154,22 @@ def _check_fits(step: int, saved_tree, abstract_state, ckpt_dir: str) -> None:
     elif name not in needed:
       problems.append(f"it has {name}, which this config does not")
     elif saved[name] != needed[name]:
-      problems.append(f"{name} is {saved[name]}, this config needs "
-                      f"{needed[name]}")
+      problems.append(
+          f"{name} is {saved[name]}, this config needs " f"{needed[name]}"
+      )
   if problems:
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     raise ConfigError(
         f"checkpoint {step} in {ckpt_dir} does not fit this config: "
         f"{problems[0]}{more}; use a new --workdir or the config it was "
-        "written with.")
+        "written with."
+    )
 
 
 @dataclasses.dataclass
 class Restored:
   """The newest readable checkpoint (step None: there is none)."""
+
   step: int | None = None
   state: Any = None
   # Newer checkpoints that could not be read, newest first.
@@ -177,11 +201,17 @@ def restore_latest(exp, workdir: str) -> Restored:
       if attempt == 2 or finished_steps(ckpt_dir) == before:
         raise
       continue
-    if (not restored.corrupt or attempt == 2 or
-        finished_steps(ckpt_dir) == before):
+    if (
+        not restored.corrupt
+        or attempt == 2
+        or finished_steps(ckpt_dir) == before
+    ):
       return restored
-    logging.info("The checkpoints in %s changed while reading them (a live "
-                 "run?); reading again.", ckpt_dir)
+    logging.info(
+        "The checkpoints in %s changed while reading them (a live "
+        "run?); reading again.",
+        ckpt_dir,
+    )
   return restored
 
 
@@ -205,9 +235,12 @@ def _restore_latest_once(exp, workdir: str) -> Restored:
     available = sorted(mngr.all_steps(), reverse=True)
 
     def unreadable(step, error):
-      logging.warning("Checkpoint %d in %s cannot be read (%s); trying an "
-                      "older one.", step, ckpt_dir,
-                      errors.first_line(error, with_type=True))
+      logging.warning(
+          "Checkpoint %d in %s cannot be read (%s); trying an " "older one.",
+          step,
+          ckpt_dir,
+          errors.first_line(error, with_type=True),
+      )
       corrupt.append(step)
 
     for step in available:
@@ -230,8 +263,13 @@ def _restore_latest_once(exp, workdir: str) -> Restored:
         unreadable(step, e)
         continue
       if restored_step != step:
-        logging.warning("Checkpoint %d in %s holds the state of step %d; "
-                        "trying an older one.", step, ckpt_dir, restored_step)
+        logging.warning(
+            "Checkpoint %d in %s holds the state of step %d; "
+            "trying an older one.",
+            step,
+            ckpt_dir,
+            restored_step,
+        )
         corrupt.append(step)
         continue
       try:
@@ -246,7 +284,8 @@ def _restore_latest_once(exp, workdir: str) -> Restored:
     raise WorkdirError(
         f"none of the checkpoints in {ckpt_dir} can be read (steps "
         f"{', '.join(map(str, available))}); move that folder away to start "
-        "over.")
+        "over."
+    )
   return Restored()
 
 
@@ -261,5 +300,8 @@ def set_aside(workdir: str, steps_: list[int]) -> None:
     if os.path.exists(target):
       target += f".{time.strftime('%Y%m%d-%H%M%S')}"
     os.replace(source, target)
-    logging.warning("Moved unreadable checkpoint %d to %s; resuming from an "
-                    "older one.", step, target)
+    logging.warning(
+        "Moved unreadable checkpoint %d to %s; resuming from an " "older one.",
+        step,
+        target,
+    )

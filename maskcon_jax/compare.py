@@ -100,10 +100,14 @@ JSON_FILE = "comparison.json"
 # this harness, kept so a skipped (already finished) run still reports it.
 TIMING_FILE = "comparison_timing.json"
 # The table's metrics: (key in results / eval_test.json, column header).
-METRICS = (("fine_recall@1", "fine R@1"), ("fine_recall@5", "fine R@5"),
-           ("fine_recall@10", "fine R@10"), ("knn_fine_top1", "kNN top-1"),
-           ("fine_map@r", "fine MAP@R"),
-           ("linear_probe_fine_top1", "linear probe"))
+METRICS = (
+    ("fine_recall@1", "fine R@1"),
+    ("fine_recall@5", "fine R@5"),
+    ("fine_recall@10", "fine R@10"),
+    ("knn_fine_top1", "kNN top-1"),
+    ("fine_map@r", "fine MAP@R"),
+    ("linear_probe_fine_top1", "linear probe"),
+)
 
 
 # The pseudo-mode of the freshly initialised encoder (never trained).
@@ -145,44 +149,60 @@ def _split_spec(spec: str) -> tuple[str, list[tuple[str, list[str]]]]:
   parts = [p.strip() for p in spec.strip().split(":")]
   mode = parts[0]
   if GRID_SEPARATOR in mode:
-    raise UserError(f"--modes: {spec!r} has '|' in its mode; '|' separates "
-                    "the values of one FIELD (maskcon:w=0.5|1.0), and commas "
-                    "separate modes (maskcon,moco).")
+    raise UserError(
+        f"--modes: {spec!r} has '|' in its mode; '|' separates "
+        "the values of one FIELD (maskcon:w=0.5|1.0), and commas "
+        "separate modes (maskcon,moco)."
+    )
   modes = available_modes()
   if mode not in modes and mode != UNTRAINED:
-    raise UserError(f"--modes: unknown mode {mode!r} in {spec!r}; available: "
-                    f"{', '.join(modes)}, {UNTRAINED}.")
+    raise UserError(
+        f"--modes: unknown mode {mode!r} in {spec!r}; available: "
+        f"{', '.join(modes)}, {UNTRAINED}."
+    )
   fields, seen = [], set()
   for part in parts[1:]:
     field, sep, raw = part.partition("=")
     field = field.strip()
     if not sep or not field or not raw.strip():
-      raise UserError(f"--modes: {part!r} in {spec!r} is not FIELD=VALUE; "
-                      "write e.g. grafit:w=1.0.")
+      raise UserError(
+          f"--modes: {part!r} in {spec!r} is not FIELD=VALUE; "
+          "write e.g. grafit:w=1.0."
+      )
     # The untrained encoder has no mode of its own: mode= picks whose
     # architecture it initialises.
     if field == "mode" and mode != UNTRAINED:
-      raise UserError(f"--modes: {spec!r} sets the mode twice; write the mode "
-                      "first and only config fields after it.")
+      raise UserError(
+          f"--modes: {spec!r} sets the mode twice; write the mode "
+          "first and only config fields after it."
+      )
     if field in seen:
-      raise UserError(f"--modes: {spec!r} sets {field} twice; give it once, "
-                      f"with several values as {field}=0.5|1.0.")
+      raise UserError(
+          f"--modes: {spec!r} sets {field} twice; give it once, "
+          f"with several values as {field}=0.5|1.0."
+      )
     seen.add(field)
     if field == SEEDS_FIELD and GRID_SEPARATOR in raw:
-      raise UserError(f"--modes: {spec!r} lists seeds with '|'; join them "
-                      f"with '+' (one row over the seeds), e.g. "
-                      f"{SEEDS_FIELD}=1228+1229.")
+      raise UserError(
+          f"--modes: {spec!r} lists seeds with '|'; join them "
+          f"with '+' (one row over the seeds), e.g. "
+          f"{SEEDS_FIELD}=1228+1229."
+      )
     values = [v.strip() for v in raw.split(GRID_SEPARATOR)]
     if not all(values):
-      raise UserError(f"--modes: {part!r} in {spec!r} has an empty value; "
-                      f"separate non-empty values with '|', e.g. "
-                      f"{field}=0.5|1.0.")
+      raise UserError(
+          f"--modes: {part!r} in {spec!r} has an empty value; "
+          f"separate non-empty values with '|', e.g. "
+          f"{field}=0.5|1.0."
+      )
     parsed = [_parse_value(v) for v in values]
     for i, value in enumerate(parsed):
       # 1 and 1.0 are one value of a float field: two workdirs, one run.
       if any(value == other for other in parsed[:i]):
-        raise UserError(f"--modes: {part!r} in {spec!r} lists {values[i]!r} "
-                        "twice; list each value once.")
+        raise UserError(
+            f"--modes: {part!r} in {spec!r} lists {values[i]!r} "
+            "twice; list each value once."
+        )
     fields.append((field, values))
   return mode, fields
 
@@ -203,8 +223,10 @@ def parse_mode_spec(spec: str) -> tuple[str, dict[str, Any]]:
   """
   mode, fields = _split_spec(spec)
   if any(len(values) > 1 for _, values in fields):
-    raise UserError(f"--modes: {spec!r} is a grid of several runs; expand it "
-                    "with compare.expand_mode_spec.")
+    raise UserError(
+        f"--modes: {spec!r} is a grid of several runs; expand it "
+        "with compare.expand_mode_spec."
+    )
   return mode, {field: _parse_value(values[0]) for field, values in fields}
 
 
@@ -227,14 +249,20 @@ def expand_mode_spec(spec: str) -> list[tuple[str, str, dict[str, Any]]]:
   """
   mode, fields = _split_spec(spec)
   if all(len(values) == 1 for _, values in fields):
-    return [(spec.strip(), mode,
-             {field: _parse_value(values[0]) for field, values in fields})]
+    return [
+        (
+            spec.strip(),
+            mode,
+            {field: _parse_value(values[0]) for field, values in fields},
+        )
+    ]
   cells = []
   for combo in itertools.product(*(values for _, values in fields)):
     names = [field for field, _ in fields]
     cell_spec = ":".join([mode] + [f"{n}={v}" for n, v in zip(names, combo)])
-    cells.append((cell_spec, mode,
-                  {n: _parse_value(v) for n, v in zip(names, combo)}))
+    cells.append(
+        (cell_spec, mode, {n: _parse_value(v) for n, v in zip(names, combo)})
+    )
   return cells
 
 
@@ -256,8 +284,9 @@ def directory_name(spec: str) -> str:
   return name.strip("._") or "run"
 
 
-def _set_field(config: ml_collections.ConfigDict, field: str, value: Any,
-               spec: str) -> None:
+def _set_field(
+    config: ml_collections.ConfigDict, field: str, value: Any, spec: str
+) -> None:
   *parents, leaf = field.split(".")
   node = config
   try:
@@ -267,12 +296,16 @@ def _set_field(config: ml_collections.ConfigDict, field: str, value: Any,
       raise KeyError(field)
     node[leaf] = value
   except KeyError:
-    raise UserError(f"--modes: {spec!r} overrides config.{field}, which the "
-                    "config does not have.") from None
+    raise UserError(
+        f"--modes: {spec!r} overrides config.{field}, which the "
+        "config does not have."
+    ) from None
   except (TypeError, ValueError):
     expected = type(node[leaf]).__name__
-    raise UserError(f"--modes: {spec!r} sets config.{field}={value!r}, but "
-                    f"that field takes {expected} values.") from None
+    raise UserError(
+        f"--modes: {spec!r} sets config.{field}={value!r}, but "
+        f"that field takes {expected} values."
+    ) from None
 
 
 def _block_field(field: str) -> str:
@@ -287,13 +320,16 @@ def _parse_modes(modes: str | Sequence[str]) -> list[str]:
     modes = modes.split(",")
   specs = [m.strip() for m in modes if m.strip()]
   if not specs:
-    raise UserError("--modes is empty; name at least one mode, e.g. "
-                    "--modes=maskcon,moco.")
+    raise UserError(
+        "--modes is empty; name at least one mode, e.g. "
+        "--modes=maskcon,moco."
+    )
   return specs
 
 
-def _parse_seeds(seeds: Sequence[int | str] | None,
-                 config: ml_collections.ConfigDict) -> list[int]:
+def _parse_seeds(
+    seeds: Sequence[int | str] | None, config: ml_collections.ConfigDict
+) -> list[int]:
   if not seeds:
     return [int(config.seed)]
   parsed = []
@@ -301,8 +337,10 @@ def _parse_seeds(seeds: Sequence[int | str] | None,
     try:
       parsed.append(int(str(seed).strip()))
     except ValueError:
-      raise UserError(f"--seeds: {seed!r} is not an integer; write e.g. "
-                      "--seeds=1228,1229.") from None
+      raise UserError(
+          f"--seeds: {seed!r} is not an integer; write e.g. "
+          "--seeds=1228,1229."
+      ) from None
   if len(set(parsed)) != len(parsed):
     raise UserError(f"--seeds lists a seed twice: {parsed}.")
   return parsed
@@ -339,12 +377,14 @@ def _comparable(record: dict[str, Any], *, saved: bool) -> dict[str, Any]:
   """
   filled = configuration.comparable_record(record)
   for name, value in _json_round_trip(
-      configuration.RELIABILITY_DEFAULTS).items():
+      configuration.RELIABILITY_DEFAULTS
+  ).items():
     if filled.get(name) is None:
       filled[name] = value
   if filled.get("conv_padding") is None:
-    filled["conv_padding"] = (models.LEGACY_CONV_PADDING if saved else
-                              models.DEFAULT_CONV_PADDING)
+    filled["conv_padding"] = (
+        models.LEGACY_CONV_PADDING if saved else models.DEFAULT_CONV_PADDING
+    )
   return {name: value for name, value in filled.items() if value is not None}
 
 
@@ -359,19 +399,20 @@ def _is_finished(run_dir: str, config: ml_collections.ConfigDict) -> bool:
     return False
   stop = config.get("stop_after_steps")
   return bool(results.get("complete")) or (
-      stop is not None and results.get("step") == stop)
+      stop is not None and results.get("step") == stop
+  )
 
 
-def _train_one(config, run_dir: str, evaluate: bool,
-               untrained: bool = False) -> dict[str, Any]:
+def _train_one(
+    config, run_dir: str, evaluate: bool, untrained: bool = False
+) -> dict[str, Any]:
   """Trains (or resumes, or skips) one run and returns its numbers.
 
   With ``untrained``, evaluates ``config``'s freshly initialised encoder
   instead (`trainer.evaluate_untrained`), skipped alike once finished.
   """
   timing_path = os.path.join(run_dir, TIMING_FILE)
-  timing = _read_json(timing_path) or {"wall_seconds": 0.0,
-                                       "eval_seconds": 0.0}
+  timing = _read_json(timing_path) or {"wall_seconds": 0.0, "eval_seconds": 0.0}
   trained = False
   if _is_finished(run_dir, config):
     logging.info("%s is finished; reusing its results.", run_dir)
@@ -387,10 +428,14 @@ def _train_one(config, run_dir: str, evaluate: bool,
     workdir_io.write_json_atomic(timing_path, timing)
   eval_path = os.path.join(run_dir, "eval_test.json")
   report = _read_json(eval_path)
-  has_fine = any(k.startswith("fine_") for k in results
-                 if k != "fine_metrics")
-  if evaluate and has_fine and (trained or report is None or
-                                report.get("step") != results.get("step")):
+  has_fine = any(k.startswith("fine_") for k in results if k != "fine_metrics")
+  if (
+      evaluate
+      and has_fine
+      and (
+          trained or report is None or report.get("step") != results.get("step")
+      )
+  ):
     start = time.time()
     report = evaluate_lib.run_evaluation(run_dir, "test", None, figures=False)
     timing["eval_seconds"] += time.time() - start
@@ -399,8 +444,10 @@ def _train_one(config, run_dir: str, evaluate: bool,
   # config's retrieval_ks stop earlier); both score the same features.
   metrics = {**results, **(report or {})}
   return {
-      "workdir": run_dir, "seed": int(config.seed),
-      "step": results.get("step"), "complete": results.get("complete"),
+      "workdir": run_dir,
+      "seed": int(config.seed),
+      "step": results.get("step"),
+      "complete": results.get("complete"),
       "wall_seconds": round(timing["wall_seconds"], 2),
       "eval_seconds": round(timing["eval_seconds"], 2),
       **{key: metrics.get(key) for key, _ in METRICS},
@@ -408,13 +455,16 @@ def _train_one(config, run_dir: str, evaluate: bool,
 
 
 def _finite(value: Any) -> bool:
-  return (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value))
+  return (
+      isinstance(value, (int, float))
+      and not isinstance(value, bool)
+      and math.isfinite(value)
+  )
 
 
-def paired_difference(values: dict[int, float | None],
-                      reference: dict[int, float | None]
-                      ) -> tuple[float | None, float | None, int]:
+def paired_difference(
+    values: dict[int, float | None], reference: dict[int, float | None]
+) -> tuple[float | None, float | None, int]:
   """The paired difference of one metric between two entries.
 
   Args:
@@ -427,9 +477,11 @@ def paired_difference(values: dict[int, float | None],
     (ddof=1) of those differences / sqrt(n). The error is None for n = 1,
     and the mean too for n = 0.
   """
-  diffs = [values[s] - reference[s] for s in values
-           if s in reference and _finite(values[s]) and
-           _finite(reference[s])]
+  diffs = [
+      values[s] - reference[s]
+      for s in values
+      if s in reference and _finite(values[s]) and _finite(reference[s])
+  ]
   if not diffs:
     return None, None, 0
   n = len(diffs)
@@ -437,15 +489,17 @@ def paired_difference(values: dict[int, float | None],
   return float(np.mean(diffs)), se, n
 
 
-def _reference_index(cells: Sequence[tuple[str, str, dict[str, Any]]],
-                     reference: str | None) -> int:
+def _reference_index(
+    cells: Sequence[tuple[str, str, dict[str, Any]]], reference: str | None
+) -> int:
   """The position in ``cells`` (``(cell_spec, mode, overrides)``) of the
   entry that ``--reference`` names: its single-run spec, its label, or a spec
   with the same mode and values. Default: the first maskcon entry, else the
   first."""
   if reference is None or not str(reference).strip():
-    return next((i for i, (_, mode, _) in enumerate(cells)
-                 if mode == "maskcon"), 0)
+    return next(
+        (i for i, (_, mode, _) in enumerate(cells) if mode == "maskcon"), 0
+    )
   reference = str(reference).strip()
   for i, (cell_spec, mode, overrides) in enumerate(cells):
     if reference in (cell_spec, run_label(mode, overrides)):
@@ -454,21 +508,28 @@ def _reference_index(cells: Sequence[tuple[str, str, dict[str, Any]]],
     wanted = parse_mode_spec(reference)
   except UserError:
     wanted = None
-  matches = [i for i, (_, mode, overrides) in enumerate(cells)
-             if wanted == (mode, overrides)]
+  matches = [
+      i
+      for i, (_, mode, overrides) in enumerate(cells)
+      if wanted == (mode, overrides)
+  ]
   if len(matches) == 1:
     return matches[0]
   problem = "matches several of" if matches else "is none of"
-  raise UserError(f"--reference={reference!r} {problem} the --modes entries; "
-                  "name one of: "
-                  f"{', '.join(cell_spec for cell_spec, *_ in cells)}.")
+  raise UserError(
+      f"--reference={reference!r} {problem} the --modes entries; "
+      "name one of: "
+      f"{', '.join(cell_spec for cell_spec, *_ in cells)}."
+  )
 
 
 def _add_paired_differences(rows: list[dict[str, Any]], ref: int) -> None:
   """Adds ``reference``, ``is_reference`` and ``<metric>_delta_{mean,se,n}``
   (vs ``rows[ref]``; None on the reference row itself) to every row."""
-  by_seed = [{key: {r["seed"]: r[key] for r in row["runs"]}
-              for key, _ in METRICS} for row in rows]
+  by_seed = [
+      {key: {r["seed"]: r[key] for r in row["runs"]} for key, _ in METRICS}
+      for row in rows
+  ]
   for i, row in enumerate(rows):
     row["reference"] = rows[ref]["label"]
     row["is_reference"] = i == ref
@@ -482,8 +543,9 @@ def _add_paired_differences(rows: list[dict[str, Any]], ref: int) -> None:
       row[f"{key}_delta_n"] = n
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None,
-                                                       float | None]:
+def _mean_std(
+    values: Sequence[float | None],
+) -> tuple[float | None, float | None]:
   values = [v for v in values if v is not None and math.isfinite(v)]
   if not values:
     return None, None
@@ -501,8 +563,11 @@ def _entry_seeds(value: Any, spec: str) -> list[int]:
     raise UserError(f"--modes: {spec!r}: {e}") from None
 
 
-def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
-                   seeds: Sequence[int]):
+def _build_configs(
+    config: ml_collections.ConfigDict,
+    specs: Sequence[str],
+    seeds: Sequence[int],
+):
   """Every run's config, built and validated before any training starts.
 
   Returns:
@@ -517,16 +582,22 @@ def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
         run_seeds = _entry_seeds(overrides.pop(SEEDS_FIELD), cell_spec)
         # The same run as under --seeds: the seeds name no folder or label.
         cell_spec = ":".join(
-            part for part in cell_spec.split(":")
-            if part.partition("=")[0].strip() != SEEDS_FIELD)
+            part
+            for part in cell_spec.split(":")
+            if part.partition("=")[0].strip() != SEEDS_FIELD
+        )
       name = directory_name(cell_spec)
       if name in names:
         other_entry, other_cell = names[name]
         if (other_entry, spec) == (other_cell, cell_spec):
-          raise UserError(f"--modes lists {other_cell!r} and {cell_spec!r}, "
-                          "which name the same run; list each once.")
-        raise UserError(f"--modes entries {other_entry!r} and {spec!r} both "
-                        f"hold the run {cell_spec!r}; list each run once.")
+          raise UserError(
+              f"--modes lists {other_cell!r} and {cell_spec!r}, "
+              "which name the same run; list each once."
+          )
+        raise UserError(
+            f"--modes entries {other_entry!r} and {spec!r} both "
+            f"hold the run {cell_spec!r}; list each run once."
+        )
       names[name] = (spec, cell_spec)
       runs = []
       for seed in run_seeds:
@@ -555,11 +626,15 @@ def _build_configs(config: ml_collections.ConfigDict, specs: Sequence[str],
   return plan
 
 
-def run_comparison(config: ml_collections.ConfigDict,
-                   modes: str | Sequence[str], workdir: str,
-                   seeds: Sequence[int | str] | None = None, *,
-                   evaluate: bool = True,
-                   reference: str | None = None) -> list[dict[str, Any]]:
+def run_comparison(
+    config: ml_collections.ConfigDict,
+    modes: str | Sequence[str],
+    workdir: str,
+    seeds: Sequence[int | str] | None = None,
+    *,
+    evaluate: bool = True,
+    reference: str | None = None,
+) -> list[dict[str, Any]]:
   """Trains every mode at every seed and writes the comparison files.
 
   Args:
@@ -599,9 +674,13 @@ def run_comparison(config: ml_collections.ConfigDict,
   seeds = _parse_seeds(seeds, config)
   configuration.check_workdir_writable(workdir)
   plan = _build_configs(config, specs, seeds)
-  ref = _reference_index([(cell_spec, mode, overrides)
-                          for _, cell_spec, mode, overrides, *_ in plan],
-                         reference)
+  ref = _reference_index(
+      [
+          (cell_spec, mode, overrides)
+          for _, cell_spec, mode, overrides, *_ in plan
+      ],
+      reference,
+  )
   os.makedirs(workdir, exist_ok=True)
 
   rows = []
@@ -609,21 +688,29 @@ def run_comparison(config: ml_collections.ConfigDict,
     runs = []
     for run_config in run_configs:
       run_dir = os.path.join(workdir, name, f"seed_{run_config.seed}")
-      logging.info("Comparison run %s, seed %d in %s.", spec, run_config.seed,
-                   run_dir)
+      logging.info(
+          "Comparison run %s, seed %d in %s.", spec, run_config.seed, run_dir
+      )
       try:
-        runs.append(_train_one(run_config, run_dir, evaluate,
-                               untrained=mode == UNTRAINED))
+        runs.append(
+            _train_one(
+                run_config, run_dir, evaluate, untrained=mode == UNTRAINED
+            )
+        )
       except UserError as e:
         raise UserError(f"{spec}, seed {run_config.seed}: {e}") from None
-    row = {"label": run_label(mode, overrides), "spec": spec, "entry": entry,
-           "mode": mode, "overrides": overrides,
-           "seeds": [int(c.seed) for c in run_configs],
-           "steps": sorted({r["step"] for r in runs if r["step"] is not None}),
-           "runs": runs}
+    row = {
+        "label": run_label(mode, overrides),
+        "spec": spec,
+        "entry": entry,
+        "mode": mode,
+        "overrides": overrides,
+        "seeds": [int(c.seed) for c in run_configs],
+        "steps": sorted({r["step"] for r in runs if r["step"] is not None}),
+        "runs": runs,
+    }
     for key, _ in METRICS:
-      row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(
-          [r[key] for r in runs])
+      row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
     row["wall_seconds_mean"] = _mean_std([r["wall_seconds"] for r in runs])[0]
     rows.append(row)
   _add_paired_differences(rows, ref)
@@ -658,19 +745,27 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   # Entries may have their own seeds (wcl:seeds=1228): then each row says.
   per_row_seeds = any(row["seeds"] != seeds for row in rows)
   reference = rows[0].get("reference") if rows else None
-  header = (["mode"] + (["seeds"] if per_row_seeds else []) + ["steps"] +
-            [title for _, title in METRICS] + ["wall time (s)"])
+  header = (
+      ["mode"]
+      + (["seeds"] if per_row_seeds else [])
+      + ["steps"]
+      + [title for _, title in METRICS]
+      + ["wall time (s)"]
+  )
   if reference is not None:
     header.append(f"Δ R@1 vs {reference} (± SE)")
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+  lines = [
+      "| " + " | ".join(header) + " |",
+      "|" + "|".join("---" for _ in header) + "|",
+  ]
   for row in rows:
     cells = [row["label"]]
     if per_row_seeds:
       cells.append(", ".join(map(str, row["seeds"])))
     cells.append("/".join(map(str, row["steps"])) or "n/a")
-    cells += [_cell(row[f"{key}_mean"], row[f"{key}_std"])
-              for key, _ in METRICS]
+    cells += [
+        _cell(row[f"{key}_mean"], row[f"{key}_std"]) for key, _ in METRICS
+    ]
     wall = row["wall_seconds_mean"]
     cells.append("n/a" if wall is None else f"{wall:.0f}")
     if reference is not None:
@@ -679,38 +774,54 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   if per_row_seeds:
     spread = "mean ± sample std over each row's seeds (column seeds)"
   else:
-    spread = ("mean ± sample std over seeds " if len(seeds) > 1 else
-              "seed ") + ", ".join(map(str, seeds))
-  note = (f"\nFine-label retrieval on the test split; {spread}"
-          ". kNN top-1 uses the training split "
-          "as the bank (k = 20); MAP@R ranks each query's R same-class items "
-          "(Musgrave et al.); the linear probe is a softmax classifier of "
-          "the fine labels on frozen training features. Wall time: seconds "
-          "in training (compilation, queue pre-fill, training and its final "
-          "evaluation), per seed.")
+    spread = (
+        "mean ± sample std over seeds " if len(seeds) > 1 else "seed "
+    ) + ", ".join(map(str, seeds))
+  note = (
+      f"\nFine-label retrieval on the test split; {spread}"
+      ". kNN top-1 uses the training split "
+      "as the bank (k = 20); MAP@R ranks each query's R same-class items "
+      "(Musgrave et al.); the linear probe is a softmax classifier of "
+      "the fine labels on frozen training features. Wall time: seconds "
+      "in training (compilation, queue pre-fill, training and its final "
+      "evaluation), per seed."
+  )
   if any(row["mode"] == UNTRAINED for row in rows):
-    note += (f" {UNTRAINED}: the freshly initialised encoder of the config "
-             "(step 0, the state each training run starts from), evaluated "
-             "without training; its wall time is initialisation and "
-             "evaluation.")
+    note += (
+        f" {UNTRAINED}: the freshly initialised encoder of the config "
+        "(step 0, the state each training run starts from), evaluated "
+        "without training; its wall time is initialisation and "
+        "evaluation."
+    )
   if reference is not None and len(rows) > 1:
-    paired = ["| mode | seeds paired | " +
-              " | ".join(f"Δ {title}" for _, title in METRICS) + " |",
-              "|" + "|".join("---" for _ in range(len(METRICS) + 2)) + "|"]
+    paired = [
+        "| mode | seeds paired | "
+        + " | ".join(f"Δ {title}" for _, title in METRICS)
+        + " |",
+        "|" + "|".join("---" for _ in range(len(METRICS) + 2)) + "|",
+    ]
     for row in rows:
-      n = "" if row.get("is_reference") else str(
-          row.get("fine_recall@1_delta_n", 0))
-      paired.append("| " + " | ".join(
-          [row["label"], n] + [_delta_cell(row, key) for key, _ in METRICS])
-                    + " |")
-    note += (f"\n\nPaired differences to {reference}: for each metric, the "
-             "mean over the seeds both entries have of (entry − reference) at "
-             "the same seed, ± its standard error (sample std of those "
-             "differences / √n; none for one seed). Runs of one seed share "
-             "its data order and, with the same architecture, its "
-             "initialisation; pairing removes what that shared part adds to "
-             "the spread.\n\n" +
-             "\n".join(paired))
+      n = (
+          ""
+          if row.get("is_reference")
+          else str(row.get("fine_recall@1_delta_n", 0))
+      )
+      paired.append(
+          "| "
+          + " | ".join(
+              [row["label"], n] + [_delta_cell(row, key) for key, _ in METRICS]
+          )
+          + " |"
+      )
+    note += (
+        f"\n\nPaired differences to {reference}: for each metric, the "
+        "mean over the seeds both entries have of (entry − reference) at "
+        "the same seed, ± its standard error (sample std of those "
+        "differences / √n; none for one seed). Runs of one seed share "
+        "its data order and, with the same architecture, its "
+        "initialisation; pairing removes what that shared part adds to "
+        "the spread.\n\n" + "\n".join(paired)
+    )
   return "\n".join(lines) + "\n" + note + "\n"
 
 
@@ -730,8 +841,9 @@ def _zoomed_limits(values: Sequence[float]) -> tuple[float, float]:
   return float(low), float(high)
 
 
-def plot_comparison(rows: Sequence[dict[str, Any]], path: str,
-                    metric: str = "fine_recall@1") -> tuple[float, float]:
+def plot_comparison(
+    rows: Sequence[dict[str, Any]], path: str, metric: str = "fine_recall@1"
+) -> tuple[float, float]:
   """Saves a dot plot of ``metric`` per entry and returns its value limits.
 
   One row per entry, top to bottom in the table's order: a small dot per
@@ -748,6 +860,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str,
   # Agg canvas directly: no display and no global pyplot state.
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   n = len(rows)
   fig = Figure(figsize=(8.0, max(2.6, 0.42 * n + 1.6)), dpi=100)
   FigureCanvasAgg(fig)
@@ -755,31 +868,67 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str,
   shown = []
   for i, row in enumerate(rows):
     untrained = row.get("mode") == UNTRAINED
-    color = ("#7f7f7f" if untrained else
-             "#dd8452" if row.get("is_reference") else "#4c72b0")
+    color = (
+        "#7f7f7f"
+        if untrained
+        else "#dd8452"
+        if row.get("is_reference")
+        else "#4c72b0"
+    )
     per_seed = [r.get(metric) for r in row["runs"] if _finite(r.get(metric))]
     # Seeds just below the mean's line, so both stay visible.
-    ax.scatter(per_seed, [i + 0.18] * len(per_seed), color=color, s=14,
-               alpha=0.7, zorder=3, linewidths=0)
+    ax.scatter(
+        per_seed,
+        [i + 0.18] * len(per_seed),
+        color=color,
+        s=14,
+        alpha=0.7,
+        zorder=3,
+        linewidths=0,
+    )
     shown += per_seed
     mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
     if mean is None:
       continue
-    ax.errorbar([mean], [i], xerr=None if std is None else [[std], [std]],
-                fmt="D", color=color, markersize=6, capsize=4, zorder=4)
+    ax.errorbar(
+        [mean],
+        [i],
+        xerr=None if std is None else [[std], [std]],
+        fmt="D",
+        color=color,
+        markersize=6,
+        capsize=4,
+        zorder=4,
+    )
     shown += [mean] if std is None else [mean - std, mean + std]
-    ax.annotate(_cell(mean, std), (1.01, i), xycoords=("axes fraction",
-                                                       "data"),
-                va="center", ha="left", fontsize=8)
-  lines = [(row, "--", "#7f7f7f", "untrained encoder") for row in rows
-           if row.get("mode") == UNTRAINED][:1]
-  lines += [(row, ":", "#dd8452", f"reference: {row['label']}")
-            for row in rows if row.get("is_reference") and
-            row.get("mode") != UNTRAINED]
+    ax.annotate(
+        _cell(mean, std),
+        (1.01, i),
+        xycoords=("axes fraction", "data"),
+        va="center",
+        ha="left",
+        fontsize=8,
+    )
+  lines = [
+      (row, "--", "#7f7f7f", "untrained encoder")
+      for row in rows
+      if row.get("mode") == UNTRAINED
+  ][:1]
+  lines += [
+      (row, ":", "#dd8452", f"reference: {row['label']}")
+      for row in rows
+      if row.get("is_reference") and row.get("mode") != UNTRAINED
+  ]
   for row, style, color, label in lines:
     if row.get(f"{metric}_mean") is not None:
-      ax.axvline(row[f"{metric}_mean"], linestyle=style, color=color,
-                 linewidth=1, zorder=1, label=label)
+      ax.axvline(
+          row[f"{metric}_mean"],
+          linestyle=style,
+          color=color,
+          linewidth=1,
+          zorder=1,
+          label=label,
+      )
   limits = _zoomed_limits(shown)
   ax.set_xlim(*limits)
   ax.set_ylim(n - 0.5, -0.6)  # First entry on top.
@@ -789,8 +938,11 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: str,
   ax.set_xlabel(f"{name} (test)")
   counts = sorted({len(row["seeds"]) for row in rows}) or [0]
   shown = "/".join(map(str, counts))
-  ax.set_title(f"{name}, {shown} seed{'s' if counts != [1] else ''}: "
-               "dots single seeds, diamonds mean ± std", fontsize=10)
+  ax.set_title(
+      f"{name}, {shown} seed{'s' if counts != [1] else ''}: "
+      "dots single seeds, diamonds mean ± std",
+      fontsize=10,
+  )
   if ax.get_legend_handles_labels()[0]:
     ax.legend(loc="best", fontsize=8, framealpha=0.8)
   fig.tight_layout()
@@ -818,8 +970,10 @@ class _WithDefaults(flags.ArgumentParser):
     return config
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                 sys_argv: Sequence[str] | None = None) -> None:
+def define_flags(
+    flag_values: flags.FlagValues = flags.FLAGS,
+    sys_argv: Sequence[str] | None = None,
+) -> None:
   """Defines the command-line flags (only when run as a program).
 
   Args:
@@ -830,32 +984,58 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
   """
   # Imported here: config_flags registers nothing until called.
   from ml_collections import config_flags
+
   config_flags.DEFINE_config_file(
-      "config", None, "Training configuration file shared by all modes.",
-      flag_values=flag_values, lock_config=True,
-      sys_argv=None if sys_argv is None else list(sys_argv))
+      "config",
+      None,
+      "Training configuration file shared by all modes.",
+      flag_values=flag_values,
+      lock_config=True,
+      sys_argv=None if sys_argv is None else list(sys_argv),
+  )
   flag_values["config"].parser = _WithDefaults(flag_values["config"].parser)
-  flags.DEFINE_string("workdir", None, "Directory for the runs and the "
-                      "comparison files.", flag_values=flag_values)
+  flags.DEFINE_string(
+      "workdir",
+      None,
+      "Directory for the runs and the " "comparison files.",
+      flag_values=flag_values,
+  )
   flags.DEFINE_list(
-      "modes", None, "Comma-separated MODE[:FIELD=VALUE...] entries, e.g. "
+      "modes",
+      None,
+      "Comma-separated MODE[:FIELD=VALUE...] entries, e.g. "
       "maskcon,moco,grafit:w=1.0,coins. FIELD=V1|V2 runs each value, several "
       "such fields their cartesian product ('maskcon:w=0.5|1.0:t=0.05|0.1': "
       "4 rows; quote it in a shell). 'untrained' (also with :FIELD=VALUE) "
       "adds the freshly initialised encoder of the config as a row.",
-      flag_values=flag_values)
-  flags.DEFINE_list("seeds", None, "Comma-separated training seeds; the "
-                    "config's seed if unset.", flag_values=flag_values)
+      flag_values=flag_values,
+  )
+  flags.DEFINE_list(
+      "seeds",
+      None,
+      "Comma-separated training seeds; the " "config's seed if unset.",
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
-      "reference", None, "The entry every row's paired difference (same "
+      "reference",
+      None,
+      "The entry every row's paired difference (same "
       "seeds) is taken against: a single-run entry such as maskcon:w=0.5 "
       "(also one cell of a grid) or a row label; default the first maskcon "
-      "entry, else the first entry.", flag_values=flag_values)
-  flags.DEFINE_boolean("evaluate", True, "Also run maskcon_jax.evaluate on "
-                       "each run (kNN top-1, MAP@R, linear probe, Recall@K up "
-                       "to 10).", flag_values=flag_values)
-  flags.mark_flags_as_required(["config", "workdir", "modes"],
-                               flag_values=flag_values)
+      "entry, else the first entry.",
+      flag_values=flag_values,
+  )
+  flags.DEFINE_boolean(
+      "evaluate",
+      True,
+      "Also run maskcon_jax.evaluate on "
+      "each run (kNN top-1, MAP@R, linear probe, Recall@K up "
+      "to 10).",
+      flag_values=flag_values,
+  )
+  flags.mark_flags_as_required(
+      ["config", "workdir", "modes"], flag_values=flag_values
+  )
 
 
 def main(argv):
@@ -865,19 +1045,29 @@ def main(argv):
   logging.get_absl_handler().addFilter(checkpoints.HideCheckpointChatter())
   flag = flags.FLAGS
   try:
-    rows = run_comparison(flag.config, flag.modes, flag.workdir, flag.seeds,
-                          evaluate=flag.evaluate, reference=flag.reference)
+    rows = run_comparison(
+        flag.config,
+        flag.modes,
+        flag.workdir,
+        flag.seeds,
+        evaluate=flag.evaluate,
+        reference=flag.reference,
+    )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   except Interrupted as e:
-    print(f"{e} (the comparison resumes there too)", file=sys.stderr,
-          flush=True)
+    print(
+        f"{e} (the comparison resumes there too)", file=sys.stderr, flush=True
+    )
     sys.exit(EXIT_INTERRUPTED)
   print(markdown_table(rows), flush=True)
-  print(f"wrote {os.path.join(flag.workdir, MARKDOWN_FILE)}, "
-        f"{os.path.join(flag.workdir, PLOT_FILE)} and "
-        f"{os.path.join(flag.workdir, JSON_FILE)}", flush=True)
+  print(
+      f"wrote {os.path.join(flag.workdir, MARKDOWN_FILE)}, "
+      f"{os.path.join(flag.workdir, PLOT_FILE)} and "
+      f"{os.path.join(flag.workdir, JSON_FILE)}",
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -34,16 +34,36 @@ QUEUE_INITS = ("prefill", "random")
 # edited in place at the same path is not detected.
 #
 # A method's block fields are named with a dot (``selfcon.position``).
-CHECKPOINT_FIELDS = ("mode", "dataset", "arch", "width", "embed_dim",
-                     "proj_hidden_dim", "queue_size", "image_size", "precision",
-                     "synthetic", "seed", "batch_size", "selfcon.position",
-                     "selfcon.size", "subset_seed", "image_channels",
-                     "coarse_map", "conv_padding")
+CHECKPOINT_FIELDS = (
+    "mode",
+    "dataset",
+    "arch",
+    "width",
+    "embed_dim",
+    "proj_hidden_dim",
+    "queue_size",
+    "image_size",
+    "precision",
+    "synthetic",
+    "seed",
+    "batch_size",
+    "selfcon.position",
+    "selfcon.size",
+    "subset_seed",
+    "image_channels",
+    "coarse_map",
+    "conv_padding",
+)
 # The key encoder's and queue's fields: a method without them
 # (``Method.uses_queue`` False) ignores them, so they never make its runs
 # differ.
-KEY_ENCODER_FIELDS = ("queue_size", "queue_init", "ema_momentum", "key_bn",
-                      "bn_splits")
+KEY_ENCODER_FIELDS = (
+    "queue_size",
+    "queue_init",
+    "ema_momentum",
+    "key_bn",
+    "bn_splits",
+)
 
 # init_from is in neither list: only a fresh run reads it (a checkpoint holds
 # the weights it gave), so a resumption with another init_from continues the
@@ -53,13 +73,25 @@ KEY_ENCODER_FIELDS = ("queue_size", "queue_init", "ema_momentum", "key_bn",
 # Fields that may change between a run and its resumption without changing
 # what is trained: when to log, save or evaluate, where the data is, how many
 # devices share the work.
-RESUME_FREE_FIELDS = ("stop_after_steps", "log_every_steps",
-                      "checkpoint_every_steps", "eval_every_epochs",
-                      "eval_batch_size", "retrieval_ks", "num_devices",
-                      "distributed", "data_dir", "train_csv",
-                      "test_csv", "max_nonfinite_steps", "debug_nan_at_step",
-                      "debug_nan_num_steps", "selfcon.eval_exit_ensemble",
-                      "knn_monitor_every_steps", "knn_monitor_size")
+RESUME_FREE_FIELDS = (
+    "stop_after_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_every_epochs",
+    "eval_batch_size",
+    "retrieval_ks",
+    "num_devices",
+    "distributed",
+    "data_dir",
+    "train_csv",
+    "test_csv",
+    "max_nonfinite_steps",
+    "debug_nan_at_step",
+    "debug_nan_num_steps",
+    "selfcon.eval_exit_ensemble",
+    "knn_monitor_every_steps",
+    "knn_monitor_size",
+)
 
 # Reliability options every config has, whether or not its file sets them
 # (`add_defaults` adds them, so they can be overridden on the command line).
@@ -84,12 +116,38 @@ _PLACEHOLDER_TYPES = {"debug_nan_at_step": int}
 
 # Fields every training config needs (`validate_config` reads them all).
 REQUIRED_FIELDS = (
-    "mode", "dataset", "arch", "precision", "queue_init", "key_bn", "query_bn",
-    "strong_policy", "weak_policy", "t0", "t", "w", "batch_size", "queue_size",
-    "num_epochs", "width", "embed_dim", "proj_hidden_dim", "image_size",
-    "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
-    "bn_splits", "eval_every_epochs", "learning_rate", "weight_decay",
-    "warmup_epochs", "momentum", "ema_momentum", "retrieval_ks", "seed")
+    "mode",
+    "dataset",
+    "arch",
+    "precision",
+    "queue_init",
+    "key_bn",
+    "query_bn",
+    "strong_policy",
+    "weak_policy",
+    "t0",
+    "t",
+    "w",
+    "batch_size",
+    "queue_size",
+    "num_epochs",
+    "width",
+    "embed_dim",
+    "proj_hidden_dim",
+    "image_size",
+    "eval_batch_size",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "bn_splits",
+    "eval_every_epochs",
+    "learning_rate",
+    "weight_decay",
+    "warmup_epochs",
+    "momentum",
+    "ema_momentum",
+    "retrieval_ks",
+    "seed",
+)
 
 _MAX_SEED = 2**32 - 1
 
@@ -110,8 +168,11 @@ def add_defaults(config: ml_collections.ConfigDict) -> None:
       if name not in config:
         # A fresh placeholder per config: a shared one would link the field
         # across every config it was added to.
-        config[name] = (config_dict.placeholder(_PLACEHOLDER_TYPES[name])
-                        if value is None else value)
+        config[name] = (
+            config_dict.placeholder(_PLACEHOLDER_TYPES[name])
+            if value is None
+            else value
+        )
     for name, method in methods.blocks().items():
       defaults = method.config_block()
       if config.get(name) is None:
@@ -120,8 +181,9 @@ def add_defaults(config: ml_collections.ConfigDict) -> None:
       for field, value in defaults.items():
         if field not in config[name]:
           # A placeholder's reference keeps its type for the command line.
-          config[name][field] = (defaults.get_ref(field) if value is None
-                                 else value)
+          config[name][field] = (
+              defaults.get_ref(field) if value is None else value
+          )
 
 
 def move_legacy_fields(config: ml_collections.ConfigDict) -> None:
@@ -149,14 +211,19 @@ def _choice(config, field: str, choices) -> None:
   except TypeError:  # Unhashable or uncomparable values are never choices.
     known = False
   if not known or not isinstance(value, str):
-    raise ConfigError(f"config.{field}={_show(value)} is not supported; use "
-                      f"one of: {', '.join(map(str, choices))}.")
+    raise ConfigError(
+        f"config.{field}={_show(value)} is not supported; use "
+        f"one of: {', '.join(map(str, choices))}."
+    )
 
 
 def _positive(config, field: str, *, integer: bool = False) -> None:
   value = config[field]
-  ok = (not isinstance(value, bool) and isinstance(value, int)) if integer \
+  ok = (
+      (not isinstance(value, bool) and isinstance(value, int))
+      if integer
       else _is_number(value)
+  )
   if not ok or value <= 0:
     what = "a positive integer" if integer else "a positive number"
     raise ConfigError(f"config.{field}={_show(value)} must be {what}.")
@@ -164,8 +231,9 @@ def _positive(config, field: str, *, integer: bool = False) -> None:
 
 def _optional_int(config, field: str, *, minimum: int, what: str) -> None:
   value = config.get(field)
-  if value is not None and (isinstance(value, bool) or
-                            not isinstance(value, int) or value < minimum):
+  if value is not None and (
+      isinstance(value, bool) or not isinstance(value, int) or value < minimum
+  ):
     raise ConfigError(f"config.{field}={_show(value)} must be {what}.")
 
 
@@ -173,18 +241,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` for the first invalid field of ``config``, its
   method's block included (checked by the method, `Method.validate`)."""
   if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f"the config is a {type(config).__name__}, not an "
-                      "ml_collections.ConfigDict: get_config() must return "
-                      "one (start from configs/default.py).")
+    raise ConfigError(
+        f"the config is a {type(config).__name__}, not an "
+        "ml_collections.ConfigDict: get_config() must return "
+        "one (start from configs/default.py)."
+    )
   missing = [f for f in REQUIRED_FIELDS if f not in config]
   if missing:
-    raise ConfigError(f"the config lacks field(s) {', '.join(missing)}: start "
-                      "from configs/default.py, which sets them all.")
+    raise ConfigError(
+        f"the config lacks field(s) {', '.join(missing)}: start "
+        "from configs/default.py, which sets them all."
+    )
   _choice(config, "mode", tuple(methods.METHODS))
   for old, (name, field) in methods.legacy_fields().items():
     if old in config:
-      raise ConfigError(f"config.{old} is now config.{name}.{field}; rename "
-                        "it.")
+      raise ConfigError(
+          f"config.{old} is now config.{name}.{field}; rename " "it."
+      )
   method = methods.get(config.mode)
   _choice(config, "dataset", DATASETS)
   _choice(config, "arch", tuple(models.ARCHITECTURES))
@@ -197,16 +270,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("t0", "t"):
     value = config[field]
     if not _is_number(value) or not value > 0:
-      raise ConfigError(f"config.{field}={_show(value)}: temperatures must be "
-                        "> 0 (the paper uses t0=0.1, t=0.05).")
+      raise ConfigError(
+          f"config.{field}={_show(value)}: temperatures must be "
+          "> 0 (the paper uses t0=0.1, t=0.05)."
+      )
   w = config.w
   if not _is_number(w) or not 0.0 <= w <= 1.0:
-    raise ConfigError(f"config.w={_show(w)} must lie in [0, 1] (0 = MoCo, 1 = "
-                      "only the coarse-aware target).")
-  for field in ("batch_size", "queue_size", "num_epochs", "width", "embed_dim",
-                "proj_hidden_dim", "image_size", "eval_batch_size",
-                "log_every_steps", "checkpoint_every_steps", "bn_splits",
-                "eval_every_epochs"):
+    raise ConfigError(
+        f"config.w={_show(w)} must lie in [0, 1] (0 = MoCo, 1 = "
+        "only the coarse-aware target)."
+    )
+  for field in (
+      "batch_size",
+      "queue_size",
+      "num_epochs",
+      "width",
+      "embed_dim",
+      "proj_hidden_dim",
+      "image_size",
+      "eval_batch_size",
+      "log_every_steps",
+      "checkpoint_every_steps",
+      "bn_splits",
+      "eval_every_epochs",
+  ):
     _positive(config, field, integer=True)
   for field in ("learning_rate",):
     _positive(config, field)
@@ -214,7 +301,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config.queue_size={config.queue_size} is smaller than "
         f"config.batch_size={config.batch_size}; the queue must hold at least "
-        "one batch of keys.")
+        "one batch of keys."
+    )
   for field in ("weight_decay", "warmup_epochs"):
     value = config[field]
     if not _is_number(value) or value < 0:
@@ -224,54 +312,96 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not _is_number(value) or not 0 <= value < 1:
       raise ConfigError(f"config.{field}={_show(value)} must lie in [0, 1).")
   ks = config.retrieval_ks
-  if (not isinstance(ks, (tuple, list)) or not ks or any(
-      isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks)):
+  if (
+      not isinstance(ks, (tuple, list))
+      or not ks
+      or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks)
+  ):
     shown = tuple(ks) if isinstance(ks, (tuple, list)) else ks
-    raise ConfigError(f"config.retrieval_ks={_show(shown)} must be positive "
-                      "integers, e.g. (1, 2, 5, 10).")
+    raise ConfigError(
+        f"config.retrieval_ks={_show(shown)} must be positive "
+        "integers, e.g. (1, 2, 5, 10)."
+    )
   seed = config.seed
-  if isinstance(seed, bool) or not isinstance(seed, int) or not (
-      0 <= seed <= _MAX_SEED):
-    raise ConfigError(f"config.seed={_show(seed)} must be an integer in "
-                      f"[0, {_MAX_SEED}].")
-  _optional_int(config, "num_devices", minimum=1,
-                what="a positive integer or unset (all devices)")
-  _optional_int(config, "stop_after_steps", minimum=1,
-                what="a positive integer or unset")
-  _optional_int(config, "max_nonfinite_steps", minimum=0,
-                what="an integer >= 0 (0 = stop at the first non-finite loss)")
-  _optional_int(config, "debug_nan_at_step", minimum=1,
-                what="a positive step number or unset")
-  _optional_int(config, "debug_nan_num_steps", minimum=1,
-                what="a positive integer")
+  if (
+      isinstance(seed, bool)
+      or not isinstance(seed, int)
+      or not (0 <= seed <= _MAX_SEED)
+  ):
+    raise ConfigError(
+        f"config.seed={_show(seed)} must be an integer in " f"[0, {_MAX_SEED}]."
+    )
+  _optional_int(
+      config,
+      "num_devices",
+      minimum=1,
+      what="a positive integer or unset (all devices)",
+  )
+  _optional_int(
+      config, "stop_after_steps", minimum=1, what="a positive integer or unset"
+  )
+  _optional_int(
+      config,
+      "max_nonfinite_steps",
+      minimum=0,
+      what="an integer >= 0 (0 = stop at the first non-finite loss)",
+  )
+  _optional_int(
+      config,
+      "debug_nan_at_step",
+      minimum=1,
+      what="a positive step number or unset",
+  )
+  _optional_int(
+      config, "debug_nan_num_steps", minimum=1, what="a positive integer"
+  )
   force_unlock = config.get("force_unlock")
   if force_unlock is not None and not isinstance(force_unlock, bool):
-    raise ConfigError(f"config.force_unlock={_show(force_unlock)} must be "
-                      "True or False.")
-  _optional_int(config, "subset_seed", minimum=0,
-                what="an integer >= 0, or unset to keep the first examples")
+    raise ConfigError(
+        f"config.force_unlock={_show(force_unlock)} must be " "True or False."
+    )
+  _optional_int(
+      config,
+      "subset_seed",
+      minimum=0,
+      what="an integer >= 0, or unset to keep the first examples",
+  )
   channels = config.get("image_channels")
-  if channels is not None and (isinstance(channels, bool) or
-                               not isinstance(channels, int) or
-                               channels not in (1, 3)):
-    raise ConfigError(f"config.image_channels={_show(channels)} must be 1 "
-                      "(gray), 3 (RGB) or unset (the dataset's own channels).")
+  if channels is not None and (
+      isinstance(channels, bool)
+      or not isinstance(channels, int)
+      or channels not in (1, 3)
+  ):
+    raise ConfigError(
+        f"config.image_channels={_show(channels)} must be 1 "
+        "(gray), 3 (RGB) or unset (the dataset's own channels)."
+    )
   coarse_map = config.get("coarse_map")
   if coarse_map is not None and not isinstance(coarse_map, str):
-    raise ConfigError(f"config.coarse_map={_show(coarse_map)} must be the path "
-                      "of a CSV or JSON fine -> coarse map, or unset.")
+    raise ConfigError(
+        f"config.coarse_map={_show(coarse_map)} must be the path "
+        "of a CSV or JSON fine -> coarse map, or unset."
+    )
   init_from = config.get("init_from")
-  if init_from is not None and (not isinstance(init_from, str) or
-                                not init_from):
-    raise ConfigError(f"config.init_from={_show(init_from)} must be a run's "
-                      "workdir or a torchvision state dict (.npz or "
-                      ".safetensors), or unset.")
+  if init_from is not None and (
+      not isinstance(init_from, str) or not init_from
+  ):
+    raise ConfigError(
+        f"config.init_from={_show(init_from)} must be a run's "
+        "workdir or a torchvision state dict (.npz or "
+        ".safetensors), or unset."
+    )
   # The method's block, last: its checks may read the fields above.
   methods.of_config(config)
 
 
-def check_run_layout(config: ml_collections.ConfigDict, *, num_train: int,
-                     steps_per_epoch: int, device_count: int) -> int:
+def check_run_layout(
+    config: ml_collections.ConfigDict,
+    *,
+    num_train: int,
+    steps_per_epoch: int,
+    device_count: int,
+) -> int:
   """Checks the batch against the data and the devices.
 
   Args:
@@ -289,20 +419,24 @@ def check_run_layout(config: ml_collections.ConfigDict, *, num_train: int,
   if steps_per_epoch == 0:
     raise ConfigError(
         f"config.batch_size={config.batch_size} exceeds the "
-        f"{num_train} training examples; use a smaller batch.")
+        f"{num_train} training examples; use a smaller batch."
+    )
   num_devices = config.get("num_devices") or device_count
   if num_devices > device_count:
     raise ConfigError(
         f"config.num_devices={num_devices} but only {device_count} "
-        "devices are visible; use fewer or leave it unset (all devices).")
+        "devices are visible; use fewer or leave it unset (all devices)."
+    )
   if config.batch_size % num_devices:
     raise ConfigError(
         f"config.batch_size={config.batch_size} is not divisible by the "
-        f"{num_devices} devices; use a multiple of {num_devices}.")
+        f"{num_devices} devices; use a multiple of {num_devices}."
+    )
   if config.key_bn == "split" and config.batch_size % config.bn_splits:
     raise ConfigError(
         f"config.batch_size={config.batch_size} is not divisible by "
-        f"config.bn_splits={config.bn_splits}.")
+        f"config.bn_splits={config.bn_splits}."
+    )
   return num_devices
 
 
@@ -310,23 +444,31 @@ def check_workdir_writable(workdir: str) -> None:
   """Raises ``UserError`` unless ``workdir`` exists and is writable, or can be
   created. Writes nothing."""
   if not workdir or not isinstance(workdir, str):
-    raise UserError("--workdir is required: name a directory for checkpoints "
-                    "and results.")
+    raise UserError(
+        "--workdir is required: name a directory for checkpoints "
+        "and results."
+    )
   path = os.path.abspath(workdir)
   if os.path.exists(path):
     if not os.path.isdir(path):
-      raise UserError(f"--workdir={workdir} is a file, not a directory; choose "
-                      "another path.")
+      raise UserError(
+          f"--workdir={workdir} is a file, not a directory; choose "
+          "another path."
+      )
     if not os.access(path, os.W_OK | os.X_OK):
-      raise UserError(f"--workdir={workdir} is not writable; choose a "
-                      "directory you can write to.")
+      raise UserError(
+          f"--workdir={workdir} is not writable; choose a "
+          "directory you can write to."
+      )
     return
   parent = os.path.dirname(path)
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"--workdir={workdir} cannot be created: {parent} is not "
-                    "writable; choose a directory you can write to.")
+    raise UserError(
+        f"--workdir={workdir} cannot be created: {parent} is not "
+        "writable; choose a directory you can write to."
+    )
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
@@ -340,8 +482,9 @@ def _plain(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def run_record(config: ml_collections.ConfigDict | dict[str, Any]
-               ) -> dict[str, Any]:
+def run_record(
+    config: ml_collections.ConfigDict | dict[str, Any],
+) -> dict[str, Any]:
   """``config`` as a run records it (config.json) and compares it.
 
   Plain values (tuples as lists), without `LAUNCH_FIELDS`; flat method
@@ -366,8 +509,9 @@ def run_record(config: ml_collections.ConfigDict | dict[str, Any]
   return record
 
 
-def comparable_record(config: ml_collections.ConfigDict | dict[str, Any]
-                      ) -> dict[str, Any]:
+def comparable_record(
+    config: ml_collections.ConfigDict | dict[str, Any],
+) -> dict[str, Any]:
   """The settings that make two runs the same run, flat.
 
   `run_record`, with the method block's fields as ``block.field`` entries
@@ -385,8 +529,9 @@ def comparable_record(config: ml_collections.ConfigDict | dict[str, Any]
   return flat
 
 
-def finished_record(saved: dict[str, Any],
-                    config: ml_collections.ConfigDict) -> dict[str, Any]:
+def finished_record(
+    saved: dict[str, Any], config: ml_collections.ConfigDict
+) -> dict[str, Any]:
   """The record of a finished run that ``config`` only re-evaluates: the
   settings it was trained with (``saved``), except the `RESUME_FREE_FIELDS`
   ``config`` sets, which follow this invocation."""
@@ -401,8 +546,9 @@ def finished_record(saved: dict[str, Any],
   return record
 
 
-def check_compatible(saved: dict[str, Any],
-                     config: ml_collections.ConfigDict) -> list[str]:
+def check_compatible(
+    saved: dict[str, Any], config: ml_collections.ConfigDict
+) -> list[str]:
   """Checks that a run saved with config ``saved`` can resume with ``config``.
 
   Both are compared as `comparable_record`s: a method field one side leaves
@@ -430,7 +576,8 @@ def check_compatible(saved: dict[str, Any],
     if field == "conv_padding":
       # A run saved before the field existed used XLA's SAME padding.
       return (old.get(field) or models.LEGACY_CONV_PADDING) != (
-          models.conv_padding_of(config))
+          models.conv_padding_of(config)
+      )
     if field == "coarse_map":
       return not _same_coarse_map(old.get(field), new.get(field))
     return old.get(field) != new.get(field)
@@ -442,9 +589,11 @@ def check_compatible(saved: dict[str, Any],
   if differing:
     raise ConfigError(
         "the workdir holds a checkpoint of an incompatible config: "
-        f"{'; '.join(differing)}; use a new --workdir or the original values.")
-  others = sorted((set(old) | set(new)) - set(CHECKPOINT_FIELDS) -
-                  set(RESUME_FREE_FIELDS))
+        f"{'; '.join(differing)}; use a new --workdir or the original values."
+    )
+  others = sorted(
+      (set(old) | set(new)) - set(CHECKPOINT_FIELDS) - set(RESUME_FREE_FIELDS)
+  )
   return [show(f) for f in others if differs(f)]
 
 
@@ -464,6 +613,7 @@ def _same_coarse_map(saved: Any, current: Any) -> bool:
     return False
   # pylint: disable-next=g-import-not-at-top
   from maskcon_jax.datasets import files
+
   try:
     return files.read_coarse_map(saved) == files.read_coarse_map(current)
   except UserError:

@@ -29,21 +29,25 @@ PAUSE_SECONDS = "MASKCON_DEBUG_PAUSE_SECONDS"
 
 # The points the trainer reaches, in the order of a run.
 POINTS = (
-    "lock_taken",          # Run lock held, nothing else written yet.
-    "config_written",      # config.json written, no checkpoint manager yet.
-    "train_step",          # Before the step numbered STEP + 1 (STEP done).
-    "checkpoint_save",     # Checkpoint STEP's save started, not finished.
-    "checkpoint_saved",    # Checkpoint STEP complete on disk.
-    "final_eval",          # Training done, before the final evaluation.
-    "results_write",       # results.json's temporary file written, not
-                           # yet renamed into place.
+    "lock_taken",  # Run lock held, nothing else written yet.
+    "config_written",  # config.json written, no checkpoint manager yet.
+    "train_step",  # Before the step numbered STEP + 1 (STEP done).
+    "checkpoint_save",  # Checkpoint STEP's save started, not finished.
+    "checkpoint_saved",  # Checkpoint STEP complete on disk.
+    "final_eval",  # Training done, before the final evaluation.
+    "results_write",  # results.json's temporary file written, not
+    # yet renamed into place.
 )
 
 
 def _requests() -> list[tuple[str, str]]:
   spec = os.environ.get(PAUSE_AT) or ""
-  return [(point, at.strip()) for point, _, at in
-          (item.strip().partition("@") for item in spec.split(",") if item)]
+  return [
+      (point, at.strip())
+      for point, _, at in (
+          item.strip().partition("@") for item in spec.split(",") if item
+      )
+  ]
 
 
 def wanted(name: str) -> bool:
@@ -63,8 +67,9 @@ def reached(name: str, step: int | None = None) -> None:
 def _pause(label: str) -> None:
   folder = os.environ.get(PAUSE_DIR)
   seconds = float(os.environ.get(PAUSE_SECONDS) or 3600)
-  logging.warning("Debug pause at %s (%s=%s).", label, PAUSE_AT,
-                  os.environ.get(PAUSE_AT))
+  logging.warning(
+      "Debug pause at %s (%s=%s).", label, PAUSE_AT, os.environ.get(PAUSE_AT)
+  )
   resume = None
   if folder:
     resume = os.path.join(folder, "resume")

@@ -68,8 +68,9 @@ _SHOW = 5
 # ---------------------------------------------------------------------------
 
 
-def input_statistics(config: ml_collections.ConfigDict
-                     ) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+def input_statistics(
+    config: ml_collections.ConfigDict,
+) -> tuple[tuple[float, ...], tuple[float, ...], int]:
   """``(mean, std, channels)`` the run's dataset normalises images with.
 
   The dataset is loaded as the run loaded it (coarse map and
@@ -87,8 +88,10 @@ def input_statistics(config: ml_collections.ConfigDict
   try:
     dataset = input_pipeline.load_dataset(light)
   except UserError as e:
-    raise UserError(f"the run's dataset ({config.get('dataset')!r}) gives the "
-                    f"image statistics and can't be opened: {e}") from e
+    raise UserError(
+        f"the run's dataset ({config.get('dataset')!r}) gives the "
+        f"image statistics and can't be opened: {e}"
+    ) from e
   return tuple(dataset.mean), tuple(dataset.std), dataset.image_shape[-1]
 
 
@@ -108,6 +111,7 @@ class RunEncoder:
     variables: ``{"params": ..., "batch_stats": ...}``, replicated over the
       embedder's mesh.
   """
+
   workdir: str
   step: int
   config: ml_collections.ConfigDict
@@ -136,15 +140,21 @@ class RunEncoder:
     if shape is None or len(shape) != 4:
       raise UserError(f"{what} must be an array {want}, got shape {shape}.")
     if tuple(shape[1:3]) != (self.image_size, self.image_size):
-      raise UserError(f"{what} are {shape[1]}x{shape[2]} px, the run embeds "
-                      f"{self.image_size}x{self.image_size}: resize them "
-                      "(read_images does).")
+      raise UserError(
+          f"{what} are {shape[1]}x{shape[2]} px, the run embeds "
+          f"{self.image_size}x{self.image_size}: resize them "
+          "(read_images does)."
+      )
     if shape[3] != self.channels:
-      raise UserError(f"{what} have {shape[3]} channels, the run's have "
-                      f"{self.channels}: convert them (read_images does).")
+      raise UserError(
+          f"{what} have {shape[3]} channels, the run's have "
+          f"{self.channels}: convert them (read_images does)."
+      )
     if np.asarray(images).dtype != np.uint8:
-      raise UserError(f"{what} are {np.asarray(images).dtype}, the run embeds "
-                      "uint8 pixels (0-255).")
+      raise UserError(
+          f"{what} are {np.asarray(images).dtype}, the run embeds "
+          "uint8 pixels (0-255)."
+      )
 
   def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """``features`` and ``projection`` of uint8 ``(N, S, S, C)`` images.
@@ -155,8 +165,7 @@ class RunEncoder:
     return self.embedder.arrays(self.variables, images)
 
 
-def load_run_encoder(workdir: str, checkpoint: int | None = None
-                     ) -> RunEncoder:
+def load_run_encoder(workdir: str, checkpoint: int | None = None) -> RunEncoder:
   """The query encoder of a checkpoint of ``workdir`` (the newest if None).
 
   Reads the weights without the training data (`pretrained.read_run`); the
@@ -169,22 +178,37 @@ def load_run_encoder(workdir: str, checkpoint: int | None = None
   config = weights.config
   mean, std, channels = input_statistics(config)
   if channels != weights.channels:
-    raise UserError(f"{workdir}'s encoder takes {weights.channels}-channel "
-                    f"images but its dataset now gives {channels}: was "
-                    "config.json edited?")
+    raise UserError(
+        f"{workdir}'s encoder takes {weights.channels}-channel "
+        f"images but its dataset now gives {channels}: was "
+        "config.json edited?"
+    )
   model = methods.build_encoder(config, weights.num_coarse)
   mesh = trainer.make_mesh()
   embedder = embedding.Embedder(
-      model.apply, image_size=config.image_size, mean=mean, std=std,
-      mesh=mesh, batch_size=config.eval_batch_size)
+      model.apply,
+      image_size=config.image_size,
+      mean=mean,
+      std=std,
+      mesh=mesh,
+      batch_size=config.eval_batch_size,
+  )
   variables = jax.device_put(
       {"params": weights.params, "batch_stats": weights.batch_stats},
-      NamedSharding(mesh, P()))
+      NamedSharding(mesh, P()),
+  )
   return RunEncoder(
-      workdir=os.path.abspath(workdir), step=weights.step, config=config,
-      fingerprint=weights.fingerprint(), image_size=int(config.image_size),
-      channels=channels, mean=mean, std=std, embedder=embedder,
-      variables=variables)
+      workdir=os.path.abspath(workdir),
+      step=weights.step,
+      config=config,
+      fingerprint=weights.fingerprint(),
+      image_size=int(config.image_size),
+      channels=channels,
+      mean=mean,
+      std=std,
+      embedder=embedder,
+      variables=variables,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -202,15 +226,20 @@ def _read_csv_paths(path: str, flag: str) -> list[str]:
     with open(path, newline="", encoding="utf-8") as f:
       rows = [row for row in csv.reader(f) if row and row[0].strip()]
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise UserError(f"cannot read {flag}={path!r} as CSV ({e}): save it as "
-                    "UTF-8 text with the image path in the first column.")
+    raise UserError(
+        f"cannot read {flag}={path!r} as CSV ({e}): save it as "
+        "UTF-8 text with the image path in the first column."
+    )
   if rows and rows[0][0].strip().lower() == "path":
     rows = rows[1:]
   if not rows:
-    raise UserError(f"{flag}={path!r} lists no images: put one image path per "
-                    "row, in the first column.")
-  return [os.path.join(base, os.path.expanduser(row[0].strip()))
-          for row in rows]
+    raise UserError(
+        f"{flag}={path!r} lists no images: put one image path per "
+        "row, in the first column."
+    )
+  return [
+      os.path.join(base, os.path.expanduser(row[0].strip())) for row in rows
+  ]
 
 
 def list_images(path: str, flag: str = "--images") -> list[str]:
@@ -228,30 +257,37 @@ def list_images(path: str, flag: str = "--images") -> list[str]:
     UserError: ``path`` is missing, or a folder or CSV holds no images.
   """
   if not path or not os.path.exists(path):
-    raise UserError(f"{flag}={path!r} does not exist: give a folder of images, "
-                    "a CSV list of image paths or one image.")
+    raise UserError(
+        f"{flag}={path!r} does not exist: give a folder of images, "
+        "a CSV list of image paths or one image."
+    )
   if os.path.isdir(path):
     found = []
     for root, dirs, names in os.walk(path, followlinks=True):
       dirs.sort()
       found += [os.path.join(root, n) for n in sorted(names) if _is_image(n)]
     if not found:
-      raise UserError(f"{flag}={path!r} holds no images "
-                      f"({', '.join(IMAGE_EXTENSIONS)}), even in subfolders.")
+      raise UserError(
+          f"{flag}={path!r} holds no images "
+          f"({', '.join(IMAGE_EXTENSIONS)}), even in subfolders."
+      )
     return [os.path.abspath(p) for p in found]
   if path.lower().endswith(".csv"):
     return [os.path.abspath(p) for p in _read_csv_paths(path, flag)]
   if _is_image(path):
     return [os.path.abspath(path)]
-  raise UserError(f"{flag}={path!r} is neither a folder, a .csv list nor an "
-                  f"image ({', '.join(IMAGE_EXTENSIONS)}).")
+  raise UserError(
+      f"{flag}={path!r} is neither a folder, a .csv list nor an "
+      f"image ({', '.join(IMAGE_EXTENSIONS)})."
+  )
 
 
 def _decode_problem(tf, path: str) -> str:
   """Why ``path`` can't be read or decoded, in a few words."""
   try:
-    tf.io.decode_image(tf.io.read_file(path), channels=3,
-                       expand_animations=False)
+    tf.io.decode_image(
+        tf.io.read_file(path), channels=3, expand_animations=False
+    )
   except tf.errors.NotFoundError:
     return "no such file"
   except (tf.errors.OpError, ValueError) as e:
@@ -263,15 +299,22 @@ def _decode_problem(tf, path: str) -> str:
 
 
 def bad_image_error(tf, path: str) -> DataError:
-  return DataError(f"cannot decode image {path!r} ({_decode_problem(tf, path)}"
-                   "): delete or replace it, or pass --skip_bad to skip such "
-                   "files.")
+  return DataError(
+      f"cannot decode image {path!r} ({_decode_problem(tf, path)}"
+      "): delete or replace it, or pass --skip_bad to skip such "
+      "files."
+  )
 
 
-def read_images(paths: Sequence[str], *, image_size: int, channels: int,
-                batch_size: int, skip_bad: bool = False,
-                skipped: list[str] | None = None
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def read_images(
+    paths: Sequence[str],
+    *,
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    skip_bad: bool = False,
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Decodes ``paths`` as the run's dataset decodes files, batch by batch.
 
   tf.data reads and decodes in parallel, in order; RGB, squashed to
@@ -295,13 +338,18 @@ def read_images(paths: Sequence[str], *, image_size: int, channels: int,
   """
   # pylint: disable-next=g-import-not-at-top
   from maskcon_jax.datasets import core
+
   tf = core.import_tf()
   # The decoder of every file dataset, so images match what training saw.
   decode = core._decode_and_resize(tf, image_size)  # pylint: disable=protected-access
   ds = tf.data.Dataset.from_tensor_slices(
-      (np.arange(len(paths), dtype=np.int64), np.asarray(paths, dtype=str)))
-  ds = ds.map(lambda i, p: (i, decode(tf.io.read_file(p))),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      (np.arange(len(paths), dtype=np.int64), np.asarray(paths, dtype=str))
+  )
+  ds = ds.map(
+      lambda i, p: (i, decode(tf.io.read_file(p))),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+  )
   # A failed read or decode drops the element; its index goes missing below.
   ds = ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
   expected = 0
@@ -330,8 +378,15 @@ class Progress:
   a bar would say anything).
   """
 
-  def __init__(self, total: int, what: str = "images", *, min_total: int = 0,
-               stream=None, interval_s: float = 1.0):
+  def __init__(
+      self,
+      total: int,
+      what: str = "images",
+      *,
+      min_total: int = 0,
+      stream=None,
+      interval_s: float = 1.0,
+  ):
     self.total, self.what = total, what
     self.enabled = total > min_total
     self.stream = stream or sys.stderr
@@ -343,24 +398,33 @@ class Progress:
     """Sets how many items are done and redraws if a second has passed."""
     self.done = done
     now = time.time()
-    if self.enabled and (now - self.last >= self.interval_s or
-                         self.done >= self.total):
+    if self.enabled and (
+        now - self.last >= self.interval_s or self.done >= self.total
+    ):
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / max(rate, 1e-9)
-      print(f"\r{self.done:,}/{self.total:,} {self.what} "
-            f"({100 * self.done / max(self.total, 1):.0f}%, {rate:.0f}/s, "
-            f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s)", end="",
-            file=self.stream, flush=True)
+      print(
+          f"\r{self.done:,}/{self.total:,} {self.what} "
+          f"({100 * self.done / max(self.total, 1):.0f}%, {rate:.0f}/s, "
+          f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s)",
+          end="",
+          file=self.stream,
+          flush=True,
+      )
 
   def close(self) -> None:
     if self.enabled:
       print(file=self.stream, flush=True)
 
 
-def embed_files(encoder: RunEncoder, paths: Sequence[str], *,
-                skip_bad: bool = False, progress: bool = True
-                ) -> dict[str, Any]:
+def embed_files(
+    encoder: RunEncoder,
+    paths: Sequence[str],
+    *,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
   """Reads and embeds image files with ``encoder``.
 
   Returns:
@@ -371,13 +435,19 @@ def embed_files(encoder: RunEncoder, paths: Sequence[str], *,
     DataError: an unreadable file without ``skip_bad``, or no file readable.
   """
   skipped: list[str] = []
-  bar = Progress(len(paths), min_total=encoder.batch_size if progress else
-                 len(paths))
+  bar = Progress(
+      len(paths), min_total=encoder.batch_size if progress else len(paths)
+  )
   kept, features, projections = [], [], []
   try:
     for indices, images in read_images(
-        paths, image_size=encoder.image_size, channels=encoder.channels,
-        batch_size=encoder.batch_size, skip_bad=skip_bad, skipped=skipped):
+        paths,
+        image_size=encoder.image_size,
+        channels=encoder.channels,
+        batch_size=encoder.batch_size,
+        skip_bad=skip_bad,
+        skipped=skipped,
+    ):
       out = encoder.embed(images)
       features.append(out["features"])
       projections.append(out["projection"])
@@ -387,11 +457,16 @@ def embed_files(encoder: RunEncoder, paths: Sequence[str], *,
   finally:
     bar.close()
   if not kept:
-    raise DataError(f"none of the {len(paths)} images could be decoded (e.g. "
-                    f"{skipped[0]!r}): give PNG, JPEG, GIF or BMP files.")
-  return {"features": np.concatenate(features),
-          "projections": np.concatenate(projections),
-          "paths": kept, "skipped": skipped}
+    raise DataError(
+        f"none of the {len(paths)} images could be decoded (e.g. "
+        f"{skipped[0]!r}): give PNG, JPEG, GIF or BMP files."
+    )
+  return {
+      "features": np.concatenate(features),
+      "projections": np.concatenate(projections),
+      "paths": kept,
+      "skipped": skipped,
+  }
 
 
 def write_npz(out: str, arrays: dict[str, Any]) -> None:
@@ -409,13 +484,20 @@ def write_npz(out: str, arrays: dict[str, Any]) -> None:
       np.savez(f, **arrays)
     os.replace(tmp, out)
   except OSError as e:
-    raise UserError(f"cannot write --out={out}: {e.strerror}; choose a "
-                    "writable path.") from e
+    raise UserError(
+        f"cannot write --out={out}: {e.strerror}; choose a " "writable path."
+    ) from e
 
 
-def run_embed(workdir: str, images: str, out: str, *,
-              checkpoint: int | None = None, skip_bad: bool = False,
-              progress: bool = True) -> dict[str, np.ndarray]:
+def run_embed(
+    workdir: str,
+    images: str,
+    out: str,
+    *,
+    checkpoint: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
   """Embeds the images ``images`` names with ``workdir``'s run into ``out``.
 
   Args:
@@ -448,30 +530,43 @@ def run_embed(workdir: str, images: str, out: str, *,
   }
   write_npz(out, arrays)
   if result["skipped"]:
-    logging.warning("Skipped %d files that could not be decoded: %s",
-                    len(result["skipped"]), ", ".join(result["skipped"]))
+    logging.warning(
+        "Skipped %d files that could not be decoded: %s",
+        len(result["skipped"]),
+        ", ".join(result["skipped"]),
+    )
   return arrays
 
 
 def skipped_line(skipped: Sequence[str]) -> str:
   """``"skipped N undecodable files: a, b, ..."``."""
-  shown = ", ".join(skipped[:_SHOW]) + (", ..." if len(skipped) > _SHOW
-                                        else "")
+  shown = ", ".join(skipped[:_SHOW]) + (", ..." if len(skipped) > _SHOW else "")
   return f"skipped {len(skipped)} undecodable file(s): {shown}"
 
 
 def define_flags() -> None:
   """Defines the command-line flags (only when run as a program)."""
-  flags.DEFINE_string("workdir", None,
-                      "A directory written by maskcon_jax.train.")
-  flags.DEFINE_string("images", None, "A folder of images (recursive), a CSV "
-                      "whose first column lists image paths, or one image.")
+  flags.DEFINE_string(
+      "workdir", None, "A directory written by maskcon_jax.train."
+  )
+  flags.DEFINE_string(
+      "images",
+      None,
+      "A folder of images (recursive), a CSV "
+      "whose first column lists image paths, or one image.",
+  )
   flags.DEFINE_string("out", None, "The .npz file to write.")
-  flags.DEFINE_integer("checkpoint", None,
-                       "The checkpoint step to embed with; the latest if "
-                       "unset.")
-  flags.DEFINE_boolean("skip_bad", False, "Skip (and list) files that can't "
-                       "be decoded instead of stopping at the first.")
+  flags.DEFINE_integer(
+      "checkpoint",
+      None,
+      "The checkpoint step to embed with; the latest if " "unset.",
+  )
+  flags.DEFINE_boolean(
+      "skip_bad",
+      False,
+      "Skip (and list) files that can't "
+      "be decoded instead of stopping at the first.",
+  )
   flags.mark_flags_as_required(["workdir", "images", "out"])
 
 
@@ -481,17 +576,24 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)  # The lines below are the output.
   flag = flags.FLAGS
   try:
-    arrays = run_embed(flag.workdir, flag.images, flag.out,
-                       checkpoint=flag.checkpoint, skip_bad=flag.skip_bad)
+    arrays = run_embed(
+        flag.workdir,
+        flag.images,
+        flag.out,
+        checkpoint=flag.checkpoint,
+        skip_bad=flag.skip_bad,
+    )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   if len(arrays["skipped"]):
     print(skipped_line(list(arrays["skipped"])), file=sys.stderr, flush=True)
-  print(f"wrote {flag.out}: {len(arrays['paths'])} images, features "
-        f"{arrays['features'].shape[1]}-d, projections "
-        f"{arrays['projections'].shape[1]}-d (step {int(arrays['step'])})",
-        flush=True)
+  print(
+      f"wrote {flag.out}: {len(arrays['paths'])} images, features "
+      f"{arrays['features'].shape[1]}-d, projections "
+      f"{arrays['projections'].shape[1]}-d (step {int(arrays['step'])})",
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,16 @@ class Embedder:
   state at every evaluation).
   """
 
-  def __init__(self, apply_fn, *, image_size: int, mean: Sequence[float],
-               std: Sequence[float], mesh: jax.sharding.Mesh,
-               batch_size: int):
+  def __init__(
+      self,
+      apply_fn,
+      *,
+      image_size: int,
+      mean: Sequence[float],
+      std: Sequence[float],
+      mesh: jax.sharding.Mesh,
+      batch_size: int,
+  ):
     """Initialises the embedder.
 
     Args:
@@ -66,24 +73,34 @@ class Embedder:
     self._batch_sharding = NamedSharding(mesh, P("data"))
     # Replicated outputs: every process can read every embedding.
     self.apply = functools.partial(
-        steps.embed_step, apply_fn=apply_fn, image_size=int(image_size),
-        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
-    self._program = jax.jit(self.apply,
-                            out_shardings=NamedSharding(mesh, P()))
+        steps.embed_step,
+        apply_fn=apply_fn,
+        image_size=int(image_size),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
+    self._program = jax.jit(self.apply, out_shardings=NamedSharding(mesh, P()))
 
   @classmethod
   def for_run(cls, apply_fn, config, dataset, mesh) -> "Embedder":
     """The embedder of a run: its config's image size and eval batch size,
     its dataset's normalisation."""
-    return cls(apply_fn, image_size=config.image_size, mean=dataset.mean,
-               std=dataset.std, mesh=mesh, batch_size=config.eval_batch_size)
+    return cls(
+        apply_fn,
+        image_size=config.image_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        mesh=mesh,
+        batch_size=config.eval_batch_size,
+    )
 
   def _run(self, variables, batch_BxSxSxC: jax.Array) -> dict[str, np.ndarray]:
     out = self._program(variables, batch_BxSxSxC)
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
-  def arrays(self, variables, images_NxSxSxC: np.ndarray
-             ) -> dict[str, np.ndarray]:
+  def arrays(
+      self, variables, images_NxSxSxC: np.ndarray
+  ) -> dict[str, np.ndarray]:
     """``features`` and ``projection`` of uint8 images held by every process.
 
     With several processes every process must pass the same images.
@@ -91,13 +108,15 @@ class Embedder:
     n, bs = len(images_NxSxSxC), self.batch_size
     out = {"features": [], "projection": []}
     for start in range(0, max(n, 1), bs):
-      chunk = np.asarray(images_NxSxSxC[start:start + bs])
+      chunk = np.asarray(images_NxSxSxC[start : start + bs])
       valid = len(chunk)
       if valid < bs:  # Pad the last batch so only one program is compiled.
         chunk = np.concatenate(
-            [chunk, np.zeros((bs - valid, *chunk.shape[1:]), chunk.dtype)])
+            [chunk, np.zeros((bs - valid, *chunk.shape[1:]), chunk.dtype)]
+        )
       batch = jax.make_array_from_callback(
-          chunk.shape, self._batch_sharding, lambda index, c=chunk: c[index])
+          chunk.shape, self._batch_sharding, lambda index, c=chunk: c[index]
+      )
       for key, value in self._run(variables, batch).items():
         out[key].append(value[:valid])
     return {key: np.concatenate(v) for key, v in out.items()}
@@ -113,8 +132,11 @@ class Embedder:
     if not isinstance(dataset, input_pipeline.StreamingDataset):
       out = self.arrays(variables, getattr(dataset, f"{split}_images"))
       fine = getattr(dataset, f"{split}_fine")
-      return {**out, "coarse": getattr(dataset, f"{split}_coarse"),
-              "fine": fine if dataset.has_fine_labels else None}
+      return {
+          **out,
+          "coarse": getattr(dataset, f"{split}_coarse"),
+          "fine": fine if dataset.has_fine_labels else None,
+      }
     return self._streamed_split(variables, dataset, split)
 
   def _streamed_split(self, variables, dataset, split: str) -> dict[str, Any]:
@@ -122,18 +144,22 @@ class Embedder:
     local_bs = self.batch_size // count
     num_examples = _source(dataset, split).num_examples
     start, _ = datasets_core.shard_bounds(num_examples, pid, count, False)
-    batches = dataset.split_batches(split, local_bs, process_index=pid,
-                                    process_count=count, pad=True)
-    keys = ["coarse_label"] + (["fine_label"] if dataset.has_fine_labels
-                               else [])
+    batches = dataset.split_batches(
+        split, local_bs, process_index=pid, process_count=count, pad=True
+    )
+    keys = ["coarse_label"] + (
+        ["fine_label"] if dataset.has_fine_labels else []
+    )
     parts = {k: [] for k in ["features", "projection", "index"] + keys}
     for b, batch in enumerate(batches):
-      images = jax.make_array_from_process_local_data(self._batch_sharding,
-                                                      batch["image"])
+      images = jax.make_array_from_process_local_data(
+          self._batch_sharding, batch["image"]
+      )
       local = {k: batch[k] for k in keys}
       # Where each row sits in the split; -1 on padding.
-      local["index"] = np.where(batch["mask"],
-                                start + b * local_bs + np.arange(local_bs), -1)
+      local["index"] = np.where(
+          batch["mask"], start + b * local_bs + np.arange(local_bs), -1
+      )
       labels = multihost_utils.process_allgather(local, tiled=True)
       for key, value in self._run(variables, images).items():
         parts[key].append(value)
@@ -144,18 +170,24 @@ class Embedder:
     valid = index >= 0
     order = np.argsort(index[valid], kind="stable")
     columns = {k: v[valid][order] for k, v in columns.items()}
-    return {"features": columns["features"],
-            "projection": columns["projection"],
-            "coarse": columns["coarse_label"].astype(np.int32),
-            "fine": (columns["fine_label"].astype(np.int32)
-                     if "fine_label" in columns else None)}
+    return {
+        "features": columns["features"],
+        "projection": columns["projection"],
+        "coarse": columns["coarse_label"].astype(np.int32),
+        "fine": (
+            columns["fine_label"].astype(np.int32)
+            if "fine_label" in columns
+            else None
+        ),
+    }
 
 
 def check_split(split: str) -> None:
   """Raises `UserError` unless ``split`` is one of `SPLITS`."""
   if split not in SPLITS:
     raise UserError(
-        f"--split={split!r} is not a split; use one of: {', '.join(SPLITS)}.")
+        f"--split={split!r} is not a split; use one of: {', '.join(SPLITS)}."
+    )
 
 
 def _source(dataset, split: str):

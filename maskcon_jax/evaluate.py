@@ -38,8 +38,13 @@ SPLITS = embedding.SPLITS
 FIGURES_DIR = "figures"
 
 
-def load_and_embed(workdir: str, split: str, checkpoint: int | None = None,
-                   *, with_bank: bool = True) -> dict[str, Any]:
+def load_and_embed(
+    workdir: str,
+    split: str,
+    checkpoint: int | None = None,
+    *,
+    with_bank: bool = True,
+) -> dict[str, Any]:
   """Restores a run and embeds ``split`` (and the training split as bank).
 
   In-memory and streamed datasets alike (`embedding.Embedder.split`).
@@ -64,12 +69,15 @@ def load_and_embed(workdir: str, split: str, checkpoint: int | None = None,
   bank = None
   if with_bank and split != "train":
     bank = exp.embedder.split(variables, exp.dataset, "train")
-  return dict(experiment=exp, step=int(state.step), fine=embedded["fine"],
-              coarse=embedded["coarse"],
-              embeddings={k: embedded[k] for k in ("features", "projection")},
-              bank=bank,
-              read_images=functools.partial(embedding.read_images,
-                                            exp.dataset, split))
+  return dict(
+      experiment=exp,
+      step=int(state.step),
+      fine=embedded["fine"],
+      coarse=embedded["coarse"],
+      embeddings={k: embedded[k] for k in ("features", "projection")},
+      bank=bank,
+      read_images=functools.partial(embedding.read_images, exp.dataset, split),
+  )
 
 
 def _json_safe(value):
@@ -81,16 +89,21 @@ def _json_safe(value):
 
 def _log_images(workdir: str, step: int, images: dict[str, np.ndarray]):
   from clu import metric_writers  # TF-backed: only with figures.
+
   writer = metric_writers.create_default_writer(workdir, asynchronous=False)
-  writer.write_images(step, {name: image[None] for name, image in
-                             images.items()})
+  writer.write_images(
+      step, {name: image[None] for name, image in images.items()}
+  )
   writer.flush()
   writer.close()
 
 
-def run_evaluation(workdir: str, split: str = "test",
-                   checkpoint: int | None = None,
-                   figures: bool = True) -> dict[str, Any]:
+def run_evaluation(
+    workdir: str,
+    split: str = "test",
+    checkpoint: int | None = None,
+    figures: bool = True,
+) -> dict[str, Any]:
   """Evaluates a checkpoint of ``workdir`` on ``split`` and writes the results.
 
   Args:
@@ -115,42 +128,72 @@ def run_evaluation(workdir: str, split: str = "test",
   features = run["embeddings"]["features"]
   bank = run["bank"]
   report = evaluation.retrieval_report(
-      features, run["fine"], run["coarse"],
+      features,
+      run["fine"],
+      run["coarse"],
       coarse_names=hierarchy.coarse_names,
       bank_features=None if bank is None else bank["features"],
       bank_fine_labels=None if bank is None else bank["fine"],
-      num_fine=hierarchy.num_fine)
-  results = {**report, "step": step, "split": split,
-             "num_queries": int(len(features))}
+      num_fine=hierarchy.num_fine,
+  )
+  results = {
+      **report,
+      "step": step,
+      "split": split,
+      "num_queries": int(len(features)),
+  }
   path = os.path.join(workdir, f"eval_{split}.json")
   workdir_io.write_json_atomic(
-      path, {k: _json_safe(v) for k, v in results.items()})
+      path, {k: _json_safe(v) for k, v in results.items()}
+  )
   logging.info("Wrote %s.", path)
 
   if figures:
     from maskcon_jax import figures as figures_lib
-    per_group = {c: report[f"fine_recall@1/coarse={name}"]
-                 for c, name in enumerate(hierarchy.coarse_names)
-                 if f"fine_recall@1/coarse={name}" in report}
+
+    per_group = {
+        c: report[f"fine_recall@1/coarse={name}"]
+        for c, name in enumerate(hierarchy.coarse_names)
+        if f"fine_recall@1/coarse={name}" in report
+    }
     rendered = figures_lib.render_all(
-        run["read_images"], features, run["fine"], run["coarse"], hierarchy,
-        per_group, os.path.join(workdir, FIGURES_DIR), split=split,
-        overall_r1=report["fine_recall@1"])
-    _log_images(workdir, step, {f"eval_{split}/{name}": image
-                                for name, image in rendered.items()})
+        run["read_images"],
+        features,
+        run["fine"],
+        run["coarse"],
+        hierarchy,
+        per_group,
+        os.path.join(workdir, FIGURES_DIR),
+        split=split,
+        overall_r1=report["fine_recall@1"],
+    )
+    _log_images(
+        workdir,
+        step,
+        {f"eval_{split}/{name}": image for name, image in rendered.items()},
+    )
   return results
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
   """A few human-readable lines of the headline numbers."""
+
   def fmt(key):
     value = results.get(key)
-    return "n/a" if value is None or not math.isfinite(value) else (
-        f"{value:.4f}")
-  recalls = " ".join(f"R@{k.split('@')[1]}={fmt(k)}" for k in results
-                     if k.startswith("fine_recall@") and "/" not in k)
-  groups = " ".join(f"{k.split('=', 1)[1]}={fmt(k)}" for k in results
-                    if k.startswith("fine_recall@1/coarse="))
+    return (
+        "n/a" if value is None or not math.isfinite(value) else (f"{value:.4f}")
+    )
+
+  recalls = " ".join(
+      f"R@{k.split('@')[1]}={fmt(k)}"
+      for k in results
+      if k.startswith("fine_recall@") and "/" not in k
+  )
+  groups = " ".join(
+      f"{k.split('=', 1)[1]}={fmt(k)}"
+      for k in results
+      if k.startswith("fine_recall@1/coarse=")
+  )
   return [
       f"step {results['step']}, {results['split']} split, "
       f"{results['num_queries']} queries",
@@ -166,13 +209,20 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 def define_flags() -> None:
   """Defines the command-line flags (only when run as a program, so importing
   this module next to another entry point cannot clash on flag names)."""
-  flags.DEFINE_string("workdir", None,
-                      "A directory written by maskcon_jax.train.")
+  flags.DEFINE_string(
+      "workdir", None, "A directory written by maskcon_jax.train."
+  )
   flags.DEFINE_enum("split", "test", list(SPLITS), "The split to evaluate.")
-  flags.DEFINE_integer("checkpoint", None,
-                       "The checkpoint step to evaluate; the latest if unset.")
-  flags.DEFINE_boolean("figures", True, "Write PNG figures to WORKDIR/figures/ "
-                       "and log them to TensorBoard.")
+  flags.DEFINE_integer(
+      "checkpoint",
+      None,
+      "The checkpoint step to evaluate; the latest if unset.",
+  )
+  flags.DEFINE_boolean(
+      "figures",
+      True,
+      "Write PNG figures to WORKDIR/figures/ " "and log them to TensorBoard.",
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -182,8 +232,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # The summary below is the output.
   flag = flags.FLAGS
   try:
-    results = run_evaluation(flag.workdir, flag.split, flag.checkpoint,
-                             flag.figures)
+    results = run_evaluation(
+        flag.workdir, flag.split, flag.checkpoint, flag.figures
+    )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

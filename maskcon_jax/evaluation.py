@@ -53,26 +53,34 @@ def l2_normalize_np(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def _chunk_top_k(queries_CxD, query_ids_C, query_groups_C, bank_NxD,
-                 bank_groups_N, *, k):
+def _chunk_top_k(
+    queries_CxD, query_ids_C, query_groups_C, bank_NxD, bank_groups_N, *, k
+):
   """Similarities and indices of each query's k nearest bank items."""
   # HIGHEST: GPUs would otherwise use TF32 and reorder near-ties.
-  sims_CxN = jnp.matmul(queries_CxD, bank_NxD.T,
-                        precision=jax.lax.Precision.HIGHEST)
+  sims_CxN = jnp.matmul(
+      queries_CxD, bank_NxD.T, precision=jax.lax.Precision.HIGHEST
+  )
   # Excluded items get -inf so top_k puts them last; masking the query's own
   # index (rather than dropping the first column, as the official code does)
   # stays right when duplicates tie with the query.
-  excluded = ((query_ids_C[:, None] == jnp.arange(bank_NxD.shape[0])[None, :])
-              | (query_groups_C[:, None] != bank_groups_N[None, :]))
+  excluded = (
+      query_ids_C[:, None] == jnp.arange(bank_NxD.shape[0])[None, :]
+  ) | (query_groups_C[:, None] != bank_groups_N[None, :])
   sims_CxN = jnp.where(excluded, -jnp.inf, sims_CxN)
   # top_k is stable: equal values keep the lower index first.
   return jax.lax.top_k(sims_CxN, k)
 
 
-def iter_neighbours(queries_QxD, bank_NxD=None, k: int = 1, *,
-                    query_groups_Q=None, bank_groups_N=None,
-                    chunk_size: int = 1024,
-                    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+def iter_neighbours(
+    queries_QxD,
+    bank_NxD=None,
+    k: int = 1,
+    *,
+    query_groups_Q=None,
+    bank_groups_N=None,
+    chunk_size: int = 1024,
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
   """Sorted nearest neighbours of the queries, one chunk of queries at a time.
 
   Both sets are L2-normalised, so neighbours are ranked by cosine similarity,
@@ -116,18 +124,27 @@ def iter_neighbours(queries_QxD, bank_NxD=None, k: int = 1, *,
     ids = np.arange(start, start + chunk_size)
     rows = np.minimum(ids, q - 1)  # Padding repeats the last query.
     # -1 matches no bank index: no self-exclusion against a separate bank.
-    exclude = np.where(ids < q, ids, -1) if self_search else np.full_like(
-        ids, -1)
+    exclude = (
+        np.where(ids < q, ids, -1) if self_search else np.full_like(ids, -1)
+    )
     sims, idx = _chunk_top_k(
-        queries[rows], jnp.asarray(exclude, jnp.int32),
-        jnp.asarray(query_groups[rows]), bank, bank_groups, k=k)
-    sims = np.asarray(sims)[:stop - start]
-    idx = np.where(np.isfinite(sims), np.asarray(idx)[:stop - start], -1)
+        queries[rows],
+        jnp.asarray(exclude, jnp.int32),
+        jnp.asarray(query_groups[rows]),
+        bank,
+        bank_groups,
+        k=k,
+    )
+    sims = np.asarray(sims)[: stop - start]
+    idx = np.where(np.isfinite(sims), np.asarray(idx)[: stop - start], -1)
     yield slice(start, stop), idx, sims
 
 
-def _label_hits(neighbours_CxK: np.ndarray, bank_labels_N: np.ndarray,
-                query_labels_C: np.ndarray) -> np.ndarray:
+def _label_hits(
+    neighbours_CxK: np.ndarray,
+    bank_labels_N: np.ndarray,
+    query_labels_C: np.ndarray,
+) -> np.ndarray:
   """Whether each neighbour has its query's label (False for missing ones)."""
   found = bank_labels_N[np.maximum(neighbours_CxK, 0)]
   return (found == query_labels_C[:, None]) & (neighbours_CxK >= 0)
@@ -151,8 +168,9 @@ def _precision_at(hits_CxK: np.ndarray, ks: Sequence[int]) -> np.ndarray:
   return np.stack([cum_hits[:, k - 1] / k for k in ks], axis=1)
 
 
-def _average_precision_at_r(hits_CxK: np.ndarray, r_C: np.ndarray
-                            ) -> np.ndarray:
+def _average_precision_at_r(
+    hits_CxK: np.ndarray, r_C: np.ndarray
+) -> np.ndarray:
   """AP@R of each query from its sorted hits; NaN where R == 0."""
   ranks = np.arange(1, hits_CxK.shape[1] + 1)
   within_r = ranks[None, :] <= r_C[:, None]
@@ -181,8 +199,13 @@ def _check_self_search(embeddings_NxD, labels_N) -> int:
 # ---------------------------------------------------------------------------
 
 
-def recall_at_k(embeddings_NxD, labels_N, ks: Sequence[int] = DEFAULT_KS, *,
-                chunk_size: int = 1024) -> dict[int, float]:
+def recall_at_k(
+    embeddings_NxD,
+    labels_N,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
   """Recall@K of every item against all others, for each K in ``ks``.
 
   Recall@K is the fraction of queries with at least one item of their label
@@ -202,14 +225,20 @@ def recall_at_k(embeddings_NxD, labels_N, ks: Sequence[int] = DEFAULT_KS, *,
   labels = _as_labels(labels_N)
   k_max = min(max(ks), n - 1)
   first = np.empty(n, np.int64)
-  for rows, nn, _ in iter_neighbours(embeddings_NxD, k=k_max,
-                                     chunk_size=chunk_size):
+  for rows, nn, _ in iter_neighbours(
+      embeddings_NxD, k=k_max, chunk_size=chunk_size
+  ):
     first[rows] = _first_hit(_label_hits(nn, labels, labels[rows]))
   return {k: float(np.mean(first < min(k, n - 1))) for k in ks}
 
 
-def precision_at_k(embeddings_NxD, labels_N, ks: Sequence[int] = DEFAULT_KS,
-                   *, chunk_size: int = 1024) -> dict[int, float]:
+def precision_at_k(
+    embeddings_NxD,
+    labels_N,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
   """Precision@K of every item against all others, for each K in ``ks``.
 
   Precision@K is the mean over queries of the fraction of their K nearest
@@ -230,10 +259,12 @@ def precision_at_k(embeddings_NxD, labels_N, ks: Sequence[int] = DEFAULT_KS,
   labels = _as_labels(labels_N)
   clipped = [min(k, n - 1) for k in ks]
   precision = np.empty((n, len(ks)))
-  for rows, nn, _ in iter_neighbours(embeddings_NxD, k=max(clipped),
-                                     chunk_size=chunk_size):
-    precision[rows] = _precision_at(_label_hits(nn, labels, labels[rows]),
-                                    clipped)
+  for rows, nn, _ in iter_neighbours(
+      embeddings_NxD, k=max(clipped), chunk_size=chunk_size
+  ):
+    precision[rows] = _precision_at(
+        _label_hits(nn, labels, labels[rows]), clipped
+    )
   return {k: float(np.mean(precision[:, i])) for i, k in enumerate(ks)}
 
 
@@ -261,24 +292,33 @@ def map_at_r(embeddings_NxD, labels_N, *, chunk_size: int = 1024) -> float:
   return float(np.nanmean(ap)) if np.any(np.isfinite(ap)) else float("nan")
 
 
-def _map_at_r_per_query(embeddings_NxD, labels: np.ndarray,
-                        chunk_size: int) -> np.ndarray:
-  _, inverse, counts = np.unique(labels, return_inverse=True,
-                                 return_counts=True)
+def _map_at_r_per_query(
+    embeddings_NxD, labels: np.ndarray, chunk_size: int
+) -> np.ndarray:
+  _, inverse, counts = np.unique(
+      labels, return_inverse=True, return_counts=True
+  )
   r = counts[inverse] - 1
   ap = np.full(len(labels), np.nan)
   if r.max() == 0:
     return ap
-  for rows, nn, _ in iter_neighbours(embeddings_NxD, k=int(r.max()),
-                                     chunk_size=chunk_size):
-    ap[rows] = _average_precision_at_r(_label_hits(nn, labels, labels[rows]),
-                                       r[rows])
+  for rows, nn, _ in iter_neighbours(
+      embeddings_NxD, k=int(r.max()), chunk_size=chunk_size
+  ):
+    ap[rows] = _average_precision_at_r(
+        _label_hits(nn, labels, labels[rows]), r[rows]
+    )
   return ap
 
 
-def within_group_recall_at_k(embeddings_NxD, fine_labels_N, coarse_labels_N,
-                             ks: Sequence[int] = DEFAULT_KS, *,
-                             chunk_size: int = 1024) -> dict[int, float]:
+def within_group_recall_at_k(
+    embeddings_NxD,
+    fine_labels_N,
+    coarse_labels_N,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
   """Fine Recall@K, neighbours searched only within the query's coarse class.
 
   The fraction of queries with an item of their fine label among their K
@@ -300,26 +340,32 @@ def within_group_recall_at_k(embeddings_NxD, fine_labels_N, coarse_labels_N,
   """
   n = _check_self_search(embeddings_NxD, fine_labels_N)
   fine, coarse = _as_labels(fine_labels_N), _as_labels(coarse_labels_N)
-  first = _within_group_first_hit(embeddings_NxD, fine, coarse, max(ks),
-                                  chunk_size)
+  first = _within_group_first_hit(
+      embeddings_NxD, fine, coarse, max(ks), chunk_size
+  )
   return {k: float(np.mean(first < min(k, n - 1))) for k in ks}
 
 
-def _within_group_first_hit(embeddings_NxD, fine: np.ndarray,
-                            coarse: np.ndarray, k: int,
-                            chunk_size: int) -> np.ndarray:
+def _within_group_first_hit(
+    embeddings_NxD,
+    fine: np.ndarray,
+    coarse: np.ndarray,
+    k: int,
+    chunk_size: int,
+) -> np.ndarray:
   largest_group = int(np.unique(coarse, return_counts=True)[1].max())
   k_max = max(1, min(k, largest_group - 1))
   first = np.empty(len(fine), np.int64)
-  for rows, nn, _ in iter_neighbours(embeddings_NxD, k=k_max,
-                                     query_groups_Q=coarse,
-                                     chunk_size=chunk_size):
+  for rows, nn, _ in iter_neighbours(
+      embeddings_NxD, k=k_max, query_groups_Q=coarse, chunk_size=chunk_size
+  ):
     first[rows] = _first_hit(_label_hits(nn, fine, fine[rows]))
   return first
 
 
-def per_group_recall_at_1(embeddings_NxD, fine_labels_N, coarse_labels_N, *,
-                          chunk_size: int = 1024) -> dict[int, float]:
+def per_group_recall_at_1(
+    embeddings_NxD, fine_labels_N, coarse_labels_N, *, chunk_size: int = 1024
+) -> dict[int, float]:
   """Fine Recall@1 of the queries of each coarse class.
 
   Neighbours are searched among all items (as in `recall_at_k`); only the
@@ -338,15 +384,17 @@ def per_group_recall_at_1(embeddings_NxD, fine_labels_N, coarse_labels_N, *,
   _check_self_search(embeddings_NxD, fine_labels_N)
   fine, coarse = _as_labels(fine_labels_N), _as_labels(coarse_labels_N)
   hit = np.empty(len(fine), bool)
-  for rows, nn, _ in iter_neighbours(embeddings_NxD, k=1,
-                                     chunk_size=chunk_size):
+  for rows, nn, _ in iter_neighbours(
+      embeddings_NxD, k=1, chunk_size=chunk_size
+  ):
     hit[rows] = _label_hits(nn, fine, fine[rows])[:, 0]
   return _group_means(hit, coarse)
 
 
 def _group_means(values: np.ndarray, groups: np.ndarray) -> dict[int, float]:
-  return {int(g): float(np.mean(values[groups == g]))
-          for g in np.unique(groups)}
+  return {
+      int(g): float(np.mean(values[groups == g])) for g in np.unique(groups)
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -354,9 +402,16 @@ def _group_means(values: np.ndarray, groups: np.ndarray) -> dict[int, float]:
 # ---------------------------------------------------------------------------
 
 
-def knn_predict(bank_NxD, bank_labels_N, queries_QxD=None, *, k: int = 20,
-                temperature: float = 0.07, num_classes: int | None = None,
-                chunk_size: int = 1024) -> np.ndarray:
+def knn_predict(
+    bank_NxD,
+    bank_labels_N,
+    queries_QxD=None,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> np.ndarray:
   """Weighted-kNN class predictions (InstDisc, Wu et al. 2018).
 
   Each of a query's k nearest bank items (cosine similarity ``s``) votes for
@@ -386,23 +441,32 @@ def knn_predict(bank_NxD, bank_labels_N, queries_QxD=None, *, k: int = 20,
   if k < 1:
     raise ValueError("kNN needs at least one candidate neighbour.")
   predictions = np.empty(len(queries_QxD), np.int64)
-  for rows, nn, sims in iter_neighbours(queries_QxD, bank_NxD, k,
-                                        chunk_size=chunk_size):
+  for rows, nn, sims in iter_neighbours(
+      queries_QxD, bank_NxD, k, chunk_size=chunk_size
+  ):
     # Subtracting the best similarity leaves the argmax unchanged and keeps
     # exp() finite for small temperatures.
     weights = np.exp((sims.astype(np.float64) - sims[:, :1]) / temperature)
     weights = np.where(nn >= 0, weights, 0.0)
     votes = np.zeros((len(nn), num_classes))
-    np.add.at(votes, (np.arange(len(nn))[:, None], labels[np.maximum(nn, 0)]),
-              weights)
+    np.add.at(
+        votes, (np.arange(len(nn))[:, None], labels[np.maximum(nn, 0)]), weights
+    )
     predictions[rows] = votes.argmax(-1)
   return predictions
 
 
-def knn_classify(bank_emb, bank_labels, query_emb=None, query_labels=None, *,
-                 k: int = 20, temperature: float = 0.07,
-                 num_classes: int | None = None,
-                 chunk_size: int = 1024) -> float:
+def knn_classify(
+    bank_emb,
+    bank_labels,
+    query_emb=None,
+    query_labels=None,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> float:
   """Top-1 accuracy of the weighted kNN classifier of `knn_predict`.
 
   Args:
@@ -423,9 +487,15 @@ def knn_classify(bank_emb, bank_labels, query_emb=None, query_labels=None, *,
     query_labels = bank_labels
   elif query_labels is None:
     raise ValueError("query_labels are needed with query_emb.")
-  predictions = knn_predict(bank_emb, bank_labels, query_emb, k=k,
-                            temperature=temperature, num_classes=num_classes,
-                            chunk_size=chunk_size)
+  predictions = knn_predict(
+      bank_emb,
+      bank_labels,
+      query_emb,
+      k=k,
+      temperature=temperature,
+      num_classes=num_classes,
+      chunk_size=chunk_size,
+  )
   return float(np.mean(predictions == _as_labels(query_labels)))
 
 
@@ -438,19 +508,24 @@ def standardize_features(train_NxD, *others):
   train = l2_normalize_np(train_NxD)
   mean = train.mean(0)
   std = np.maximum(train.std(0), 1e-6)  # Constant dimensions stay at zero.
-  return ((train - mean) / std,
-          *((l2_normalize_np(x) - mean) / std for x in others))
+  return (
+      (train - mean) / std,
+      *((l2_normalize_np(x) - mean) / std for x in others),
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("epochs", "batch_size",
-                                             "num_classes"))
-def _train_probe(feats_NxD, labels_N, rng, learning_rate, *, epochs,
-                 batch_size, num_classes):
+@functools.partial(
+    jax.jit, static_argnames=("epochs", "batch_size", "num_classes")
+)
+def _train_probe(
+    feats_NxD, labels_N, rng, learning_rate, *, epochs, batch_size, num_classes
+):
   """Softmax-regression parameters after ``epochs`` shuffled Adam passes."""
   n, d = feats_NxD.shape
   steps = n // batch_size
-  optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate,
-                                                     max(epochs * steps, 1)))
+  optimizer = optax.adam(
+      optax.cosine_decay_schedule(learning_rate, max(epochs * steps, 1))
+  )
   params = {"w": jnp.zeros((d, num_classes)), "b": jnp.zeros((num_classes,))}
 
   def loss_fn(params, x, y):
@@ -464,20 +539,27 @@ def _train_probe(feats_NxD, labels_N, rng, learning_rate, *, epochs,
     return (optax.apply_updates(params, updates), opt_state), None
 
   def epoch(carry, epoch_rng):
-    order = jax.random.permutation(epoch_rng, n)[:steps * batch_size]
+    order = jax.random.permutation(epoch_rng, n)[: steps * batch_size]
     return jax.lax.scan(step, carry, order.reshape(steps, batch_size))[0], None
 
-  (params, _), _ = jax.lax.scan(epoch, (params, optimizer.init(params)),
-                                jax.random.split(rng, epochs))
+  (params, _), _ = jax.lax.scan(
+      epoch, (params, optimizer.init(params)), jax.random.split(rng, epochs)
+  )
   return params
 
 
-def linear_probe(train_feats, train_labels, test_feats, test_labels, *,
-                 num_classes: int | None = None,
-                 epochs: int = PROBE_DEFAULTS["epochs"],
-                 batch_size: int = PROBE_DEFAULTS["batch_size"],
-                 learning_rate: float = PROBE_DEFAULTS["learning_rate"],
-                 seed: int = PROBE_DEFAULTS["seed"]) -> float:
+def linear_probe(
+    train_feats,
+    train_labels,
+    test_feats,
+    test_labels,
+    *,
+    num_classes: int | None = None,
+    epochs: int = PROBE_DEFAULTS["epochs"],
+    batch_size: int = PROBE_DEFAULTS["batch_size"],
+    learning_rate: float = PROBE_DEFAULTS["learning_rate"],
+    seed: int = PROBE_DEFAULTS["seed"],
+) -> float:
   """Top-1 test accuracy of a linear classifier on frozen features.
 
   Features are L2-normalised (the geometry retrieval uses), then standardised
@@ -508,11 +590,15 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, *,
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
   train_x, test_x = standardize_features(train_feats, test_feats)
   batch_size = max(1, min(batch_size, len(train_x)))
-  params = _train_probe(jnp.asarray(train_x),
-                        jnp.asarray(train_labels, jnp.int32),
-                        jax.random.key(seed), jnp.float32(learning_rate),
-                        epochs=epochs, batch_size=batch_size,
-                        num_classes=num_classes)
+  params = _train_probe(
+      jnp.asarray(train_x),
+      jnp.asarray(train_labels, jnp.int32),
+      jax.random.key(seed),
+      jnp.float32(learning_rate),
+      epochs=epochs,
+      batch_size=batch_size,
+      num_classes=num_classes,
+  )
   logits = test_x @ np.asarray(params["w"]) + np.asarray(params["b"])
   return float(np.mean(logits.argmax(-1) == test_labels))
 
@@ -522,14 +608,21 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, *,
 # ---------------------------------------------------------------------------
 
 
-def retrieval_report(features_NxD, fine_labels_N, coarse_labels_N, *,
-                     coarse_names: Sequence[str] | None = None,
-                     bank_features=None, bank_fine_labels=None,
-                     num_fine: int | None = None,
-                     ks: Sequence[int] = DEFAULT_KS, knn_k: int = 20,
-                     knn_temperature: float = 0.07,
-                     probe: dict[str, Any] | None = None,
-                     chunk_size: int = 1024) -> dict[str, float]:
+def retrieval_report(
+    features_NxD,
+    fine_labels_N,
+    coarse_labels_N,
+    *,
+    coarse_names: Sequence[str] | None = None,
+    bank_features=None,
+    bank_fine_labels=None,
+    num_fine: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    probe: dict[str, Any] | None = None,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
   """All metrics of one split in one flat dict.
 
   Retrieval metrics search the split against itself. K values above ``N - 1``
@@ -580,16 +673,16 @@ def retrieval_report(features_NxD, fine_labels_N, coarse_labels_N, *,
     num_fine = int(max(fine.max(), bank_fine.max())) + 1
 
   # One global search, deep enough for the largest K and the largest R.
-  _, inverse, counts = np.unique(fine, return_inverse=True,
-                                 return_counts=True)
+  _, inverse, counts = np.unique(fine, return_inverse=True, return_counts=True)
   r = counts[inverse] - 1
   k_max = min(n - 1, max(max(ks), int(r.max())))
   first_fine = np.empty(n, np.int64)
   first_coarse = np.empty(n, np.int64)
   precision = np.empty((n, len(ks)))
   ap = np.full(n, np.nan)
-  for rows, nn, _ in iter_neighbours(features_NxD, k=k_max,
-                                     chunk_size=chunk_size):
+  for rows, nn, _ in iter_neighbours(
+      features_NxD, k=k_max, chunk_size=chunk_size
+  ):
     hits = _label_hits(nn, fine, fine[rows])
     first_fine[rows] = _first_hit(hits)
     first_coarse[rows] = _first_hit(_label_hits(nn, coarse, coarse[rows]))
@@ -601,12 +694,14 @@ def retrieval_report(features_NxD, fine_labels_N, coarse_labels_N, *,
     report[f"fine_recall@{k}"] = float(np.mean(first_fine < k))
   for k in ks:
     report[f"coarse_recall@{k}"] = float(np.mean(first_coarse < k))
-  report["fine_map@r"] = (float(np.nanmean(ap)) if np.any(np.isfinite(ap))
-                          else float("nan"))
+  report["fine_map@r"] = (
+      float(np.nanmean(ap)) if np.any(np.isfinite(ap)) else float("nan")
+  )
   for i, k in enumerate(ks):
     report[f"fine_precision@{k}"] = float(np.mean(precision[:, i]))
-  within = _within_group_first_hit(features_NxD, fine, coarse, max(ks),
-                                   chunk_size)
+  within = _within_group_first_hit(
+      features_NxD, fine, coarse, max(ks), chunk_size
+  )
   for k in ks:
     report[f"fine_within_coarse_recall@{k}"] = float(np.mean(within < k))
   for c, value in _group_means(first_fine < 1, coarse).items():
@@ -615,12 +710,23 @@ def retrieval_report(features_NxD, fine_labels_N, coarse_labels_N, *,
 
   same_set = bank_features is features_NxD
   report["knn_fine_top1"] = knn_classify(
-      bank_features, bank_fine, None if same_set else features_NxD, fine,
-      k=knn_k, temperature=knn_temperature, num_classes=num_fine,
-      chunk_size=chunk_size)
+      bank_features,
+      bank_fine,
+      None if same_set else features_NxD,
+      fine,
+      k=knn_k,
+      temperature=knn_temperature,
+      num_classes=num_fine,
+      chunk_size=chunk_size,
+  )
   report["linear_probe_fine_top1"] = linear_probe(
-      bank_features, bank_fine, features_NxD, fine, num_classes=num_fine,
-      **{**PROBE_DEFAULTS, **(probe or {})})
+      bank_features,
+      bank_fine,
+      features_NxD,
+      fine,
+      num_classes=num_fine,
+      **{**PROBE_DEFAULTS, **(probe or {})},
+  )
   return report
 
 
@@ -629,9 +735,16 @@ def retrieval_report(features_NxD, fine_labels_N, coarse_labels_N, *,
 # ---------------------------------------------------------------------------
 
 
-def soft_target_diagnostics(keys_NxD, fine_N, coarse_N, queue_KxD,
-                            queue_fine_K, queue_coarse_K, *,
-                            t: float) -> dict[str, float]:
+def soft_target_diagnostics(
+    keys_NxD,
+    fine_N,
+    coarse_N,
+    queue_KxD,
+    queue_fine_K,
+    queue_coarse_K,
+    *,
+    t: float,
+) -> dict[str, float]:
   """How much of MaskCon's neighbour target lands on the query's fine class.
 
   For each key ``k_i`` the MaskCon target spreads weight over the same-coarse
@@ -665,13 +778,18 @@ def soft_target_diagnostics(keys_NxD, fine_N, coarse_N, queue_KxD,
   queue = np.asarray(queue_KxD, np.float64)
   fine, coarse = np.asarray(fine_N), np.asarray(coarse_N)
   queue_fine, queue_coarse = np.asarray(queue_fine_K), np.asarray(
-      queue_coarse_K)
+      queue_coarse_K
+  )
   mask_NxK = coarse[:, None] == queue_coarse[None, :]
   has_entry = mask_NxK.any(axis=1)
   if not has_entry.any():
     nan = float("nan")
-    return {"target_fine_share": nan, "target_fine_share_uniform": nan,
-            "target_entropy": nan, "target_entropy_uniform": nan}
+    return {
+        "target_fine_share": nan,
+        "target_fine_share_uniform": nan,
+        "target_entropy": nan,
+        "target_entropy_uniform": nan,
+    }
   keys, fine, mask_NxK = keys[has_entry], fine[has_entry], mask_NxK[has_entry]
   sim_NxK = np.where(mask_NxK, keys @ queue.T / t, -np.inf)
   logits = sim_NxK - sim_NxK.max(axis=1, keepdims=True)
@@ -682,8 +800,9 @@ def soft_target_diagnostics(keys_NxD, fine_N, coarse_N, queue_KxD,
   log_p = np.log(np.where(p_NxK > 0, p_NxK, 1.0))
   return {
       "target_fine_share": float(np.mean(np.sum(p_NxK * same_fine_NxK, 1))),
-      "target_fine_share_uniform": float(np.mean(
-          np.sum(mask_NxK & same_fine_NxK, axis=1) / counts_N)),
+      "target_fine_share_uniform": float(
+          np.mean(np.sum(mask_NxK & same_fine_NxK, axis=1) / counts_N)
+      ),
       "target_entropy": float(np.mean(-np.sum(p_NxK * log_p, axis=1))),
       "target_entropy_uniform": float(np.mean(np.log(counts_N))),
   }

@@ -53,8 +53,9 @@ ENCODER_FILE = "encoder.jaxexport"
 ENCODER_INFO_FILE = "encoder.json"
 
 
-def run_export(workdir: str, split: str, out: str,
-               checkpoint: int | None = None) -> dict[str, np.ndarray]:
+def run_export(
+    workdir: str, split: str, out: str, checkpoint: int | None = None
+) -> dict[str, np.ndarray]:
   """Embeds ``split`` with a checkpoint of ``workdir`` and writes ``out``.
 
   Args:
@@ -115,10 +116,12 @@ def encoder_function(encoder):
   return features
 
 
-def run_export_stablehlo(workdir: str, out: str,
-                         checkpoint: int | None = None,
-                         platforms: tuple[str, ...] = EXPORT_PLATFORMS
-                         ) -> dict:
+def run_export_stablehlo(
+    workdir: str,
+    out: str,
+    checkpoint: int | None = None,
+    platforms: tuple[str, ...] = EXPORT_PLATFORMS,
+) -> dict:
   """Serialises ``workdir``'s encoder with ``jax.export`` into folder ``out``.
 
   Args:
@@ -138,30 +141,42 @@ def run_export_stablehlo(workdir: str, out: str,
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from maskcon_jax import embed  # pylint: disable=g-import-not-at-top
   from maskcon_jax import workdir_io  # pylint: disable=g-import-not-at-top
+
   encoder = embed.load_run_encoder(workdir, checkpoint)
   size, channels = encoder.image_size, encoder.channels
-  batch, = jax.export.symbolic_shape("batch")
+  (batch,) = jax.export.symbolic_shape("batch")
   exported = jax.export.export(
-      jax.jit(encoder_function(encoder)), platforms=platforms)(
-          jax.ShapeDtypeStruct((batch, size, size, channels), jnp.uint8))
+      jax.jit(encoder_function(encoder)), platforms=platforms
+  )(jax.ShapeDtypeStruct((batch, size, size, channels), jnp.uint8))
   dim = int(exported.out_avals[0].shape[-1])
   info = {
-      "input": {"shape": ["batch", size, size, channels], "dtype": "uint8",
-                "what": "images already resized to image_size, RGB or gray "
-                        "as channels says, pixel values 0-255"},
-      "output": {"shape": ["batch", dim], "dtype": "float32",
-                 "what": "L2-normalised backbone features (cosine "
-                         "similarity = dot product)"},
-      "image_size": size, "channels": channels, "mean": list(encoder.mean),
-      "std": list(encoder.std), "step": encoder.step,
-      "workdir": encoder.workdir, "fingerprint": encoder.fingerprint,
-      "arch": encoder.config.arch, "width": encoder.config.width,
+      "input": {
+          "shape": ["batch", size, size, channels],
+          "dtype": "uint8",
+          "what": "images already resized to image_size, RGB or gray "
+          "as channels says, pixel values 0-255",
+      },
+      "output": {
+          "shape": ["batch", dim],
+          "dtype": "float32",
+          "what": "L2-normalised backbone features (cosine "
+          "similarity = dot product)",
+      },
+      "image_size": size,
+      "channels": channels,
+      "mean": list(encoder.mean),
+      "std": list(encoder.std),
+      "step": encoder.step,
+      "workdir": encoder.workdir,
+      "fingerprint": encoder.fingerprint,
+      "arch": encoder.config.arch,
+      "width": encoder.config.width,
       "mode": encoder.config.get("mode", "maskcon"),
       "platforms": list(exported.platforms),
       "jax_version": jax.__version__,
       "calling_convention_version": exported.calling_convention_version,
       "load": "jax.export.deserialize(bytearray(open(path, 'rb').read()))"
-              ".call(images)",
+      ".call(images)",
   }
   try:
     os.makedirs(out, exist_ok=True)
@@ -172,24 +187,40 @@ def run_export_stablehlo(workdir: str, out: str,
     os.replace(tmp, os.path.join(out, ENCODER_FILE))
     workdir_io.write_json_atomic(os.path.join(out, ENCODER_INFO_FILE), info)
   except OSError as e:
-    raise UserError(f"cannot write the encoder to --out={out}: {e.strerror}; "
-                    "choose a writable folder.") from e
+    raise UserError(
+        f"cannot write the encoder to --out={out}: {e.strerror}; "
+        "choose a writable folder."
+    ) from e
   return info
 
 
 def define_flags() -> None:
   """Defines the command-line flags (only when run as a program)."""
-  flags.DEFINE_string("workdir", None,
-                      "A directory written by maskcon_jax.train.")
-  flags.DEFINE_enum("format", "npz", list(FORMATS),
-                    "npz: one split's embeddings; stablehlo: the encoder "
-                    "itself (jax.export), into the folder --out.")
-  flags.DEFINE_enum("split", "test", list(evaluate.SPLITS),
-                    "The split to export (--format=npz).")
-  flags.DEFINE_string("out", None, "The .npz file to write (--format=npz), "
-                      "or the folder for the encoder (--format=stablehlo).")
-  flags.DEFINE_integer("checkpoint", None,
-                       "The checkpoint step to export; the latest if unset.")
+  flags.DEFINE_string(
+      "workdir", None, "A directory written by maskcon_jax.train."
+  )
+  flags.DEFINE_enum(
+      "format",
+      "npz",
+      list(FORMATS),
+      "npz: one split's embeddings; stablehlo: the encoder "
+      "itself (jax.export), into the folder --out.",
+  )
+  flags.DEFINE_enum(
+      "split",
+      "test",
+      list(evaluate.SPLITS),
+      "The split to export (--format=npz).",
+  )
+  flags.DEFINE_string(
+      "out",
+      None,
+      "The .npz file to write (--format=npz), "
+      "or the folder for the encoder (--format=stablehlo).",
+  )
+  flags.DEFINE_integer(
+      "checkpoint", None, "The checkpoint step to export; the latest if unset."
+  )
   flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -201,8 +232,10 @@ def main(argv):
   try:
     if flag.format == "stablehlo":
       if flags.FLAGS["split"].present:
-        raise UserError("--split applies to --format=npz only: the encoder "
-                        "embeds any images; drop --split.")
+        raise UserError(
+            "--split applies to --format=npz only: the encoder "
+            "embeds any images; drop --split."
+        )
       info = run_export_stablehlo(flag.workdir, flag.out, flag.checkpoint)
     else:
       arrays = run_export(flag.workdir, flag.split, flag.out, flag.checkpoint)
@@ -210,16 +243,21 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   if flag.format == "stablehlo":
-    print(f"wrote {os.path.join(flag.out, ENCODER_FILE)}: uint8 (N, "
-          f"{info['image_size']}, {info['image_size']}, {info['channels']}) "
-          f"-> unit-norm features (N, {info['output']['shape'][1]}) for "
-          f"{', '.join(info['platforms'])} (step {info['step']}), described "
-          f"in {ENCODER_INFO_FILE}", flush=True)
+    print(
+        f"wrote {os.path.join(flag.out, ENCODER_FILE)}: uint8 (N, "
+        f"{info['image_size']}, {info['image_size']}, {info['channels']}) "
+        f"-> unit-norm features (N, {info['output']['shape'][1]}) for "
+        f"{', '.join(info['platforms'])} (step {info['step']}), described "
+        f"in {ENCODER_INFO_FILE}",
+        flush=True,
+    )
     return
-  print(f"wrote {flag.out}: {len(arrays['image_ids'])} {flag.split} items, "
-        f"features {arrays['features'].shape[1]}-d, projections "
-        f"{arrays['projections'].shape[1]}-d (step {int(arrays['step'])})",
-        flush=True)
+  print(
+      f"wrote {flag.out}: {len(arrays['image_ids'])} {flag.split} items, "
+      f"features {arrays['features'].shape[1]}-d, projections "
+      f"{arrays['projections'].shape[1]}-d (step {int(arrays['step'])})",
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

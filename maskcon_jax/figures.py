@@ -26,6 +26,7 @@ _MATCH, _MISMATCH, _QUERY = "#1a9850", "#d73027", "#2166ac"
 def _new_figure(width: float, height: float, dpi: int = 100):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(width, height), dpi=dpi)
   FigureCanvasAgg(fig)
   return fig
@@ -41,19 +42,29 @@ def _finish(fig, path: str | None) -> np.ndarray:
 
 def _fine_colours(num_fine: int) -> list[Any]:
   from matplotlib import colormaps
+
   if num_fine <= 10:
     cmap, n = colormaps["tab10"], 10
   elif num_fine <= 20:
     cmap, n = colormaps["tab20"], 20
   else:
     cmap, n = colormaps["turbo"], num_fine
-  return [cmap(i / max(n - 1, 1)) if n > 20 else cmap(i)
-          for i in range(num_fine)]
+  return [
+      cmap(i / max(n - 1, 1)) if n > 20 else cmap(i) for i in range(num_fine)
+  ]
 
 
-def tsne_figure(features, fine, coarse, hierarchy, path: str | None = None, *,
-                max_points: int = 2000, title: str | None = None,
-                seed: int = 0) -> np.ndarray:
+def tsne_figure(
+    features,
+    fine,
+    coarse,
+    hierarchy,
+    path: str | None = None,
+    *,
+    max_points: int = 2000,
+    title: str | None = None,
+    seed: int = 0,
+) -> np.ndarray:
   """A 2-D t-SNE map of ``features``: colour = fine class, marker = coarse.
 
   Args:
@@ -71,6 +82,7 @@ def tsne_figure(features, fine, coarse, hierarchy, path: str | None = None, *,
     The rendered figure, uint8 ``(H, W, 3)``.
   """
   from sklearn.manifold import TSNE
+
   fine, coarse = np.asarray(fine), np.asarray(coarse)
   rng = np.random.default_rng(seed)
   keep = np.sort(rng.permutation(len(fine))[:max_points])
@@ -78,8 +90,13 @@ def tsne_figure(features, fine, coarse, hierarchy, path: str | None = None, *,
   fine, coarse = fine[keep], coarse[keep]
   # sklearn requires perplexity < n; 30 is its default for large n.
   perplexity = float(min(30.0, max(1.0, (len(x) - 1) / 3)))
-  xy = TSNE(n_components=2, perplexity=perplexity, init="pca",
-            learning_rate="auto", random_state=seed).fit_transform(x)
+  xy = TSNE(
+      n_components=2,
+      perplexity=perplexity,
+      init="pca",
+      learning_rate="auto",
+      random_state=seed,
+  ).fit_transform(x)
 
   colours = _fine_colours(hierarchy.num_fine)
   size = 36 if len(x) <= 500 else 14  # Readable whether 30 or 2000 points.
@@ -88,41 +105,80 @@ def tsne_figure(features, fine, coarse, hierarchy, path: str | None = None, *,
   for f in np.unique(fine):
     for c in np.unique(coarse[fine == f]):
       sel = (fine == f) & (coarse == c)
-      ax.scatter(xy[sel, 0], xy[sel, 1], s=size, alpha=0.8, linewidths=0.3,
-                 edgecolors="black", color=colours[f],
-                 marker=_MARKERS[c % len(_MARKERS)])
+      ax.scatter(
+          xy[sel, 0],
+          xy[sel, 1],
+          s=size,
+          alpha=0.8,
+          linewidths=0.3,
+          edgecolors="black",
+          color=colours[f],
+          marker=_MARKERS[c % len(_MARKERS)],
+      )
   ax.set_xticks([])
   ax.set_yticks([])
-  ax.set_title(title or f"t-SNE of {len(x)} embeddings: colour = fine class, "
-               "marker = coarse class")
+  ax.set_title(
+      title
+      or f"t-SNE of {len(x)} embeddings: colour = fine class, "
+      "marker = coarse class"
+  )
   from matplotlib.lines import Line2D
+
   present = set(np.unique(fine).tolist())
   fine_handles = [
-      Line2D([], [], linestyle="", marker=_MARKERS[
-          hierarchy.fine_to_coarse[f] % len(_MARKERS)], markersize=7,
-             color=colours[f], markeredgecolor="black", markeredgewidth=0.3,
-             label=hierarchy.fine_names[f])
-      for f in range(hierarchy.num_fine) if f in present]
+      Line2D(
+          [],
+          [],
+          linestyle="",
+          marker=_MARKERS[hierarchy.fine_to_coarse[f] % len(_MARKERS)],
+          markersize=7,
+          color=colours[f],
+          markeredgecolor="black",
+          markeredgewidth=0.3,
+          label=hierarchy.fine_names[f],
+      )
+      for f in range(hierarchy.num_fine)
+      if f in present
+  ]
   coarse_handles = [
-      Line2D([], [], linestyle="", marker=_MARKERS[c % len(_MARKERS)],
-             markersize=7, color="0.5", label=name)
-      for c, name in enumerate(hierarchy.coarse_names)]
-  first = ax.legend(handles=fine_handles, title="fine class",
-                    loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-                    ncol=1 if len(fine_handles) <= 25 else 2)
+      Line2D(
+          [],
+          [],
+          linestyle="",
+          marker=_MARKERS[c % len(_MARKERS)],
+          markersize=7,
+          color="0.5",
+          label=name,
+      )
+      for c, name in enumerate(hierarchy.coarse_names)
+  ]
+  first = ax.legend(
+      handles=fine_handles,
+      title="fine class",
+      loc="upper left",
+      bbox_to_anchor=(1.01, 1.0),
+      fontsize=8,
+      ncol=1 if len(fine_handles) <= 25 else 2,
+  )
   ax.add_artist(first)
-  ax.legend(handles=coarse_handles, title="coarse class", loc="lower left",
-            bbox_to_anchor=(1.01, 0.0), fontsize=8)
+  ax.legend(
+      handles=coarse_handles,
+      title="coarse class",
+      loc="lower left",
+      bbox_to_anchor=(1.01, 0.0),
+      fontsize=8,
+  )
   fig.tight_layout()
   return _finish(fig, path)
 
 
-def _pick_queries(fine: np.ndarray, num_queries: int,
-                  seed: int) -> np.ndarray:
+def _pick_queries(fine: np.ndarray, num_queries: int, seed: int) -> np.ndarray:
   """Seeded queries spread over the fine classes (round-robin)."""
   rng = np.random.default_rng(seed)
-  pools = [list(rng.permutation(np.flatnonzero(fine == f)))
-           for f in rng.permutation(np.unique(fine))]
+  pools = [
+      list(rng.permutation(np.flatnonzero(fine == f)))
+      for f in rng.permutation(np.unique(fine))
+  ]
   picked = []
   while len(picked) < min(num_queries, len(fine)):
     for pool in pools:
@@ -133,8 +189,9 @@ def _pick_queries(fine: np.ndarray, num_queries: int,
 
 def _show(ax, image: np.ndarray, border: str | None, lw: float = 4.0):
   if image.shape[-1] == 1:
-    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255,
-              interpolation="nearest")
+    ax.imshow(
+        image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest"
+    )
   else:
     ax.imshow(image, interpolation="nearest")
   ax.set_xticks([])
@@ -146,9 +203,18 @@ def _show(ax, image: np.ndarray, border: str | None, lw: float = 4.0):
       spine.set_linewidth(lw)
 
 
-def retrieval_grid(images, features, fine, hierarchy, path: str | None = None,
-                   num_queries: int = 8, k: int = 10, *,
-                   title: str | None = None, seed: int = 0) -> np.ndarray:
+def retrieval_grid(
+    images,
+    features,
+    fine,
+    hierarchy,
+    path: str | None = None,
+    num_queries: int = 8,
+    k: int = 10,
+    *,
+    title: str | None = None,
+    seed: int = 0,
+) -> np.ndarray:
   """Queries (rows) and their k nearest neighbours by cosine similarity.
 
   The query (left column, blue border) is excluded from its own neighbours;
@@ -175,40 +241,65 @@ def retrieval_grid(images, features, fine, hierarchy, path: str | None = None,
   queries = _pick_queries(fine, num_queries, seed)
   k = min(k, len(fine) - 1)
   # Only the chosen queries' rows are needed; search them against everything.
-  neighbours = np.concatenate([
-      nn for _, nn, _ in evaluation.iter_neighbours(
-          np.asarray(features)[queries], np.asarray(features), k + 1)])
+  neighbours = np.concatenate(
+      [
+          nn
+          for _, nn, _ in evaluation.iter_neighbours(
+              np.asarray(features)[queries], np.asarray(features), k + 1
+          )
+      ]
+  )
   shown = np.unique(np.concatenate([np.asarray(queries), neighbours.ravel()]))
   read = images if callable(images) else (lambda ids: np.asarray(images)[ids])
   images = dict(zip(shown.tolist(), read(shown)))
   height = 1.25 * len(queries) + 0.6
   fig = _new_figure(1.1 * (k + 1) + 0.4, height)
-  grid = fig.add_gridspec(len(queries), k + 1, wspace=0.15, hspace=0.4,
-                          left=0.02, right=0.98, bottom=0.02,
-                          top=1 - 0.55 / height)
+  grid = fig.add_gridspec(
+      len(queries),
+      k + 1,
+      wspace=0.15,
+      hspace=0.4,
+      left=0.02,
+      right=0.98,
+      bottom=0.02,
+      top=1 - 0.55 / height,
+  )
   names = hierarchy.fine_names
   for row, q in enumerate(queries):
     # Drop the query itself (its own nearest match) and keep k others.
     others = [j for j in neighbours[row] if j != q][:k]
     ax = fig.add_subplot(grid[row, 0])
     _show(ax, images[int(q)], _QUERY)
-    ax.set_title(f"query: {names[fine[q]]}", fontsize=7.5,
-                 fontweight="bold", color=_QUERY)
+    ax.set_title(
+        f"query: {names[fine[q]]}",
+        fontsize=7.5,
+        fontweight="bold",
+        color=_QUERY,
+    )
     for col, j in enumerate(others, start=1):
       ax = fig.add_subplot(grid[row, col])
       match = fine[j] == fine[q]
       _show(ax, images[int(j)], _MATCH if match else _MISMATCH)
-      ax.set_title(names[fine[j]], fontsize=7,
-                   color=_MATCH if match else _MISMATCH)
-  fig.suptitle(title or f"Top-{k} retrieval (green = same fine class, "
-               "red = different)", fontsize=11, y=1 - 0.12 / height)
+      ax.set_title(
+          names[fine[j]], fontsize=7, color=_MATCH if match else _MISMATCH
+      )
+  fig.suptitle(
+      title
+      or f"Top-{k} retrieval (green = same fine class, " "red = different)",
+      fontsize=11,
+      y=1 - 0.12 / height,
+  )
   return _finish(fig, path)
 
 
-def per_group_bar_chart(per_group_r1: dict[int, float], hierarchy,
-                        path: str | None = None, *,
-                        overall: float | None = None,
-                        title: str | None = None) -> np.ndarray:
+def per_group_bar_chart(
+    per_group_r1: dict[int, float],
+    hierarchy,
+    path: str | None = None,
+    *,
+    overall: float | None = None,
+    title: str | None = None,
+) -> np.ndarray:
   """Fine Recall@1 of the queries of each coarse class, as bars.
 
   Args:
@@ -232,13 +323,23 @@ def per_group_bar_chart(per_group_r1: dict[int, float], hierarchy,
     # Inside the bar when it is tall enough, so the overall line never
     # crosses the number.
     inside = v >= 0.15
-    ax.text(bar.get_x() + bar.get_width() / 2, v - 0.03 if inside else v + 0.02,
-            f"{v:.3f}", ha="center", va="top" if inside else "bottom",
-            fontsize=10,
-            color="white" if inside else "black")
+    ax.text(
+        bar.get_x() + bar.get_width() / 2,
+        v - 0.03 if inside else v + 0.02,
+        f"{v:.3f}",
+        ha="center",
+        va="top" if inside else "bottom",
+        fontsize=10,
+        color="white" if inside else "black",
+    )
   if overall is not None:
-    ax.axhline(overall, color="0.3", linestyle="--", linewidth=1,
-               label=f"all queries: {overall:.3f}")
+    ax.axhline(
+        overall,
+        color="0.3",
+        linestyle="--",
+        linewidth=1,
+        label=f"all queries: {overall:.3f}",
+    )
     ax.legend(loc="upper right", fontsize=8)
   ax.set_xticks(range(len(ids)))
   ax.set_xticklabels(labels, fontsize=8)
@@ -251,18 +352,29 @@ def per_group_bar_chart(per_group_r1: dict[int, float], hierarchy,
 
 
 def _group_label(hierarchy, c: int) -> str:
-  members = [n for n, g in zip(hierarchy.fine_names, hierarchy.fine_to_coarse)
-             if g == c]
+  members = [
+      n
+      for n, g in zip(hierarchy.fine_names, hierarchy.fine_to_coarse)
+      if g == c
+  ]
   if len(members) > 8:
     members = members[:7] + ["..."]
   wrapped = textwrap.fill(", ".join(members), width=28)
   return f"{hierarchy.coarse_names[c]}\n{wrapped}"
 
 
-def render_all(images, features, fine, coarse, hierarchy,
-               per_group_r1: dict[int, float], out_dir: str, *,
-               split: str = "test",
-               overall_r1: float | None = None) -> dict[str, np.ndarray]:
+def render_all(
+    images,
+    features,
+    fine,
+    coarse,
+    hierarchy,
+    per_group_r1: dict[int, float],
+    out_dir: str,
+    *,
+    split: str = "test",
+    overall_r1: float | None = None,
+) -> dict[str, np.ndarray]:
   """Writes the three figures of a split as PNGs into ``out_dir``.
 
   Returns:
@@ -273,18 +385,29 @@ def render_all(images, features, fine, coarse, hierarchy,
   k = min(10, len(fine) - 1)
   return {
       "tsne": tsne_figure(
-          features, fine, coarse, hierarchy,
+          features,
+          fine,
+          coarse,
+          hierarchy,
           os.path.join(out_dir, f"tsne_{split}.png"),
           title=f"t-SNE of {split} features: colour = fine class, "
-          "marker = coarse class"),
+          "marker = coarse class",
+      ),
       "retrieval": retrieval_grid(
-          images, features, fine, hierarchy,
+          images,
+          features,
+          fine,
+          hierarchy,
           os.path.join(out_dir, f"retrieval_{split}.png"),
-          k=k, title=f"{split}: top-{k} neighbours by cosine similarity "
-          "(green = same fine class, red = different)"),
+          k=k,
+          title=f"{split}: top-{k} neighbours by cosine similarity "
+          "(green = same fine class, red = different)",
+      ),
       "per_group_recall": per_group_bar_chart(
-          per_group_r1, hierarchy,
+          per_group_r1,
+          hierarchy,
           os.path.join(out_dir, f"per_group_recall_{split}.png"),
           overall=overall_r1,
-          title=f"{split}: fine Recall@1 by coarse class"),
+          title=f"{split}: fine Recall@1 by coarse class",
+      ),
   }

@@ -43,12 +43,13 @@ def gaussian_blur(
   """
   if kernel_size <= 0 or kernel_size % 2 == 0:
     raise ValueError(
-        f"kernel_size must be odd and positive, got {kernel_size}.")
+        f"kernel_size must be odd and positive, got {kernel_size}."
+    )
   image = jnp.asarray(image, jnp.float32)
   height, width = image.shape[0], image.shape[1]
   weights = gaussian_kernel1d(sigma, kernel_size)
   pad = kernel_size // 2
   padded = jnp.pad(image, ((pad, pad), (0, 0), (0, 0)), mode="reflect")
-  rows = sum(weights[k] * padded[k:k + height] for k in range(kernel_size))
+  rows = sum(weights[k] * padded[k : k + height] for k in range(kernel_size))
   padded = jnp.pad(rows, ((0, 0), (pad, pad), (0, 0)), mode="reflect")
-  return sum(weights[k] * padded[:, k:k + width] for k in range(kernel_size))
+  return sum(weights[k] * padded[:, k : k + width] for k in range(kernel_size))

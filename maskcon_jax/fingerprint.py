@@ -36,17 +36,29 @@ VERSION = 1
 
 # Keys of the training side: a change there refuses a resumption. Changes
 # of the others (the test split) only change what evaluation reports.
-_TRAIN_KEYS = ("train_examples", "fine_classes", "coarse_classes",
-               "coarse_map", "train_labels", "train_files")
+_TRAIN_KEYS = (
+    "train_examples",
+    "fine_classes",
+    "coarse_classes",
+    "coarse_map",
+    "train_labels",
+    "train_files",
+)
 _TEST_KEYS = ("test_examples", "test_labels", "test_files")
 # How `differences` names each key: counts as "train examples 12 -> 60".
-_COUNTS = {"train_examples": "train examples", "test_examples": "test examples",
-           "fine_classes": "fine classes", "coarse_classes": "coarse classes"}
-_HASHES = {"coarse_map": "the coarse map differs",
-           "train_labels": "the train labels differ",
-           "test_labels": "the test labels differ",
-           "train_files": "the train image files differ",
-           "test_files": "the test image files differ"}
+_COUNTS = {
+    "train_examples": "train examples",
+    "test_examples": "test examples",
+    "fine_classes": "fine classes",
+    "coarse_classes": "coarse classes",
+}
+_HASHES = {
+    "coarse_map": "the coarse map differs",
+    "train_labels": "the train labels differ",
+    "test_labels": "the test labels differ",
+    "train_files": "the train image files differ",
+    "test_files": "the test image files differ",
+}
 
 
 def _digest(*parts: Any) -> str:
@@ -101,14 +113,18 @@ def of_dataset(dataset: Any) -> dict[str, Any]:
       "test_examples": int(dataset.num_test),
       "fine_classes": int(hierarchy.num_fine),
       "coarse_classes": int(hierarchy.num_coarse),
-      "coarse_map": _digest(list(hierarchy.fine_to_coarse),
-                            list(hierarchy.fine_names),
-                            list(hierarchy.coarse_names)),
+      "coarse_map": _digest(
+          list(hierarchy.fine_to_coarse),
+          list(hierarchy.fine_names),
+          list(hierarchy.coarse_names),
+      ),
   }
   for split in ("train", "test"):
     if hasattr(dataset, f"{split}_coarse"):
-      labels = (getattr(dataset, f"{split}_fine"),
-                getattr(dataset, f"{split}_coarse"))
+      labels = (
+          getattr(dataset, f"{split}_fine"),
+          getattr(dataset, f"{split}_coarse"),
+      )
       files = (getattr(dataset, "files", None) or {}).get(split)
     else:
       source = getattr(dataset, f"{split}_source")
@@ -121,8 +137,9 @@ def of_dataset(dataset: Any) -> dict[str, Any]:
   return fingerprint
 
 
-def differences(saved: dict[str, Any], current: dict[str, Any]
-                ) -> tuple[list[str], list[str]]:
+def differences(
+    saved: dict[str, Any], current: dict[str, Any]
+) -> tuple[list[str], list[str]]:
   """What changed from ``saved`` to ``current``, in words.
 
   Only keys both have are compared (a streamed TFDS dataset has no label
@@ -134,6 +151,7 @@ def differences(saved: dict[str, Any], current: dict[str, Any]
     ``"train examples 12000 -> 60000"``, hashes as ``"the train labels
     differ"``) and those of the test split.
   """
+
   def changes(keys):
     found = []
     for key in keys:
@@ -143,11 +161,13 @@ def differences(saved: dict[str, Any], current: dict[str, Any]
       if old == new:
         continue
       if key.endswith("_labels") and (
-          saved.get(key.replace("labels", "examples")) !=
-          current.get(key.replace("labels", "examples"))):
+          saved.get(key.replace("labels", "examples"))
+          != current.get(key.replace("labels", "examples"))
+      ):
         continue  # Other labels follow from another count: say it once.
-      found.append(f"{_COUNTS[key]} {old} -> {new}" if key in _COUNTS
-                   else _HASHES[key])
+      found.append(
+          f"{_COUNTS[key]} {old} -> {new}" if key in _COUNTS else _HASHES[key]
+      )
     return found
 
   return changes(_TRAIN_KEYS), changes(_TEST_KEYS)

@@ -40,8 +40,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fashion-MNIST.
 # ---------------------------------------------------------------------------
 
-FASHION_MNIST_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                       'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+FASHION_MNIST_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 # Coarse groupings of the 10 Fashion-MNIST classes: grouping -> the coarse
 # classes in id order, each as (name, member classes).
@@ -53,20 +63,21 @@ FASHION_MNIST_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
 #   Sandal/Sneaker are split across the two, so the coarse labels say little
 #   about appearance: the Fashion-MNIST analogue of CIFARtoy's "bad" grouping.
 FASHION_MNIST_GROUPINGS = {
-    'natural': (
-        ('tops', ('T-shirt/top', 'Pullover', 'Coat', 'Shirt')),
-        ('footwear', ('Sandal', 'Sneaker', 'Ankle boot')),
-        ('other', ('Trouser', 'Dress', 'Bag')),
+    "natural": (
+        ("tops", ("T-shirt/top", "Pullover", "Coat", "Shirt")),
+        ("footwear", ("Sandal", "Sneaker", "Ankle boot")),
+        ("other", ("Trouser", "Dress", "Bag")),
     ),
-    'mixed': (
-        ('mixed_a', ('T-shirt/top', 'Trouser', 'Pullover', 'Sandal', 'Bag')),
-        ('mixed_b', ('Dress', 'Coat', 'Shirt', 'Sneaker', 'Ankle boot')),
+    "mixed": (
+        ("mixed_a", ("T-shirt/top", "Trouser", "Pullover", "Sandal", "Bag")),
+        ("mixed_b", ("Dress", "Coat", "Shirt", "Sneaker", "Ankle boot")),
     ),
 }
 
 
 def fashion_mnist_grouping(
-    grouping: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    grouping: str,
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
   """One of `FASHION_MNIST_GROUPINGS` as label tables.
 
   Args:
@@ -81,27 +92,44 @@ def fashion_mnist_grouping(
       exactly one coarse class.
   """
   if grouping not in FASHION_MNIST_GROUPINGS:
-    raise ValueError(f'Fashion-MNIST grouping {grouping!r} is not one of '
-                     f'{", ".join(FASHION_MNIST_GROUPINGS)}.')
+    raise ValueError(
+        f"Fashion-MNIST grouping {grouping!r} is not one of "
+        f'{", ".join(FASHION_MNIST_GROUPINGS)}.'
+    )
   groups = FASHION_MNIST_GROUPINGS[grouping]
   coarse_of = {}
   for c, (_, members) in enumerate(groups):
     for name in members:
       coarse_of.setdefault(name, []).append(c)
   if sorted(coarse_of) != sorted(FASHION_MNIST_NAMES) or any(
-      len(c) != 1 for c in coarse_of.values()):
-    raise ValueError(f'Fashion-MNIST grouping {grouping!r} must put each of '
-                     'the 10 classes in exactly one coarse class.')
-  return (tuple(coarse_of[n][0] for n in FASHION_MNIST_NAMES),
-          tuple(name for name, _ in groups))
+      len(c) != 1 for c in coarse_of.values()
+  ):
+    raise ValueError(
+        f"Fashion-MNIST grouping {grouping!r} must put each of "
+        "the 10 classes in exactly one coarse class."
+    )
+  return (
+      tuple(coarse_of[n][0] for n in FASHION_MNIST_NAMES),
+      tuple(name for name, _ in groups),
+  )
 
 
 # ---------------------------------------------------------------------------
 # CIFAR-10 and CIFARtoy.
 # ---------------------------------------------------------------------------
 
-CIFAR10_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
-                 'horse', 'ship', 'truck')
+CIFAR10_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 # Deer (4) and frog (6) are left out of both CIFARtoy variants.
 CIFARTOY_DROPPED = (4, 6)
@@ -109,13 +137,13 @@ CIFARTOY_DROPPED = (4, 6)
 # CIFAR-10 class CIFARTOY_CLASSES[f].
 CIFARTOY_CLASSES = (0, 1, 2, 3, 5, 7, 8, 9)
 CIFARTOY_COARSE_NAMES = {
-    'good': ('airplane, automobile, ship, truck', 'bird, cat, dog, horse'),
-    'bad': ('airplane, automobile, dog, cat', 'ship, truck, bird, horse'),
+    "good": ("airplane, automobile, ship, truck", "bird, cat, dog, horse"),
+    "bad": ("airplane, automobile, dog, cat", "ship, truck, bird, horse"),
 }
 # CIFAR-10 classes of coarse group 0; the other kept classes form group 1.
 _CIFARTOY_GROUP0 = {
-    'good': ('airplane', 'automobile', 'ship', 'truck'),
-    'bad': ('airplane', 'automobile', 'dog', 'cat'),
+    "good": ("airplane", "automobile", "ship", "truck"),
+    "bad": ("airplane", "automobile", "dog", "cat"),
 }
 
 
@@ -150,59 +178,162 @@ def cifartoy_tables(grouping: str) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 CIFAR100_FINE_NAMES = (
-    'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle',
-    'bicycle', 'bottle', 'bowl', 'boy', 'bridge', 'bus', 'butterfly', 'camel',
-    'can', 'castle', 'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock',
-    'cloud', 'cockroach', 'couch', 'crab', 'crocodile', 'cup', 'dinosaur',
-    'dolphin', 'elephant', 'flatfish', 'forest', 'fox', 'girl', 'hamster',
-    'house', 'kangaroo', 'keyboard', 'lamp', 'lawn_mower', 'leopard', 'lion',
-    'lizard', 'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain',
-    'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree',
-    'pear', 'pickup_truck', 'pine_tree', 'plain', 'plate', 'poppy',
-    'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road', 'rocket',
-    'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper', 'snail',
-    'snake', 'spider', 'squirrel', 'streetcar', 'sunflower', 'sweet_pepper',
-    'table', 'tank', 'telephone', 'television', 'tiger', 'tractor', 'train',
-    'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf',
-    'woman', 'worm')
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+)
 
 # The 20 superclasses of the CIFAR-100 release, each with its five classes.
 _CIFAR100_SUPERCLASSES = (
-    ('aquatic_mammals', ('beaver', 'dolphin', 'otter', 'seal', 'whale')),
-    ('fish', ('aquarium_fish', 'flatfish', 'ray', 'shark', 'trout')),
-    ('flowers', ('orchid', 'poppy', 'rose', 'sunflower', 'tulip')),
-    ('food_containers', ('bottle', 'bowl', 'can', 'cup', 'plate')),
-    ('fruit_and_vegetables',
-     ('apple', 'mushroom', 'orange', 'pear', 'sweet_pepper')),
-    ('household_electrical_devices',
-     ('clock', 'keyboard', 'lamp', 'telephone', 'television')),
-    ('household_furniture', ('bed', 'chair', 'couch', 'table', 'wardrobe')),
-    ('insects', ('bee', 'beetle', 'butterfly', 'caterpillar', 'cockroach')),
-    ('large_carnivores', ('bear', 'leopard', 'lion', 'tiger', 'wolf')),
-    ('large_man-made_outdoor_things',
-     ('bridge', 'castle', 'house', 'road', 'skyscraper')),
-    ('large_natural_outdoor_scenes',
-     ('cloud', 'forest', 'mountain', 'plain', 'sea')),
-    ('large_omnivores_and_herbivores',
-     ('camel', 'cattle', 'chimpanzee', 'elephant', 'kangaroo')),
-    ('medium_mammals', ('fox', 'porcupine', 'possum', 'raccoon', 'skunk')),
-    ('non-insect_invertebrates',
-     ('crab', 'lobster', 'snail', 'spider', 'worm')),
-    ('people', ('baby', 'boy', 'girl', 'man', 'woman')),
-    ('reptiles', ('crocodile', 'dinosaur', 'lizard', 'snake', 'turtle')),
-    ('small_mammals', ('hamster', 'mouse', 'rabbit', 'shrew', 'squirrel')),
-    ('trees', ('maple_tree', 'oak_tree', 'palm_tree', 'pine_tree',
-               'willow_tree')),
-    ('vehicles_1', ('bicycle', 'bus', 'motorcycle', 'pickup_truck', 'train')),
-    ('vehicles_2', ('lawn_mower', 'rocket', 'streetcar', 'tank', 'tractor')),
+    ("aquatic_mammals", ("beaver", "dolphin", "otter", "seal", "whale")),
+    ("fish", ("aquarium_fish", "flatfish", "ray", "shark", "trout")),
+    ("flowers", ("orchid", "poppy", "rose", "sunflower", "tulip")),
+    ("food_containers", ("bottle", "bowl", "can", "cup", "plate")),
+    (
+        "fruit_and_vegetables",
+        ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
+    ),
+    (
+        "household_electrical_devices",
+        ("clock", "keyboard", "lamp", "telephone", "television"),
+    ),
+    ("household_furniture", ("bed", "chair", "couch", "table", "wardrobe")),
+    ("insects", ("bee", "beetle", "butterfly", "caterpillar", "cockroach")),
+    ("large_carnivores", ("bear", "leopard", "lion", "tiger", "wolf")),
+    (
+        "large_man-made_outdoor_things",
+        ("bridge", "castle", "house", "road", "skyscraper"),
+    ),
+    (
+        "large_natural_outdoor_scenes",
+        ("cloud", "forest", "mountain", "plain", "sea"),
+    ),
+    (
+        "large_omnivores_and_herbivores",
+        ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    ),
+    ("medium_mammals", ("fox", "porcupine", "possum", "raccoon", "skunk")),
+    (
+        "non-insect_invertebrates",
+        ("crab", "lobster", "snail", "spider", "worm"),
+    ),
+    ("people", ("baby", "boy", "girl", "man", "woman")),
+    ("reptiles", ("crocodile", "dinosaur", "lizard", "snake", "turtle")),
+    ("small_mammals", ("hamster", "mouse", "rabbit", "shrew", "squirrel")),
+    (
+        "trees",
+        ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
+    ),
+    ("vehicles_1", ("bicycle", "bus", "motorcycle", "pickup_truck", "train")),
+    ("vehicles_2", ("lawn_mower", "rocket", "streetcar", "tank", "tractor")),
 )
 CIFAR100_COARSE_NAMES = tuple(name for name, _ in _CIFAR100_SUPERCLASSES)
 
 
 def cifar100_fine_to_coarse() -> tuple[int, ...]:
   """The superclass id of each CIFAR-100 class (both in alphabetical order)."""
-  coarse_of = {fine: c for c, (_, members) in enumerate(_CIFAR100_SUPERCLASSES)
-               for fine in members}
+  coarse_of = {
+      fine: c
+      for c, (_, members) in enumerate(_CIFAR100_SUPERCLASSES)
+      for fine in members
+  }
   return tuple(coarse_of[name] for name in CIFAR100_FINE_NAMES)
 
 
@@ -210,49 +341,64 @@ def cifar100_fine_to_coarse() -> tuple[int, ...]:
 # Cars196.
 # ---------------------------------------------------------------------------
 
-CARS196_COARSE_NAMES = ('pickup/cab', 'sedan', 'SUV', 'convertible', 'coupe',
-                        'hatchback', 'wagon', 'van')
+CARS196_COARSE_NAMES = (
+    "pickup/cab",
+    "sedan",
+    "SUV",
+    "convertible",
+    "coupe",
+    "hatchback",
+    "wagon",
+    "van",
+)
 
 # Body-type words, matched as whole words of a class name. All the pickups end
 # in "<kind> Cab" (Crew, Regular, Extended, Quad, Club Cab), except Ford's
 # one-word "SuperCab"; "Cargo Van" and "Passenger Van" end in "Van".
 _CARS_BODY_WORDS = {
-    'Cab': 'pickup/cab',
-    'SuperCab': 'pickup/cab',
-    'Sedan': 'sedan',
-    'SUV': 'SUV',
-    'Convertible': 'convertible',
-    'Coupe': 'coupe',
-    'Hatchback': 'hatchback',
-    'Wagon': 'wagon',
-    'Van': 'van',
-    'Minivan': 'van',
+    "Cab": "pickup/cab",
+    "SuperCab": "pickup/cab",
+    "Sedan": "sedan",
+    "SUV": "SUV",
+    "Convertible": "convertible",
+    "Coupe": "coupe",
+    "Hatchback": "hatchback",
+    "Wagon": "wagon",
+    "Van": "van",
+    "Minivan": "van",
 }
 
 # Models whose class name holds no body-type word, with the group the paper's
 # coarse labels put them in (the official table was made by hand).
 _CARS_MODELS_WITHOUT_BODY_WORD = {
-    'Acura TL Type-S': 'sedan',
-    'Acura Integra Type R': 'coupe',
-    'Buick Regal GS': 'sedan',
-    'Chevrolet Corvette ZR1': 'convertible',
-    'Chevrolet Corvette Ron Fellows Edition Z06': 'convertible',
-    'Chevrolet HHR SS': 'SUV',
-    'Chevrolet Cobalt SS': 'coupe',
-    'Chevrolet TrailBlazer SS': 'SUV',
-    'Chrysler 300 SRT-8': 'sedan',
-    'Dodge Challenger SRT8': 'coupe',
-    'Dodge Charger SRT-8': 'sedan',
-    'FIAT 500 Abarth': 'hatchback',
-    'Jaguar XK XKR': 'convertible',
-    'Lamborghini Gallardo LP 570-4 Superleggera': 'convertible',
+    "Acura TL Type-S": "sedan",
+    "Acura Integra Type R": "coupe",
+    "Buick Regal GS": "sedan",
+    "Chevrolet Corvette ZR1": "convertible",
+    "Chevrolet Corvette Ron Fellows Edition Z06": "convertible",
+    "Chevrolet HHR SS": "SUV",
+    "Chevrolet Cobalt SS": "coupe",
+    "Chevrolet TrailBlazer SS": "SUV",
+    "Chrysler 300 SRT-8": "sedan",
+    "Dodge Challenger SRT8": "coupe",
+    "Dodge Charger SRT-8": "sedan",
+    "FIAT 500 Abarth": "hatchback",
+    "Jaguar XK XKR": "convertible",
+    "Lamborghini Gallardo LP 570-4 Superleggera": "convertible",
 }
 
 # Group sizes of the paper's Cars196 coarse labels; `cars196_fine_to_coarse`
 # checks its result against them.
-CARS196_GROUP_SIZES = {'pickup/cab': 18, 'sedan': 50, 'SUV': 36,
-                       'convertible': 30, 'coupe': 29, 'hatchback': 14,
-                       'wagon': 6, 'van': 13}
+CARS196_GROUP_SIZES = {
+    "pickup/cab": 18,
+    "sedan": 50,
+    "SUV": 36,
+    "convertible": 30,
+    "coupe": 29,
+    "hatchback": 14,
+    "wagon": 6,
+    "van": 13,
+}
 
 
 def cars196_body_type(name: str) -> str:
@@ -283,12 +429,12 @@ def cars196_body_type(name: str) -> str:
   Raises:
     ValueError: the name matches no rule (not a Cars196 class name).
   """
-  model = re.sub(r' (19|20)\d\d$', '', name.strip())
+  model = re.sub(r" (19|20)\d\d$", "", name.strip())
   if model in _CARS_MODELS_WITHOUT_BODY_WORD:
     return _CARS_MODELS_WITHOUT_BODY_WORD[model]
   words = [w for w in model.split() if w in _CARS_BODY_WORDS]
   if not words:
-    raise ValueError(f'Cars196 class name {name!r} names no body type.')
+    raise ValueError(f"Cars196 class name {name!r} names no body type.")
   return _CARS_BODY_WORDS[words[-1]]
 
 
@@ -308,9 +454,11 @@ def cars196_fine_to_coarse(names: Sequence[str]) -> tuple[int, ...]:
   groups = [cars196_body_type(n) for n in names]
   sizes = {g: groups.count(g) for g in CARS196_COARSE_NAMES}
   if sizes != CARS196_GROUP_SIZES:
-    raise ValueError(f'Cars196 body-type groups have sizes {sizes}, expected '
-                     f'{CARS196_GROUP_SIZES}: the class names are not the '
-                     '196 Cars196 classes.')
+    raise ValueError(
+        f"Cars196 body-type groups have sizes {sizes}, expected "
+        f"{CARS196_GROUP_SIZES}: the class names are not the "
+        "196 Cars196 classes."
+    )
   return tuple(CARS196_COARSE_NAMES.index(g) for g in groups)
 
 
@@ -321,17 +469,17 @@ def cars196_fine_to_coarse(names: Sequence[str]) -> tuple[int, ...]:
 
 def _read_json(*parts: str):
   """Reads ``maskcon_jax/data/coarse_labels/<parts>``."""
-  resource = importlib.resources.files('maskcon_jax') / 'data' / 'coarse_labels'
+  resource = importlib.resources.files("maskcon_jax") / "data" / "coarse_labels"
   for part in parts:
     resource = resource / part
-  with resource.open('r', encoding='utf-8') as f:
+  with resource.open("r", encoding="utf-8") as f:
     return json.load(f)
 
 
 def _int_table(mapping: dict[str, int], size: int, what: str) -> np.ndarray:
   """``{"0": v0, "1": v1, ...}`` as an int32 array, checking the keys."""
   if sorted(int(k) for k in mapping) != list(range(size)):
-    raise ValueError(f'{what} must have the keys 0..{size - 1}.')
+    raise ValueError(f"{what} must have the keys 0..{size - 1}.")
   return np.asarray([int(mapping[str(i)]) for i in range(size)], np.int32)
 
 
@@ -348,24 +496,41 @@ def imagenet32_tables() -> tuple[np.ndarray, np.ndarray]:
     ``l``; ``fine_to_coarse[f]`` is the coarse group (0-11) of standard label
     ``f``. Both int32 of length 1000.
   """
-  to_fine = _int_table(_read_json('imagenet32', 'imagenet32_to_fine.json'),
-                       IMAGENET_NUM_CLASSES, 'imagenet32_to_fine.json')
+  to_fine = _int_table(
+      _read_json("imagenet32", "imagenet32_to_fine.json"),
+      IMAGENET_NUM_CLASSES,
+      "imagenet32_to_fine.json",
+  )
   if sorted(to_fine) != list(range(IMAGENET_NUM_CLASSES)):
-    raise ValueError('imagenet32_to_fine.json is not a permutation of 0..999.')
+    raise ValueError("imagenet32_to_fine.json is not a permutation of 0..999.")
   fine_to_coarse = _int_table(
-      _read_json('imagenet32', 'imagenet_fine_to_coarse.json'),
-      IMAGENET_NUM_CLASSES, 'imagenet_fine_to_coarse.json')
+      _read_json("imagenet32", "imagenet_fine_to_coarse.json"),
+      IMAGENET_NUM_CLASSES,
+      "imagenet_fine_to_coarse.json",
+  )
   return to_fine, fine_to_coarse
 
 
-SOP_SUPER_CLASSES = ('bicycle', 'cabinet', 'chair', 'coffee_maker', 'fan',
-                     'kettle', 'lamp', 'mug', 'sofa', 'stapler', 'table',
-                     'toaster')
+SOP_SUPER_CLASSES = (
+    "bicycle",
+    "cabinet",
+    "chair",
+    "coffee_maker",
+    "fan",
+    "kettle",
+    "lamp",
+    "mug",
+    "sofa",
+    "stapler",
+    "table",
+    "toaster",
+)
 SOP_SPLITS = (1, 2)
 
 
-def sop_split_lists(split: int, subset: str
-                    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+def sop_split_lists(
+    split: int, subset: str
+) -> tuple[list[str], np.ndarray, np.ndarray]:
   """One list of one of the paper's Stanford Online Products splits.
 
   Args:
@@ -378,13 +543,14 @@ def sop_split_lists(split: int, subset: str
     (indices into `SOP_SUPER_CLASSES`), as in the official lists. In split 1
     the product ids of each list start at 0 and name different products.
   """
-  if split not in SOP_SPLITS or subset not in ('train', 'test'):
-    raise ValueError(f'No SOP split {split!r} / {subset!r}.')
-  folder = f'sop_split{split}'
-  paths = _read_json(folder, f'{subset}_path.json')
-  fine = np.asarray(_read_json(folder, f'{subset}_fine_label.json'), np.int32)
-  coarse = np.asarray(_read_json(folder, f'{subset}_coarse_label.json'),
-                      np.int32)
+  if split not in SOP_SPLITS or subset not in ("train", "test"):
+    raise ValueError(f"No SOP split {split!r} / {subset!r}.")
+  folder = f"sop_split{split}"
+  paths = _read_json(folder, f"{subset}_path.json")
+  fine = np.asarray(_read_json(folder, f"{subset}_fine_label.json"), np.int32)
+  coarse = np.asarray(
+      _read_json(folder, f"{subset}_coarse_label.json"), np.int32
+  )
   if not len(paths) == len(fine) == len(coarse):
-    raise ValueError(f'The {folder} {subset} lists differ in length.')
+    raise ValueError(f"The {folder} {subset} lists differ in length.")
   return [str(p) for p in paths], fine, coarse

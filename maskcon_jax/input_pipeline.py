@@ -59,25 +59,56 @@ from maskcon_jax.datasets.core import StreamingDataset
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import DataError
 
-__all__ = ['DATASETS', 'Dataset', 'HIERARCHIES', 'LabelHierarchy',
-           'StreamingDataset', 'is_streaming', 'load_dataset']
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "HIERARCHIES",
+    "LabelHierarchy",
+    "StreamingDataset",
+    "is_streaming",
+    "load_dataset",
+]
 
 # Every valid `config.dataset`; the single list other modules validate
 # against.
-DATASETS = ('fashion_mnist', 'fashion_mnist_mixed', 'digits', 'synthetic',
-            'cifar100', 'cifartoy_good', 'cifartoy_bad', 'imagenet32',
-            'cars196', 'sop', 'sop_split1', 'sop_split2', 'folder', 'csv')
+DATASETS = (
+    "fashion_mnist",
+    "fashion_mnist_mixed",
+    "digits",
+    "synthetic",
+    "cifar100",
+    "cifartoy_good",
+    "cifartoy_bad",
+    "imagenet32",
+    "cars196",
+    "sop",
+    "sop_split1",
+    "sop_split2",
+    "folder",
+    "csv",
+)
 # Datasets whose images need no resizing decision: they load at their own size.
-_FIXED_DATASETS = ('fashion_mnist', 'fashion_mnist_mixed', 'digits',
-                   'synthetic')
+_FIXED_DATASETS = (
+    "fashion_mnist",
+    "fashion_mnist_mixed",
+    "digits",
+    "synthetic",
+)
 # The 224-pixel datasets stream unless config.in_memory=True; the others load
 # into memory unless config.in_memory=False.
-STREAMING_BY_DEFAULT = ('cars196', 'sop', 'sop_split1', 'sop_split2')
+STREAMING_BY_DEFAULT = ("cars196", "sop", "sop_split1", "sop_split2")
 # Image side when config.image_size is unset.
 _DEFAULT_IMAGE_SIZE = {
-    'cifar100': 32, 'cifartoy_good': 32, 'cifartoy_bad': 32, 'imagenet32': 32,
-    'cars196': 224, 'sop': 224, 'sop_split1': 224, 'sop_split2': 224,
-    'folder': 224, 'csv': 224,
+    "cifar100": 32,
+    "cifartoy_good": 32,
+    "cifartoy_bad": 32,
+    "imagenet32": 32,
+    "cars196": 224,
+    "sop": 224,
+    "sop_split1": 224,
+    "sop_split2": 224,
+    "folder": 224,
+    "csv": 224,
 }
 
 
@@ -93,14 +124,17 @@ def is_streaming(config: ml_collections.ConfigDict) -> bool:
     ConfigError: an unknown dataset or a non-boolean ``in_memory``.
   """
   name = _dataset_name(config)
-  in_memory = config.get('in_memory')
+  in_memory = config.get("in_memory")
   if in_memory is not None and not isinstance(in_memory, bool):
-    raise ConfigError(f'config.in_memory={in_memory!r} must be True, False '
-                      'or unset.')
+    raise ConfigError(
+        f"config.in_memory={in_memory!r} must be True, False " "or unset."
+    )
   if name in _FIXED_DATASETS:
     if in_memory is False:
-      raise ConfigError(f'config.dataset={name!r} is always loaded into '
-                        'memory: leave config.in_memory unset.')
+      raise ConfigError(
+          f"config.dataset={name!r} is always loaded into "
+          "memory: leave config.in_memory unset."
+      )
     return False
   if in_memory is None:
     return name in STREAMING_BY_DEFAULT
@@ -108,7 +142,8 @@ def is_streaming(config: ml_collections.ConfigDict) -> bool:
 
 
 def load_dataset(
-    config: ml_collections.ConfigDict) -> Dataset | StreamingDataset:
+    config: ml_collections.ConfigDict,
+) -> Dataset | StreamingDataset:
   """Loads the dataset that ``config.dataset`` names.
 
   Config fields read:
@@ -184,52 +219,61 @@ def load_dataset(
   """
   name = _dataset_name(config)
   streaming = is_streaming(config)
-  max_train = _optional_positive_int(config, 'max_train_examples')
-  max_test = _optional_positive_int(config, 'max_test_examples')
+  max_train = _optional_positive_int(config, "max_train_examples")
+  max_test = _optional_positive_int(config, "max_test_examples")
   subset_seed = _optional_subset_seed(config)
   channels = _optional_image_channels(config)
   coarse_map = _optional_coarse_map(config)
   if streaming and subset_seed is not None:
-    raise ConfigError(f'config.subset_seed={subset_seed} needs the data in '
-                      f'memory, but config.dataset={name!r} streams: set '
-                      'config.in_memory=True or unset config.subset_seed.')
+    raise ConfigError(
+        f"config.subset_seed={subset_seed} needs the data in "
+        f"memory, but config.dataset={name!r} streams: set "
+        "config.in_memory=True or unset config.subset_seed."
+    )
   if streaming and channels == 1:
-    raise ConfigError(f'config.image_channels=1 needs the data in memory, but '
-                      f'config.dataset={name!r} streams (always RGB): set '
-                      'config.in_memory=True or unset config.image_channels.')
+    raise ConfigError(
+        f"config.image_channels=1 needs the data in memory, but "
+        f"config.dataset={name!r} streams (always RGB): set "
+        "config.in_memory=True or unset config.image_channels."
+    )
   # The map is read before the data, so that a bad file fails at once.
   # `folder` reads its own map: there it is the dataset's only labelling.
   mapping = None
-  if coarse_map is not None and name != 'folder':
+  if coarse_map is not None and name != "folder":
     # pylint: disable-next=g-import-not-at-top
     from maskcon_jax.datasets import files
+
     mapping = files.read_coarse_map(coarse_map)
 
   if name not in _FIXED_DATASETS:
     # A random subset is drawn from whole splits, so they are read whole.
-    limits = ((max_train, max_test) if subset_seed is None else (None, None))
-    stream = _open_stream(name, config, max_train=limits[0],
-                          max_test=limits[1])
+    limits = (max_train, max_test) if subset_seed is None else (None, None)
+    stream = _open_stream(name, config, max_train=limits[0], max_test=limits[1])
     if streaming:
       return _with_coarse_map(stream, coarse_map, mapping)
     dataset = core.in_memory(stream)
-  elif name in ('fashion_mnist', 'fashion_mnist_mixed'):
-    dataset = _load_fashion_mnist(config.get('data_dir'))
-    if name == 'fashion_mnist_mixed':
+  elif name in ("fashion_mnist", "fashion_mnist_mixed"):
+    dataset = _load_fashion_mnist(config.get("data_dir"))
+    if name == "fashion_mnist_mixed":
       dataset = core.with_hierarchy(dataset, HIERARCHIES[name], name=name)
-  elif name == 'digits':
+  elif name == "digits":
     dataset = _load_digits()
   else:
-    dataset = _make_synthetic(config.get('synthetic'),
-                              seed=config.get('seed', 0))
+    dataset = _make_synthetic(
+        config.get("synthetic"), seed=config.get("seed", 0)
+    )
 
   dataset = _subset(dataset, max_train, max_test, subset_seed)
   dataset = _with_coarse_map(dataset, coarse_map, mapping)
   return _with_channels(dataset, channels)
 
 
-def _subset(dataset: Dataset, max_train: int | None, max_test: int | None,
-            subset_seed: int | None) -> Dataset:
+def _subset(
+    dataset: Dataset,
+    max_train: int | None,
+    max_test: int | None,
+    subset_seed: int | None,
+) -> Dataset:
   """Applies ``max_*_examples`` and ``subset_seed`` (see `load_dataset`)."""
   if subset_seed is None and max_train is None and max_test is None:
     return dataset
@@ -254,26 +298,34 @@ def _subset(dataset: Dataset, max_train: int | None, max_test: int | None,
       train_coarse=dataset.train_coarse[train],
       test_images=dataset.test_images[test],
       test_fine=take(dataset.test_fine, test),
-      test_coarse=dataset.test_coarse[test])
+      test_coarse=dataset.test_coarse[test],
+  )
 
 
-def _with_coarse_map(dataset: Dataset | StreamingDataset,
-                     coarse_map: str | None,
-                     mapping: dict[str, str] | None
-                     ) -> Dataset | StreamingDataset:
+def _with_coarse_map(
+    dataset: Dataset | StreamingDataset,
+    coarse_map: str | None,
+    mapping: dict[str, str] | None,
+) -> Dataset | StreamingDataset:
   """Relabels ``dataset`` with the read ``coarse_map`` (None: unchanged)."""
   if mapping is None:
     return dataset
   if not dataset.has_fine_labels:
-    raise ConfigError(f'config.coarse_map={coarse_map!r} maps fine classes, '
-                      f'but this config.dataset={dataset.name!r} data has '
-                      'coarse labels only: add a fine column to the CSVs or '
-                      'unset config.coarse_map.')
+    raise ConfigError(
+        f"config.coarse_map={coarse_map!r} maps fine classes, "
+        f"but this config.dataset={dataset.name!r} data has "
+        "coarse labels only: add a fine column to the CSVs or "
+        "unset config.coarse_map."
+    )
   # pylint: disable-next=g-import-not-at-top
   from maskcon_jax.datasets import files
+
   hierarchy = files.coarse_map_hierarchy(
-      coarse_map, dataset.hierarchy.fine_names, dataset=dataset.name,
-      mapping=mapping)
+      coarse_map,
+      dataset.hierarchy.fine_names,
+      dataset=dataset.name,
+      mapping=mapping,
+  )
   return core.with_hierarchy(dataset, hierarchy)
 
 
@@ -289,15 +341,20 @@ def rgb_to_luma(images: np.ndarray) -> np.ndarray:
   """uint8 ``(..., 3)`` RGB -> uint8 ``(..., 1)`` luma, as PIL's ``'L'``."""
   out = np.empty(images.shape[:-1] + (1,), np.uint8)
   for start in range(0, len(images), _LUMA_CHUNK):
-    rgb = images[start:start + _LUMA_CHUNK].astype(np.uint32)
-    luma = (rgb[..., 0] * _LUMA_FIXED[0] + rgb[..., 1] * _LUMA_FIXED[1] +
-            rgb[..., 2] * _LUMA_FIXED[2] + 0x8000) >> 16
-    out[start:start + _LUMA_CHUNK, ..., 0] = luma
+    rgb = images[start : start + _LUMA_CHUNK].astype(np.uint32)
+    luma = (
+        rgb[..., 0] * _LUMA_FIXED[0]
+        + rgb[..., 1] * _LUMA_FIXED[1]
+        + rgb[..., 2] * _LUMA_FIXED[2]
+        + 0x8000
+    ) >> 16
+    out[start : start + _LUMA_CHUNK, ..., 0] = luma
   return out
 
 
-def _with_channels(dataset: Dataset | StreamingDataset,
-                   channels: int | None) -> Dataset | StreamingDataset:
+def _with_channels(
+    dataset: Dataset | StreamingDataset, channels: int | None
+) -> Dataset | StreamingDataset:
   """Converts images to ``config.image_channels`` (see `load_dataset`)."""
   have = dataset.image_shape[-1]
   if channels is None or channels == have:
@@ -309,120 +366,177 @@ def _with_channels(dataset: Dataset | StreamingDataset,
         dataset,
         train_images=np.repeat(dataset.train_images, 3, axis=-1),
         test_images=np.repeat(dataset.test_images, 3, axis=-1),
-        mean=dataset.mean * 3, std=dataset.std * 3)
+        mean=dataset.mean * 3,
+        std=dataset.std * 3,
+    )
   if channels == 1 and have == 3:
     return dataclasses.replace(
         dataset,
         train_images=rgb_to_luma(dataset.train_images),
         test_images=rgb_to_luma(dataset.test_images),
         mean=(float(np.dot(_LUMA_WEIGHTS, dataset.mean)),),
-        std=(float(np.dot(_LUMA_WEIGHTS, dataset.std)),))
-  raise ConfigError(f'config.image_channels={channels} converts between 1 '
-                    f'and 3 channels, but config.dataset={dataset.name!r} '
-                    f'has {have}-channel images: unset config.image_channels '
-                    'or change the data.')
+        std=(float(np.dot(_LUMA_WEIGHTS, dataset.std)),),
+    )
+  raise ConfigError(
+      f"config.image_channels={channels} converts between 1 "
+      f"and 3 channels, but config.dataset={dataset.name!r} "
+      f"has {have}-channel images: unset config.image_channels "
+      "or change the data."
+  )
 
 
 def _dataset_name(config: ml_collections.ConfigDict) -> str:
-  name = config.get('dataset')
+  name = config.get("dataset")
   if name not in DATASETS:
-    raise ConfigError(f'config.dataset={name!r} is not a known dataset: use '
-                      f'one of {", ".join(DATASETS)}.')
+    raise ConfigError(
+        f"config.dataset={name!r} is not a known dataset: use "
+        f'one of {", ".join(DATASETS)}.'
+    )
   return name
 
 
-def _open_stream(name: str, config: ml_collections.ConfigDict, *,
-                 max_train: int | None,
-                 max_test: int | None) -> StreamingDataset:
+def _open_stream(
+    name: str,
+    config: ml_collections.ConfigDict,
+    *,
+    max_train: int | None,
+    max_test: int | None,
+) -> StreamingDataset:
   """Opens every dataset but the three fixed ones in streaming form."""
   # pylint: disable=g-import-not-at-top
   from maskcon_jax.datasets import files
   from maskcon_jax.datasets import tfds_datasets
   # pylint: enable=g-import-not-at-top
-  image_size = config.get('image_size')
+  image_size = config.get("image_size")
   if image_size is None:
     image_size = _DEFAULT_IMAGE_SIZE[name]
-  elif isinstance(image_size, bool) or not isinstance(
-      image_size, (int, np.integer)) or image_size < 1:
-    raise ConfigError(f'config.image_size={image_size!r} must be a positive '
-                      'integer.')
+  elif (
+      isinstance(image_size, bool)
+      or not isinstance(image_size, (int, np.integer))
+      or image_size < 1
+  ):
+    raise ConfigError(
+        f"config.image_size={image_size!r} must be a positive " "integer."
+    )
   image_size = int(image_size)
-  data_dir = config.get('data_dir')
+  data_dir = config.get("data_dir")
   if name in tfds_datasets.TFDS_DATASETS:
-    shuffle_buffer = config.get('shuffle_buffer')
+    shuffle_buffer = config.get("shuffle_buffer")
     if shuffle_buffer is None:
       shuffle_buffer = core.DEFAULT_SHUFFLE_BUFFER
-    elif isinstance(shuffle_buffer, bool) or not isinstance(
-        shuffle_buffer, (int, np.integer)) or shuffle_buffer < 1:
-      raise ConfigError(f'config.shuffle_buffer={shuffle_buffer!r} must be a '
-                        'positive integer.')
-    return tfds_datasets.load(name, data_dir=data_dir, image_size=image_size,
-                              max_train=max_train, max_test=max_test,
-                              shuffle_buffer=int(shuffle_buffer))
-  if name in ('sop_split1', 'sop_split2'):
-    return files.load_sop_split(int(name[-1]), data_dir=data_dir,
-                                image_size=image_size, max_train=max_train,
-                                max_test=max_test)
-  if name == 'folder':
-    return files.load_folder(data_dir, config.get('coarse_map'),
-                             image_size=image_size, max_train=max_train,
-                             max_test=max_test)
-  return files.load_csv(config.get('train_csv'), config.get('test_csv'),
-                        image_size=image_size, max_train=max_train,
-                        max_test=max_test)
+    elif (
+        isinstance(shuffle_buffer, bool)
+        or not isinstance(shuffle_buffer, (int, np.integer))
+        or shuffle_buffer < 1
+    ):
+      raise ConfigError(
+          f"config.shuffle_buffer={shuffle_buffer!r} must be a "
+          "positive integer."
+      )
+    return tfds_datasets.load(
+        name,
+        data_dir=data_dir,
+        image_size=image_size,
+        max_train=max_train,
+        max_test=max_test,
+        shuffle_buffer=int(shuffle_buffer),
+    )
+  if name in ("sop_split1", "sop_split2"):
+    return files.load_sop_split(
+        int(name[-1]),
+        data_dir=data_dir,
+        image_size=image_size,
+        max_train=max_train,
+        max_test=max_test,
+    )
+  if name == "folder":
+    return files.load_folder(
+        data_dir,
+        config.get("coarse_map"),
+        image_size=image_size,
+        max_train=max_train,
+        max_test=max_test,
+    )
+  return files.load_csv(
+      config.get("train_csv"),
+      config.get("test_csv"),
+      image_size=image_size,
+      max_train=max_train,
+      max_test=max_test,
+  )
 
 
-def _optional_positive_int(config: ml_collections.ConfigDict,
-                           field: str) -> int | None:
+def _optional_positive_int(
+    config: ml_collections.ConfigDict, field: str
+) -> int | None:
   value = config.get(field)
   if value is None:
     return None
   # bool is an int subclass; `True` as an example count is surely a mistake.
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ConfigError(f'config.{field}={value!r} must be a positive integer '
-                      'or None.')
+    raise ConfigError(
+        f"config.{field}={value!r} must be a positive integer " "or None."
+    )
   if value < 1:
-    raise ConfigError(f'config.{field}={value} must be at least 1 (or None '
-                      'to keep every example).')
+    raise ConfigError(
+        f"config.{field}={value} must be at least 1 (or None "
+        "to keep every example)."
+    )
   return int(value)
 
 
 def _optional_subset_seed(config: ml_collections.ConfigDict) -> int | None:
-  value = config.get('subset_seed')
+  value = config.get("subset_seed")
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-      or value < 0:
-    raise ConfigError(f'config.subset_seed={value!r} must be an integer >= 0, '
-                      'or None to keep the first examples.')
+  if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, np.integer))
+      or value < 0
+  ):
+    raise ConfigError(
+        f"config.subset_seed={value!r} must be an integer >= 0, "
+        "or None to keep the first examples."
+    )
   return int(value)
 
 
 def _optional_image_channels(config: ml_collections.ConfigDict) -> int | None:
-  value = config.get('image_channels')
+  value = config.get("image_channels")
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-      or value not in (1, 3):
-    raise ConfigError(f'config.image_channels={value!r} must be 1 (gray), 3 '
-                      "(RGB) or None (the dataset's own channels).")
+  if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, np.integer))
+      or value not in (1, 3)
+  ):
+    raise ConfigError(
+        f"config.image_channels={value!r} must be 1 (gray), 3 "
+        "(RGB) or None (the dataset's own channels)."
+    )
   return int(value)
 
 
 def _optional_coarse_map(config: ml_collections.ConfigDict) -> str | None:
-  value = config.get('coarse_map')
-  if value is None or value == '':
+  value = config.get("coarse_map")
+  if value is None or value == "":
     return None
   if not isinstance(value, str):
-    raise ConfigError(f'config.coarse_map={value!r} must be the path of a CSV '
-                      'or JSON fine -> coarse map, or None.')
+    raise ConfigError(
+        f"config.coarse_map={value!r} must be the path of a CSV "
+        "or JSON fine -> coarse map, or None."
+    )
   return value
 
 
-def _make_dataset(name: str, hierarchy: LabelHierarchy,
-                  train: tuple[np.ndarray, np.ndarray],
-                  test: tuple[np.ndarray, np.ndarray],
-                  mean: Sequence[float], std: Sequence[float]) -> Dataset:
+def _make_dataset(
+    name: str,
+    hierarchy: LabelHierarchy,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Dataset:
   """Assembles a `Dataset`, deriving the coarse labels from the fine ones."""
   train_images, train_fine = train
   test_images, test_fine = test
@@ -438,59 +552,66 @@ def _make_dataset(name: str, hierarchy: LabelHierarchy,
       test_coarse=hierarchy.coarse_of(test_fine),
       hierarchy=hierarchy,
       mean=tuple(mean),
-      std=tuple(std))
+      std=tuple(std),
+  )
 
 
 # ---------------------------------------------------------------------------
 # Fashion-MNIST.
 # ---------------------------------------------------------------------------
 
+
 def _fashion_mnist_hierarchy(grouping: str) -> LabelHierarchy:
   fine_to_coarse, coarse_names = hierarchies.fashion_mnist_grouping(grouping)
-  return LabelHierarchy(fine_to_coarse=fine_to_coarse,
-                        fine_names=hierarchies.FASHION_MNIST_NAMES,
-                        coarse_names=coarse_names)
+  return LabelHierarchy(
+      fine_to_coarse=fine_to_coarse,
+      fine_names=hierarchies.FASHION_MNIST_NAMES,
+      coarse_names=coarse_names,
+  )
 
 
 # Dataset `fashion_mnist`: tops {0, 2, 4, 6} -> 0, footwear {5, 7, 9} -> 1,
 # other {1, 3, 8} -> 2.
-FASHION_MNIST_HIERARCHY = _fashion_mnist_hierarchy('natural')
+FASHION_MNIST_HIERARCHY = _fashion_mnist_hierarchy("natural")
 # Dataset `fashion_mnist_mixed`: mixed_a {0, 1, 2, 5, 8} -> 0, mixed_b
 # {3, 4, 6, 7, 9} -> 1 (see `hierarchies.FASHION_MNIST_GROUPINGS`).
-FASHION_MNIST_MIXED_HIERARCHY = _fashion_mnist_hierarchy('mixed')
+FASHION_MNIST_MIXED_HIERARCHY = _fashion_mnist_hierarchy("mixed")
 
 # The widely quoted statistics of the Fashion-MNIST training set in [0, 1].
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 
 # Installed by Debian/Ubuntu's `dataset-fashion-mnist` package.
-DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 _IDX_FILES = {
-    'train_images': 'train-images-idx3-ubyte',
-    'train_labels': 'train-labels-idx1-ubyte',
-    'test_images': 't10k-images-idx3-ubyte',
-    'test_labels': 't10k-labels-idx1-ubyte',
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_IMAGES_MAGIC = 2051  # uint8 data, 3 dimensions.
 _IDX_LABELS_MAGIC = 2049  # uint8 data, 1 dimension.
 _FASHION_MNIST_SHAPE = (28, 28)
 _FASHION_MNIST_NOT_FOUND = (
-    'Fashion-MNIST not found: run `apt-get install dataset-fashion-mnist` '
-    '(Debian/Ubuntu), prepare it with `tfds build fashion_mnist`, or set '
-    '--config.data_dir to a folder holding its IDX files; '
-    '--config.dataset=digits needs no download.')
+    "Fashion-MNIST not found: run `apt-get install dataset-fashion-mnist` "
+    "(Debian/Ubuntu), prepare it with `tfds build fashion_mnist`, or set "
+    "--config.data_dir to a folder holding its IDX files; "
+    "--config.dataset=digits needs no download."
+)
 
 
 def _load_fashion_mnist(data_dir: str | None) -> Dataset:
   """Finds Fashion-MNIST locally (see `load_dataset`) and loads it."""
   if data_dir:
     data_dir = os.fspath(os.path.expanduser(data_dir))
-    is_remote = '://' in data_dir
+    is_remote = "://" in data_dir
     if not is_remote and not os.path.isdir(data_dir):
-      raise DataError(f'config.data_dir={data_dir!r} does not exist: point it '
-                      'at a folder holding the Fashion-MNIST IDX files or a '
-                      'TFDS data_dir where fashion_mnist is prepared.')
+      raise DataError(
+          f"config.data_dir={data_dir!r} does not exist: point it "
+          "at a folder holding the Fashion-MNIST IDX files or a "
+          "TFDS data_dir where fashion_mnist is prepared."
+      )
     if not is_remote:
       paths = _find_idx_files(data_dir)
       if paths is not None:
@@ -499,16 +620,18 @@ def _load_fashion_mnist(data_dir: str | None) -> Dataset:
       splits = _read_tfds_fashion_mnist(data_dir)
     except ImportError as e:
       raise DataError(
-          f'config.data_dir={data_dir!r} holds a TFDS fashion_mnist but '
-          f'TensorFlow Datasets cannot be imported ({e}): install '
-          'tensorflow-datasets or use a folder of IDX files instead.') from e
+          f"config.data_dir={data_dir!r} holds a TFDS fashion_mnist but "
+          f"TensorFlow Datasets cannot be imported ({e}): install "
+          "tensorflow-datasets or use a folder of IDX files instead."
+      ) from e
     if splits is not None:
       return _fashion_mnist_from_arrays(*splits)
     raise DataError(
-        f'No Fashion-MNIST in config.data_dir={data_dir!r}: it should hold '
-        'the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, '
-        't10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally '
-        '.gz) or be a TFDS data_dir with fashion_mnist prepared.')
+        f"No Fashion-MNIST in config.data_dir={data_dir!r}: it should hold "
+        "the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally "
+        ".gz) or be a TFDS data_dir with fashion_mnist prepared."
+    )
 
   # An absent or broken TFDS install must not stop the other sources from
   # being tried, so any failure of the default-location probe just skips it.
@@ -539,7 +662,7 @@ def _find_idx_files(directory: str) -> dict[str, str] | None:
   found = {}
   for key, base in _IDX_FILES.items():
     # The uncompressed file wins when both exist: it is faster to read.
-    for candidate in (base, base + '.gz'):
+    for candidate in (base, base + ".gz"):
       path = os.path.join(directory, candidate)
       if os.path.isfile(path):
         found[key] = path
@@ -548,9 +671,11 @@ def _find_idx_files(directory: str) -> dict[str, str] | None:
     return None
   missing = [_IDX_FILES[k] for k in _IDX_FILES if k not in found]
   if missing:
-    raise DataError(f'Fashion-MNIST in {directory!r} is incomplete: add '
-                    f'{", ".join(missing)} (optionally .gz) next to the other '
-                    'IDX files.')
+    raise DataError(
+        f"Fashion-MNIST in {directory!r} is incomplete: add "
+        f'{", ".join(missing)} (optionally .gz) next to the other '
+        "IDX files."
+    )
   return found
 
 
@@ -573,31 +698,41 @@ def read_idx(path: str, *, expected_ndim: int) -> np.ndarray:
       the expected kind.
   """
   try:
-    if path.endswith('.gz'):
-      with gzip.open(path, 'rb') as f:
+    if path.endswith(".gz"):
+      with gzip.open(path, "rb") as f:
         raw = f.read()
     else:
-      with open(path, 'rb') as f:
+      with open(path, "rb") as f:
         raw = f.read()
   except (OSError, EOFError, zlib.error) as e:
-    raise DataError(f'Cannot read IDX file {path!r} ({e}): replace it with an '
-                    'intact copy.') from e
+    raise DataError(
+        f"Cannot read IDX file {path!r} ({e}): replace it with an "
+        "intact copy."
+    ) from e
   expected_magic = 0x0800 + expected_ndim
   header_size = 4 * (1 + expected_ndim)
   if len(raw) < header_size:
-    raise DataError(f'IDX file {path!r} is truncated ({len(raw)} bytes): '
-                    'replace it with an intact copy.')
-  magic = int(np.frombuffer(raw, dtype='>i4', count=1)[0])
+    raise DataError(
+        f"IDX file {path!r} is truncated ({len(raw)} bytes): "
+        "replace it with an intact copy."
+    )
+  magic = int(np.frombuffer(raw, dtype=">i4", count=1)[0])
   if magic != expected_magic:
-    raise DataError(f'IDX file {path!r} has magic number {magic}, expected '
-                    f'{expected_magic}: replace it with an intact copy.')
-  shape = tuple(int(d) for d in
-                np.frombuffer(raw, dtype='>i4', count=expected_ndim, offset=4))
+    raise DataError(
+        f"IDX file {path!r} has magic number {magic}, expected "
+        f"{expected_magic}: replace it with an intact copy."
+    )
+  shape = tuple(
+      int(d)
+      for d in np.frombuffer(raw, dtype=">i4", count=expected_ndim, offset=4)
+  )
   num_bytes = int(np.prod(shape, dtype=np.int64))
   if len(raw) - header_size != num_bytes:
-    raise DataError(f'IDX file {path!r} holds {len(raw) - header_size} data '
-                    f'bytes but its header {shape} needs {num_bytes}: replace '
-                    'it with an intact copy.')
+    raise DataError(
+        f"IDX file {path!r} holds {len(raw) - header_size} data "
+        f"bytes but its header {shape} needs {num_bytes}: replace "
+        "it with an intact copy."
+    )
   # frombuffer over immutable bytes is read-only; one copy (milliseconds even
   # for 47 MB) makes the result an ordinary writable array like every other
   # source returns.
@@ -608,36 +743,50 @@ def read_idx(path: str, *, expected_ndim: int) -> np.ndarray:
 def _fashion_mnist_from_idx(paths: dict[str, str]) -> Dataset:
   """Loads Fashion-MNIST from its four IDX files."""
   splits = []
-  for split in ('train', 'test'):
-    images_path = paths[f'{split}_images']
-    labels_path = paths[f'{split}_labels']
+  for split in ("train", "test"):
+    images_path = paths[f"{split}_images"]
+    labels_path = paths[f"{split}_labels"]
     images = read_idx(images_path, expected_ndim=3)
     labels = read_idx(labels_path, expected_ndim=1)
     if images.shape[1:] != _FASHION_MNIST_SHAPE:
-      raise DataError(f'IDX file {images_path!r} holds images of shape '
-                      f'{images.shape[1:]}, expected {_FASHION_MNIST_SHAPE}: '
-                      'it is not Fashion-MNIST.')
+      raise DataError(
+          f"IDX file {images_path!r} holds images of shape "
+          f"{images.shape[1:]}, expected {_FASHION_MNIST_SHAPE}: "
+          "it is not Fashion-MNIST."
+      )
     if images.shape[0] != labels.shape[0]:
-      raise DataError(f'{images_path!r} holds {images.shape[0]} images but '
-                      f'{labels_path!r} holds {labels.shape[0]} labels: use '
-                      'files from the same copy of Fashion-MNIST.')
+      raise DataError(
+          f"{images_path!r} holds {images.shape[0]} images but "
+          f"{labels_path!r} holds {labels.shape[0]} labels: use "
+          "files from the same copy of Fashion-MNIST."
+      )
     if labels.size and labels.max() >= FASHION_MNIST_HIERARCHY.num_fine:
-      raise DataError(f'IDX file {labels_path!r} has label {labels.max()}, '
-                      'Fashion-MNIST has 10 classes: it is not Fashion-MNIST.')
+      raise DataError(
+          f"IDX file {labels_path!r} has label {labels.max()}, "
+          "Fashion-MNIST has 10 classes: it is not Fashion-MNIST."
+      )
     splits.append((images[..., None], labels))
   return _fashion_mnist_from_arrays(*splits)
 
 
-def _fashion_mnist_from_arrays(train: tuple[np.ndarray, np.ndarray],
-                               test: tuple[np.ndarray, np.ndarray]) -> Dataset:
-  return _make_dataset('fashion_mnist', FASHION_MNIST_HIERARCHY, train, test,
-                       FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+def _fashion_mnist_from_arrays(
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+) -> Dataset:
+  return _make_dataset(
+      "fashion_mnist",
+      FASHION_MNIST_HIERARCHY,
+      train,
+      test,
+      FASHION_MNIST_MEAN,
+      FASHION_MNIST_STD,
+  )
 
 
 def _default_tfds_data_dir() -> str:
   """The data_dir TFDS uses when none is given (mirrors tfds' own default)."""
-  return os.environ.get('TFDS_DATA_DIR') or os.path.join(
-      os.path.expanduser('~'), 'tensorflow_datasets')
+  return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+      os.path.expanduser("~"), "tensorflow_datasets"
+  )
 
 
 def _read_tfds_fashion_mnist(
@@ -656,31 +805,37 @@ def _read_tfds_fashion_mnist(
   # A prepared TFDS dataset always has `<name>/<version>/dataset_info.json`.
   # Checking for it first keeps the common "not there" case free of the
   # multi-second TensorFlow import and of tfds' warnings about empty folders.
-  if '://' not in data_dir and not glob.glob(
-      os.path.join(glob.escape(data_dir), 'fashion_mnist', '*',
-                   'dataset_info.json')):
+  if "://" not in data_dir and not glob.glob(
+      os.path.join(
+          glob.escape(data_dir), "fashion_mnist", "*", "dataset_info.json"
+      )
+  ):
     return None
   tfds = _import_tfds()
-  builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
   if not builder.is_prepared():
     return None
   splits = []
-  for split in ('train', 'test'):
+  for split in ("train", "test"):
     try:
       images, labels = tfds.as_numpy(
-          builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+          builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+      )
     except Exception as e:  # pylint: disable=broad-except
       # tfds raises a zoo of TF/IO errors; the user needs the location.
       raise DataError(
-          f'Cannot read the TFDS fashion_mnist {split} split in '
-          f'{data_dir!r} ({type(e).__name__}): rebuild it with `tfds build '
-          f'fashion_mnist --data_dir={data_dir}`.') from e
+          f"Cannot read the TFDS fashion_mnist {split} split in "
+          f"{data_dir!r} ({type(e).__name__}): rebuild it with `tfds build "
+          f"fashion_mnist --data_dir={data_dir}`."
+      ) from e
     images = np.asarray(images, dtype=np.uint8)
     labels = np.asarray(labels)
     if images.shape[1:] != (*_FASHION_MNIST_SHAPE, 1):
-      raise DataError(f'TFDS fashion_mnist in {data_dir!r} has images of shape '
-                      f'{images.shape[1:]}, expected (28, 28, 1): rebuild it '
-                      'with `tfds build fashion_mnist`.')
+      raise DataError(
+          f"TFDS fashion_mnist in {data_dir!r} has images of shape "
+          f"{images.shape[1:]}, expected (28, 28, 1): rebuild it "
+          "with `tfds build fashion_mnist`."
+      )
     splits.append((images, labels))
   return splits[0], splits[1]
 
@@ -697,14 +852,15 @@ def _import_tfds() -> Any:
 DIGITS_HIERARCHY = LabelHierarchy(
     fine_to_coarse=(0, 0, 0, 0, 0, 1, 1, 1, 1, 1),
     fine_names=tuple(str(d) for d in range(10)),
-    coarse_names=('digits 0-4', 'digits 5-9'))
+    coarse_names=("digits 0-4", "digits 5-9"),
+)
 
 # The hierarchy of every dataset whose classes and grouping are fixed in
 # code, by config.dataset (the others learn theirs from their data).
 HIERARCHIES = {
-    'fashion_mnist': FASHION_MNIST_HIERARCHY,
-    'fashion_mnist_mixed': FASHION_MNIST_MIXED_HIERARCHY,
-    'digits': DIGITS_HIERARCHY,
+    "fashion_mnist": FASHION_MNIST_HIERARCHY,
+    "fashion_mnist_mixed": FASHION_MNIST_MIXED_HIERARCHY,
+    "digits": DIGITS_HIERARCHY,
 }
 
 DIGITS_NUM_TRAIN = 1437  # Of 1797; the remaining 360 form the test split.
@@ -724,15 +880,20 @@ def _load_digits() -> Dataset:
   """
   # pylint: disable-next=g-import-not-at-top
   from sklearn import datasets as sk_datasets
+
   digits = sk_datasets.load_digits()
   images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
   order = np.random.default_rng(0).permutation(len(labels))
   train, test = order[:DIGITS_NUM_TRAIN], order[DIGITS_NUM_TRAIN:]
-  return _make_dataset('digits', DIGITS_HIERARCHY,
-                       (images[train], labels[train]),
-                       (images[test], labels[test]),
-                       DIGITS_MEAN, DIGITS_STD)
+  return _make_dataset(
+      "digits",
+      DIGITS_HIERARCHY,
+      (images[train], labels[train]),
+      (images[test], labels[test]),
+      DIGITS_MEAN,
+      DIGITS_STD,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -741,18 +902,19 @@ def _load_digits() -> Dataset:
 
 # Used for any field `config.synthetic` leaves out (or when it is absent).
 SYNTHETIC_DEFAULTS = {
-    'num_train': 512,
-    'num_test': 128,
-    'image_size': 8,
-    'channels': 1,
-    'num_fine': 8,
-    'num_coarse': 2,
+    "num_train": 512,
+    "num_test": 128,
+    "image_size": 8,
+    "channels": 1,
+    "num_fine": 8,
+    "num_coarse": 2,
 }
 _SYNTHETIC_NOISE_STD = 0.1
 
 
-def _make_synthetic(settings: ml_collections.ConfigDict | None, *,
-                    seed: int) -> Dataset:
+def _make_synthetic(
+    settings: ml_collections.ConfigDict | None, *, seed: int
+) -> Dataset:
   """Generates the ``synthetic`` dataset (see `SYNTHETIC_DEFAULTS`).
 
   Every fine class has one fixed uniform-random prototype image; examples are
@@ -767,26 +929,34 @@ def _make_synthetic(settings: ml_collections.ConfigDict | None, *,
       if key in settings and settings[key] is not None:
         values[key] = settings[key]
   for key, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-        or value < 1:
-      raise ConfigError(f'config.synthetic.{key}={value!r} must be a positive '
-                        'integer.')
-  num_fine, num_coarse = values['num_fine'], values['num_coarse']
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+    ):
+      raise ConfigError(
+          f"config.synthetic.{key}={value!r} must be a positive " "integer."
+      )
+  num_fine, num_coarse = values["num_fine"], values["num_coarse"]
   if num_coarse > num_fine:
-    raise ConfigError(f'config.synthetic.num_coarse={num_coarse} must not '
-                      f'exceed config.synthetic.num_fine={num_fine}.')
+    raise ConfigError(
+        f"config.synthetic.num_coarse={num_coarse} must not "
+        f"exceed config.synthetic.num_fine={num_fine}."
+    )
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise ConfigError(f'config.seed={seed!r} must be an integer.')
+    raise ConfigError(f"config.seed={seed!r} must be an integer.")
 
   hierarchy = LabelHierarchy(
       fine_to_coarse=tuple(f % num_coarse for f in range(num_fine)),
-      fine_names=tuple(f'pattern {f}' for f in range(num_fine)),
-      coarse_names=tuple(f'group {c}' for c in range(num_coarse)))
-  shape = (values['image_size'], values['image_size'], values['channels'])
+      fine_names=tuple(f"pattern {f}" for f in range(num_fine)),
+      coarse_names=tuple(f"group {c}" for c in range(num_coarse)),
+  )
+  shape = (values["image_size"], values["image_size"], values["channels"])
   # Separate streams for prototypes and each split: changing num_train leaves
   # the class patterns and the test set unchanged.
   proto_rng, train_rng, test_rng = (
-      np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+      np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+  )
   prototypes = proto_rng.uniform(0.0, 1.0, size=(num_fine, *shape))
 
   def split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -795,7 +965,11 @@ def _make_synthetic(settings: ml_collections.ConfigDict | None, *,
     pixels = np.clip(prototypes[labels] + noise, 0.0, 1.0)
     return np.rint(pixels * 255.0).astype(np.uint8), labels
 
-  return _make_dataset('synthetic', hierarchy,
-                       split(train_rng, values['num_train']),
-                       split(test_rng, values['num_test']),
-                       (0.5,) * shape[-1], (0.5,) * shape[-1])
+  return _make_dataset(
+      "synthetic",
+      hierarchy,
+      split(train_rng, values["num_train"]),
+      split(test_rng, values["num_test"]),
+      (0.5,) * shape[-1],
+      (0.5,) * shape[-1],
+  )

@@ -44,9 +44,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(process_id: int, num_processes: int, port: int,
-                devices_per_process: int,
-                base: dict[str, str] | None = None) -> dict[str, str]:
+def process_env(
+    process_id: int,
+    num_processes: int,
+    port: int,
+    devices_per_process: int,
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
   """The environment of process ``process_id`` of a local job.
 
   CPU only, ``devices_per_process`` fake devices (replacing any device count
@@ -55,17 +59,23 @@ def process_env(process_id: int, num_processes: int, port: int,
   """
   env = dict(os.environ if base is None else base)
   xla_flags = _DEVICE_COUNT_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
-  env["XLA_FLAGS"] = (f"{xla_flags} --xla_force_host_platform_device_count="
-                      f"{devices_per_process}").strip()
-  env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-             JAX_NUM_PROCESSES=str(num_processes),
-             JAX_PROCESS_ID=str(process_id))
+  env["XLA_FLAGS"] = (
+      f"{xla_flags} --xla_force_host_platform_device_count="
+      f"{devices_per_process}"
+  ).strip()
+  env.update(
+      JAX_PLATFORMS="cpu",
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES=str(num_processes),
+      JAX_PROCESS_ID=str(process_id),
+  )
   return env
 
 
 @dataclasses.dataclass
 class LocalJob:
   """Processes of one local multi-process job."""
+
   processes: list[subprocess.Popen]
   log_paths: list[str]
 
@@ -97,25 +107,35 @@ class LocalJob:
     failed_at = None
     while any(p.poll() is None for p in self.processes):
       now = time.monotonic()
-      if failed_at is None and any(p.poll() not in (None, 0)
-                                   for p in self.processes):
+      if failed_at is None and any(
+          p.poll() not in (None, 0) for p in self.processes
+      ):
         failed_at = now
       # A peer's failure ends the job: the others would wait in a collective
       # until JAX's heartbeat gives up, minutes later.
       if now > deadline or (failed_at is not None and now > failed_at + 20):
-        codes = [TIMED_OUT if p.poll() is None and now > deadline else None
-                 for p in self.processes]
+        codes = [
+            TIMED_OUT if p.poll() is None and now > deadline else None
+            for p in self.processes
+        ]
         self.stop_all()
-        return [c if c is not None else p.returncode
-                for c, p in zip(codes, self.processes)]
+        return [
+            c if c is not None else p.returncode
+            for c, p in zip(codes, self.processes)
+        ]
       time.sleep(0.2)
     return [p.returncode for p in self.processes]
 
 
-def start(args: Sequence[str], *, num_processes: int = 2,
-          devices_per_process: int = 1, module: str = "maskcon_jax.train",
-          log_dir: str | None = None,
-          env: dict[str, str] | None = None) -> LocalJob:
+def start(
+    args: Sequence[str],
+    *,
+    num_processes: int = 2,
+    devices_per_process: int = 1,
+    module: str = "maskcon_jax.train",
+    log_dir: str | None = None,
+    env: dict[str, str] | None = None,
+) -> LocalJob:
   """Starts ``python -m module *args`` as ``num_processes`` JAX processes."""
   if num_processes < 1 or devices_per_process < 1:
     raise ValueError("num_processes and devices_per_process must be >= 1.")
@@ -126,38 +146,52 @@ def start(args: Sequence[str], *, num_processes: int = 2,
   for i in range(num_processes):
     path = os.path.join(log_dir, f"process_{i}.log")
     with open(path, "w") as log:
-      processes.append(subprocess.Popen(
-          [sys.executable, "-m", module, *args], stdout=log,
-          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-          env=process_env(i, num_processes, port, devices_per_process, env)))
+      processes.append(
+          subprocess.Popen(
+              [sys.executable, "-m", module, *args],
+              stdout=log,
+              stderr=subprocess.STDOUT,
+              stdin=subprocess.DEVNULL,
+              env=process_env(i, num_processes, port, devices_per_process, env),
+          )
+      )
     log_paths.append(path)
   return LocalJob(processes, log_paths)
 
 
-def run(args: Sequence[str], *, timeout: float = 900, **kwargs
-        ) -> tuple[list[int], LocalJob]:
+def run(
+    args: Sequence[str], *, timeout: float = 900, **kwargs
+) -> tuple[list[int], LocalJob]:
   """`start`, then `LocalJob.wait`: ``(exit statuses, job)``."""
   job = start(args, **kwargs)
   return job.wait(timeout), job
 
 
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "JAX processes.")
-_DEVICES = flags.DEFINE_integer("devices_per_process", 1,
-                                "Fake CPU devices in each process.")
-_MODULE = flags.DEFINE_string("module", "maskcon_jax.train",
-                              "The module every process runs.")
+_DEVICES = flags.DEFINE_integer(
+    "devices_per_process", 1, "Fake CPU devices in each process."
+)
+_MODULE = flags.DEFINE_string(
+    "module", "maskcon_jax.train", "The module every process runs."
+)
 _TIMEOUT = flags.DEFINE_float("timeout", 3600, "Seconds before all stop.")
-_LOG_DIR = flags.DEFINE_string("logs", None,
-                               "Where process_<i>.log go (a new temporary "
-                               "folder if unset).")
+_LOG_DIR = flags.DEFINE_string(
+    "logs",
+    None,
+    "Where process_<i>.log go (a new temporary " "folder if unset).",
+)
 
 
 def main(argv: Sequence[str]) -> int:
-  codes, job = run(argv[1:], num_processes=_NUM_PROCESSES.value,
-                   devices_per_process=_DEVICES.value, module=_MODULE.value,
-                   timeout=_TIMEOUT.value, log_dir=_LOG_DIR.value)
-  for i, (code, path, text) in enumerate(zip(codes, job.log_paths,
-                                             job.logs())):
+  codes, job = run(
+      argv[1:],
+      num_processes=_NUM_PROCESSES.value,
+      devices_per_process=_DEVICES.value,
+      module=_MODULE.value,
+      timeout=_TIMEOUT.value,
+      log_dir=_LOG_DIR.value,
+  )
+  for i, (code, path, text) in enumerate(zip(codes, job.log_paths, job.logs())):
     tail = "\n".join(text.rstrip().splitlines()[-3:])
     print(f"[process {i}] exit {code}, log {path}\n{tail}", flush=True)
   return next((c for c in codes if c), 0)

@@ -40,8 +40,9 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
   return x / jnp.maximum(norm, eps)
 
 
-def queue_logits(q_NxD: Array, k_NxD: Array, queue_KxD: Array, *,
-                 t0: float) -> Array:
+def queue_logits(
+    q_NxD: Array, k_NxD: Array, queue_KxD: Array, *, t0: float
+) -> Array:
   """Logits ``[q.k, q.queue_1, ..., q.queue_K] / t0`` of shape ``(N, 1 + K)``.
 
   Column 0 is the positive key. Keys and queue are treated as constants.
@@ -63,8 +64,9 @@ def soft_cross_entropy(logits_NxC: Array, targets_NxC: Array) -> Array:
 
 def self_targets(num_rows: int, num_candidates: int) -> Array:
   """One-hot targets on the positive key (column 0): the MoCo target."""
-  return jax.nn.one_hot(jnp.zeros((num_rows,), jnp.int32), num_candidates,
-                        dtype=jnp.float32)
+  return jax.nn.one_hot(
+      jnp.zeros((num_rows,), jnp.int32), num_candidates, dtype=jnp.float32
+  )
 
 
 def same_coarse_mask(labels_N: Array, queue_labels_K: Array) -> Array:
@@ -76,8 +78,15 @@ def _mix_with_self(targets_NxC: Array, w: float) -> Array:
   return w * targets_NxC + (1.0 - w) * self_targets(*targets_NxC.shape)
 
 
-def maskcon_targets(k_NxD: Array, queue_KxD: Array, queue_labels_K: Array,
-                    labels_N: Array, *, t: float, w: float) -> Array:
+def maskcon_targets(
+    k_NxD: Array,
+    queue_KxD: Array,
+    queue_labels_K: Array,
+    labels_N: Array,
+    *,
+    t: float,
+    w: float,
+) -> Array:
   """MaskCon's soft targets ``y = w * z + (1 - w) * e_0``, shape ``(N, 1 + K)``.
 
   The official code computes a softmax of the key-to-queue similarities over
@@ -100,21 +109,24 @@ def maskcon_targets(k_NxD: Array, queue_KxD: Array, queue_labels_K: Array,
   row_max_Nx1 = jnp.where(jnp.isfinite(row_max_Nx1), row_max_Nx1, 0.0)
   rescaled_NxK = jnp.exp(masked_sim_NxK - row_max_Nx1)
   raw_Nx1pK = jnp.concatenate(
-      [jnp.ones_like(rescaled_NxK[:, :1]), rescaled_NxK], axis=-1)
+      [jnp.ones_like(rescaled_NxK[:, :1]), rescaled_NxK], axis=-1
+  )
   z_Nx1pK = raw_Nx1pK / jnp.sum(raw_Nx1pK, axis=-1, keepdims=True)
   return jax.lax.stop_gradient(_mix_with_self(z_Nx1pK, w))
 
 
-def supcon_targets(queue_labels_K: Array, labels_N: Array, *,
-                   w: float) -> Array:
+def supcon_targets(
+    queue_labels_K: Array, labels_N: Array, *, w: float
+) -> Array:
   """Grafit-style targets: ``w * uniform(positive, same-coarse queue) + (1 - w) e_0``.
 
   The positive key is always a candidate, so a row with no same-coarse queue
   entry is already the one-hot self target.
   """
   mask_NxK = same_coarse_mask(labels_N, queue_labels_K).astype(jnp.float32)
-  raw_Nx1pK = jnp.concatenate([jnp.ones_like(mask_NxK[:, :1]), mask_NxK],
-                              axis=-1)
+  raw_Nx1pK = jnp.concatenate(
+      [jnp.ones_like(mask_NxK[:, :1]), mask_NxK], axis=-1
+  )
   z_Nx1pK = raw_Nx1pK / jnp.sum(raw_Nx1pK, axis=-1, keepdims=True)
   return _mix_with_self(z_Nx1pK, w)
 
@@ -125,8 +137,17 @@ def moco_loss(q: Array, k: Array, queue: Array, *, t0: float) -> Array:
   return soft_cross_entropy(logits, self_targets(*logits.shape))
 
 
-def maskcon_loss(q: Array, k: Array, queue: Array, queue_labels: Array,
-                 labels: Array, *, t0: float, t: float, w: float) -> Array:
+def maskcon_loss(
+    q: Array,
+    k: Array,
+    queue: Array,
+    queue_labels: Array,
+    labels: Array,
+    *,
+    t0: float,
+    t: float,
+    w: float,
+) -> Array:
   """MaskCon loss (Feng & Patras, CVPR 2023, Eq. 4-6 / official model.py).
 
   Args:
@@ -146,8 +167,16 @@ def maskcon_loss(q: Array, k: Array, queue: Array, queue_labels: Array,
   return soft_cross_entropy(queue_logits(q, k, queue, t0=t0), targets)
 
 
-def grafit_loss(q: Array, k: Array, queue: Array, queue_labels: Array,
-                labels: Array, *, t0: float, w: float) -> Array:
+def grafit_loss(
+    q: Array,
+    k: Array,
+    queue: Array,
+    queue_labels: Array,
+    labels: Array,
+    *,
+    t0: float,
+    w: float,
+) -> Array:
   """``w * SupCon(coarse labels over the queue) + (1 - w) * self`` loss.
 
   This is the official repository's ``grafit`` mode: MaskCon in the limit
@@ -157,11 +186,20 @@ def grafit_loss(q: Array, k: Array, queue: Array, queue_labels: Array,
   return soft_cross_entropy(queue_logits(q, k, queue, t0=t0), targets)
 
 
-def coins_loss(q: Array, k: Array, cls_logits: Array, queue: Array,
-               labels: Array, *, t0: float, w: float) -> Array:
+def coins_loss(
+    q: Array,
+    k: Array,
+    cls_logits: Array,
+    queue: Array,
+    labels: Array,
+    *,
+    t0: float,
+    w: float,
+) -> Array:
   """CoIns: ``w * CE(coarse classifier) + (1 - w) * MoCo self loss``."""
-  coarse_targets = jax.nn.one_hot(labels, cls_logits.shape[-1],
-                                  dtype=jnp.float32)
+  coarse_targets = jax.nn.one_hot(
+      labels, cls_logits.shape[-1], dtype=jnp.float32
+  )
   classification = soft_cross_entropy(cls_logits, coarse_targets)
   return w * classification + (1.0 - w) * moco_loss(q, k, queue, t0=t0)
 
@@ -178,8 +216,13 @@ def label_positives(labels_M: Array) -> Array:
   return labels_M[:, None] == labels_M[None, :]
 
 
-def supcon_loss(z_MxD: Array, positives_MxM: Array, *, temperature: float,
-                base_temperature: float | None = None) -> Array:
+def supcon_loss(
+    z_MxD: Array,
+    positives_MxM: Array,
+    *,
+    temperature: float,
+    base_temperature: float | None = None,
+) -> Array:
   """Supervised contrastive loss (Khosla et al., 2020) over ``M`` embeddings.
 
   For each anchor ``i`` with positives ``P_i = {p != i : positives_ip}``::
@@ -214,15 +257,15 @@ def supcon_loss(z_MxD: Array, positives_MxM: Array, *, temperature: float,
   sum_log_prob_M = jnp.sum(jnp.where(pos_MxM, log_prob_MxM, 0.0), axis=-1)
   per_anchor_M = -sum_log_prob_M / jnp.maximum(num_pos_M, 1)
   valid_M = num_pos_M > 0
-  loss = (jnp.sum(jnp.where(valid_M, per_anchor_M, 0.0))
-          / jnp.maximum(jnp.sum(valid_M), 1))
+  loss = jnp.sum(jnp.where(valid_M, per_anchor_M, 0.0)) / jnp.maximum(
+      jnp.sum(valid_M), 1
+  )
   if base_temperature is not None:
     loss = loss * (temperature / base_temperature)
   return loss
 
 
-def nt_xent_loss(z1_NxD: Array, z2_NxD: Array, *,
-                 temperature: float) -> Array:
+def nt_xent_loss(z1_NxD: Array, z2_NxD: Array, *, temperature: float) -> Array:
   """SimCLR's NT-Xent over the ``2N`` views of ``N`` images.
 
   Row ``i`` of ``[z1; z2]`` is classified among the other ``2N - 1`` rows,
@@ -239,12 +282,12 @@ def nt_xent_loss(z1_NxD: Array, z2_NxD: Array, *,
   z_2NxD = jnp.concatenate([z1_NxD, z2_NxD], axis=0).astype(jnp.float32)
   two_n = z_2NxD.shape[0]
   n = two_n // 2
-  logits = jnp.where(jnp.eye(two_n, dtype=bool), -jnp.inf,
-                     (z_2NxD @ z_2NxD.T) / temperature)
+  logits = jnp.where(
+      jnp.eye(two_n, dtype=bool), -jnp.inf, (z_2NxD @ z_2NxD.T) / temperature
+  )
   partner_2N = (jnp.arange(two_n) + n) % two_n
   log_prob = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_prob, partner_2N[:, None],
-                                       axis=-1))
+  return -jnp.mean(jnp.take_along_axis(log_prob, partner_2N[:, None], axis=-1))
 
 
 def connected_component_labels(adjacency_NxN: Array) -> Array:
@@ -270,20 +313,23 @@ def connected_component_labels(adjacency_NxN: Array) -> Array:
   def body(carry):
     labels_N, _ = carry
     neighbour_min_N = jnp.min(
-        jnp.where(adjacency_NxN, labels_N[None, :], n), axis=-1)
+        jnp.where(adjacency_NxN, labels_N[None, :], n), axis=-1
+    )
     new_N = jnp.minimum(labels_N, neighbour_min_N)
     # A label is always a node of the same component whose own label is no
     # larger, so adopting it keeps the labels correct and monotone.
     new_N = new_N[new_N]
     return new_N, jnp.any(new_N != labels_N)
 
-  labels_N, _ = jax.lax.while_loop(lambda carry: carry[1], body,
-                                   (init_N, jnp.asarray(True)))
+  labels_N, _ = jax.lax.while_loop(
+      lambda carry: carry[1], body, (init_N, jnp.asarray(True))
+  )
   return labels_N
 
 
-def nearest_neighbour_adjacency(z_NxD: Array,
-                                allowed_NxN: Array | None = None) -> Array:
+def nearest_neighbour_adjacency(
+    z_NxD: Array, allowed_NxN: Array | None = None
+) -> Array:
   """Directed 1-NN graph ``A[i, NN(i)]`` by dot product, self excluded.
 
   Args:
@@ -303,19 +349,26 @@ def nearest_neighbour_adjacency(z_NxD: Array,
   sim_NxN = jnp.where(allowed, z_NxD @ z_NxD.T, -jnp.inf)
   nn_N = jnp.argmax(sim_NxN, axis=-1)
   has_nn_N = jnp.any(allowed, axis=-1)
-  return jnp.logical_and(jax.nn.one_hot(nn_N, n, dtype=bool),
-                         has_nn_N[:, None])
+  return jnp.logical_and(jax.nn.one_hot(nn_N, n, dtype=bool), has_nn_N[:, None])
 
 
-def nn_component_labels(z_NxD: Array,
-                        allowed_NxN: Array | None = None) -> Array:
+def nn_component_labels(
+    z_NxD: Array, allowed_NxN: Array | None = None
+) -> Array:
   """WCL's weak labels: components of the symmetrised 1-NN graph of ``z``."""
   return connected_component_labels(
-      nearest_neighbour_adjacency(z_NxD, allowed_NxN))
+      nearest_neighbour_adjacency(z_NxD, allowed_NxN)
+  )
 
 
-def wcl_graph_loss(g1_NxD: Array, g2_NxD: Array, same1_NxN: Array,
-                   same2_NxN: Array, *, temperature: float) -> Array:
+def wcl_graph_loss(
+    g1_NxD: Array,
+    g2_NxD: Array,
+    same1_NxN: Array,
+    same2_NxN: Array,
+    *,
+    temperature: float,
+) -> Array:
   """WCL's graph loss ``(S(g1, same2) + S(g2, same1)) / 2``.
 
   ``S`` is SupCon within one view; each view uses the weak labels of the
@@ -330,12 +383,21 @@ def wcl_graph_loss(g1_NxD: Array, g2_NxD: Array, same1_NxN: Array,
   Returns:
     A float32 scalar.
   """
-  return 0.5 * (supcon_loss(g1_NxD, same2_NxN, temperature=temperature)
-                + supcon_loss(g2_NxD, same1_NxN, temperature=temperature))
+  return 0.5 * (
+      supcon_loss(g1_NxD, same2_NxN, temperature=temperature)
+      + supcon_loss(g2_NxD, same1_NxN, temperature=temperature)
+  )
 
 
-def hard_negative_logits(q_NxD: Array, k_NxD: Array, queue_KxD: Array,
-                         t_NxMxD: Array, *, t0: float, alpha: float) -> Array:
+def hard_negative_logits(
+    q_NxD: Array,
+    k_NxD: Array,
+    queue_KxD: Array,
+    t_NxMxD: Array,
+    *,
+    t0: float,
+    alpha: float,
+) -> Array:
   """``[q.k, q.queue_1..K, alpha q.t_1..alpha q.t_M] / t0``, ``(N, 1+K+M)``.
 
   ``t_NxMxD`` holds ``M`` hard negatives per query (key-encoder embeddings of
@@ -344,13 +406,15 @@ def hard_negative_logits(q_NxD: Array, k_NxD: Array, queue_KxD: Array,
   """
   base_Nx1pK = queue_logits(q_NxD, k_NxD, queue_KxD, t0=t0)
   t_NxMxD = jax.lax.stop_gradient(t_NxMxD).astype(jnp.float32)
-  hard_NxM = alpha * jnp.einsum("nd,nmd->nm", q_NxD.astype(jnp.float32),
-                                t_NxMxD) / t0
+  hard_NxM = (
+      alpha * jnp.einsum("nd,nmd->nm", q_NxD.astype(jnp.float32), t_NxMxD) / t0
+  )
   return jnp.concatenate([base_Nx1pK, hard_NxM], axis=-1)
 
 
-def hard_negative_moco_loss(q: Array, k: Array, queue: Array, t: Array, *,
-                            t0: float, alpha: float) -> Array:
+def hard_negative_moco_loss(
+    q: Array, k: Array, queue: Array, t: Array, *, t0: float, alpha: float
+) -> Array:
   """MoCo InfoNCE with extra per-query hard negatives (saliency masking).
 
   Args:

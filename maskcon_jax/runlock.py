@@ -59,6 +59,7 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 @dataclasses.dataclass(frozen=True)
 class Holder:
   """Who holds (or last held) a run lock."""
+
   pid: int
   host: str
   started: float  # time.time() when the lock was taken.
@@ -66,8 +67,10 @@ class Holder:
 
   def describe(self) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-    return (f"pid {self.pid} on host {self.host}, started {when}, run id "
-            f"{self.run_id}")
+    return (
+        f"pid {self.pid} on host {self.host}, started {when}, run id "
+        f"{self.run_id}"
+    )
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), sort_keys=True) + "\n"
@@ -78,8 +81,12 @@ class Holder:
     data = json.loads(text)
     if not isinstance(data, dict):
       raise ValueError("not a JSON object")
-    return cls(pid=int(data["pid"]), host=str(data["host"]),
-               started=float(data["started"]), run_id=str(data["run_id"]))
+    return cls(
+        pid=int(data["pid"]),
+        host=str(data["host"]),
+        started=float(data["started"]),
+        run_id=str(data["run_id"]),
+    )
 
 
 def new_run_id() -> str:
@@ -132,8 +139,12 @@ class RunLock:
   def __init__(self, workdir: str, run_id: str | None = None):
     self.workdir = workdir
     self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
-    self.holder = Holder(pid=os.getpid(), host=socket.gethostname(),
-                         started=time.time(), run_id=run_id or new_run_id())
+    self.holder = Holder(
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        started=time.time(),
+        run_id=run_id or new_run_id(),
+    )
     self._fd: int | None = None
     self._created: list[str] = []  # Folders acquire made, deepest first.
     self._previous_sigterm: Any = None
@@ -174,15 +185,19 @@ class RunLock:
       else:
         raise WorkdirError(
             f"cannot take the run lock {self.path}: it keeps changing; is "
-            "another training process starting on this --workdir?")
+            "another training process starting on this --workdir?"
+        )
     except OSError as e:
       self._remove_created()
       reason = e.strerror or str(e)
       raise WorkdirError(
           f"cannot write to --workdir={self.workdir}: {reason}; "
-          + ("free some space or choose another --workdir."
-             if e.errno in (errno.ENOSPC, errno.EDQUOT) else
-             "choose a directory you can write to.")) from e
+          + (
+              "free some space or choose another --workdir."
+              if e.errno in (errno.ENOSPC, errno.EDQUOT)
+              else "choose a directory you can write to."
+          )
+      ) from e
     except BaseException:
       self._remove_created()
       raise
@@ -211,9 +226,11 @@ class RunLock:
       try:
         previous = Holder.from_json(text)
       except (ValueError, KeyError, TypeError):
-        logging.warning("Taking over the run lock %s, which holds no valid "
-                        "record (a process that died while taking it?).",
-                        self.path)
+        logging.warning(
+            "Taking over the run lock %s, which holds no valid "
+            "record (a process that died while taking it?).",
+            self.path,
+        )
       else:
         self._check_previous(previous, has_flock, force)
     os.ftruncate(fd, 0)
@@ -221,30 +238,40 @@ class RunLock:
     os.fsync(fd)
     return True
 
-  def _check_previous(self, previous: Holder, has_flock: bool,
-                      force: bool) -> None:
+  def _check_previous(
+      self, previous: Holder, has_flock: bool, force: bool
+  ) -> None:
     """Raises unless the lock ``previous`` left may be taken over."""
     if previous.host != self.holder.host:
       if not force:
         raise WorkdirError(
             f"--workdir={self.workdir} is locked by a run on another host "
             f"({previous.describe()}); if that run has ended, rerun with "
-            "--config.force_unlock=True, else use another --workdir.")
-      logging.warning("Taking over the run lock of %s from another host (%s): "
-                      "config.force_unlock is set.", self.workdir,
-                      previous.describe())
+            "--config.force_unlock=True, else use another --workdir."
+        )
+      logging.warning(
+          "Taking over the run lock of %s from another host (%s): "
+          "config.force_unlock is set.",
+          self.workdir,
+          previous.describe(),
+      )
       return
     if not has_flock and _pid_alive(previous.pid):
       raise WorkdirError(self._in_use(previous))
-    logging.warning("Taking over the run lock of %s left by a process that "
-                    "ended without releasing it (%s).", self.workdir,
-                    previous.describe())
+    logging.warning(
+        "Taking over the run lock of %s left by a process that "
+        "ended without releasing it (%s).",
+        self.workdir,
+        previous.describe(),
+    )
 
   def _in_use(self, holder: Holder | None) -> str:
     who = holder.describe() if holder else "a process that is starting up"
     stop = f"stop it (kill {holder.pid}), " if holder else ""
-    return (f"--workdir={self.workdir} is in use by another training run "
-            f"({who}); wait for it to end, {stop}or use another --workdir.")
+    return (
+        f"--workdir={self.workdir} is in use by another training run "
+        f"({who}); wait for it to end, {stop}or use another --workdir."
+    )
 
   def _make_workdir(self) -> None:
     path = os.path.abspath(self.workdir)
@@ -274,8 +301,12 @@ class RunLock:
       if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
         os.unlink(self.path)
     except OSError as e:
-      logging.warning("Could not remove the run lock %s (%s); the next run "
-                      "takes it over.", self.path, e)
+      logging.warning(
+          "Could not remove the run lock %s (%s); the next run "
+          "takes it over.",
+          self.path,
+          e,
+      )
     finally:
       os.close(fd)  # Drops the flock.
     self._remove_created()

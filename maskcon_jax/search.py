@@ -77,14 +77,20 @@ def chunk_size_for(num_bank: int, memory_mb: float = DEFAULT_MEMORY_MB) -> int:
 def memory_bound_bytes(num_bank: int, dim: int, chunk_size: int) -> int:
   """Peak bytes of a search, the loaded index included (see the module doc);
   ``chunk_size`` is the effective one, at most the number of queries."""
-  return (_FEATURE_COPIES * 4 * num_bank * dim +
-          _CHUNK_BYTES_PER_PAIR * chunk_size * num_bank)
+  return (
+      _FEATURE_COPIES * 4 * num_bank * dim
+      + _CHUNK_BYTES_PER_PAIR * chunk_size * num_bank
+  )
 
 
-def nearest(queries_QxD, bank_NxD, k: int, *,
-            memory_mb: float = DEFAULT_MEMORY_MB,
-            exclude_Q: Sequence[int] | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    queries_QxD,
+    bank_NxD,
+    k: int,
+    *,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+    exclude_Q: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """The ``k`` most cosine-similar bank rows of each query, best first.
 
   Args:
@@ -106,15 +112,20 @@ def nearest(queries_QxD, bank_NxD, k: int, *,
   depth = max(1, min(k + extra, n))
   idx_rows, sim_rows = [], []
   for rows, idx_CxK, sims_CxK in evaluation.iter_neighbours(
-      queries_QxD, bank_NxD, depth, chunk_size=chunk_size_for(n, memory_mb)):
+      queries_QxD, bank_NxD, depth, chunk_size=chunk_size_for(n, memory_mb)
+  ):
     if extra:
       keep = idx_CxK != exclude[rows][:, None]
       # Stable: the kept neighbours keep their order; dropped ones go last.
       order = np.argsort(~keep, axis=1, kind="stable")
-      idx_CxK = np.where(np.take_along_axis(keep, order, 1),
-                         np.take_along_axis(idx_CxK, order, 1), -1)
-      sims_CxK = np.where(idx_CxK >= 0, np.take_along_axis(sims_CxK, order, 1),
-                          -np.inf)
+      idx_CxK = np.where(
+          np.take_along_axis(keep, order, 1),
+          np.take_along_axis(idx_CxK, order, 1),
+          -1,
+      )
+      sims_CxK = np.where(
+          idx_CxK >= 0, np.take_along_axis(sims_CxK, order, 1), -np.inf
+      )
     idx_rows.append(idx_CxK[:, :k])
     sim_rows.append(sims_CxK[:, :k])
   return np.concatenate(idx_rows), np.concatenate(sim_rows)
@@ -123,6 +134,7 @@ def nearest(queries_QxD, bank_NxD, k: int, *,
 @dataclasses.dataclass(frozen=True)
 class Index:
   """An ``.npz`` written by `maskcon_jax.embed` (see its module doc)."""
+
   path: str
   features: np.ndarray
   paths: np.ndarray
@@ -134,36 +146,54 @@ class Index:
 def load_index(path: str) -> Index:
   """Reads an index; `UserError` if it is missing or not one."""
   if not path or not os.path.isfile(path):
-    raise UserError(f"--index={path!r} does not exist: write one with "
-                    "python -m maskcon_jax.embed.")
+    raise UserError(
+        f"--index={path!r} does not exist: write one with "
+        "python -m maskcon_jax.embed."
+    )
   try:
     with np.load(path, allow_pickle=False) as data:
       missing = [k for k in _INDEX_KEYS if k not in data.files]
       if missing:
-        made_by = (" (an export of a split, which has no image paths)"
-                   if "image_ids" in data.files else "")
-        raise UserError(f"--index={path!r} is not an index of "
-                        f"maskcon_jax.embed{made_by}: it lacks "
-                        f"{', '.join(missing)}; write one with python -m "
-                        "maskcon_jax.embed.")
-      index = Index(path=os.path.abspath(path),
-                    features=np.asarray(data["features"], np.float32),
-                    paths=np.asarray(data["paths"]), step=int(data["step"]),
-                    workdir=str(data["workdir"]),
-                    fingerprint=str(data["fingerprint"]))
+        made_by = (
+            " (an export of a split, which has no image paths)"
+            if "image_ids" in data.files
+            else ""
+        )
+        raise UserError(
+            f"--index={path!r} is not an index of "
+            f"maskcon_jax.embed{made_by}: it lacks "
+            f"{', '.join(missing)}; write one with python -m "
+            "maskcon_jax.embed."
+        )
+      index = Index(
+          path=os.path.abspath(path),
+          features=np.asarray(data["features"], np.float32),
+          paths=np.asarray(data["paths"]),
+          step=int(data["step"]),
+          workdir=str(data["workdir"]),
+          fingerprint=str(data["fingerprint"]),
+      )
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read --index={path!r} ({e}): write it with "
-                    "python -m maskcon_jax.embed.") from e
-  if index.features.ndim != 2 or len(index.features) != len(index.paths) or (
-      not len(index.paths)):
-    raise UserError(f"--index={path!r} is damaged or empty: "
-                    f"{index.features.shape} features for "
-                    f"{len(index.paths)} paths; write it again.")
+    raise UserError(
+        f"cannot read --index={path!r} ({e}): write it with "
+        "python -m maskcon_jax.embed."
+    ) from e
+  if (
+      index.features.ndim != 2
+      or len(index.features) != len(index.paths)
+      or (not len(index.paths))
+  ):
+    raise UserError(
+        f"--index={path!r} is damaged or empty: "
+        f"{index.features.shape} features for "
+        f"{len(index.paths)} paths; write it again."
+    )
   return index
 
 
-def encoder_for(index: Index, workdir: str | None = None,
-                checkpoint: int | None = None) -> embed_lib.RunEncoder:
+def encoder_for(
+    index: Index, workdir: str | None = None, checkpoint: int | None = None
+) -> embed_lib.RunEncoder:
   """The run encoder that made ``index``, checked by its fingerprint.
 
   Args:
@@ -178,9 +208,11 @@ def encoder_for(index: Index, workdir: str | None = None,
   if workdir is None:
     workdir = index.workdir
     if not os.path.isdir(workdir):
-      raise UserError(f"--index={index.path} was made by the run in "
-                      f"{workdir}, which is gone: pass its new place as "
-                      "--workdir.")
+      raise UserError(
+          f"--index={index.path} was made by the run in "
+          f"{workdir}, which is gone: pass its new place as "
+          "--workdir."
+      )
   step = index.step if checkpoint is None else checkpoint
   available = pretrained.checkpoint_steps(workdir)
   if step not in available:
@@ -188,7 +220,8 @@ def encoder_for(index: Index, workdir: str | None = None,
         f"--index={index.path} was made with checkpoint {index.step} of "
         f"{index.workdir}, and {workdir} has no checkpoint {step} (only "
         f"{', '.join(map(str, available))}): pass the run that made it, or "
-        "embed the images again with this one.")
+        "embed the images again with this one."
+    )
   encoder = embed_lib.load_run_encoder(workdir, step)
   if encoder.fingerprint != index.fingerprint:
     raise UserError(
@@ -196,7 +229,8 @@ def encoder_for(index: Index, workdir: str | None = None,
         f"{index.workdir} step {index.step} (encoder {index.fingerprint}), "
         f"not by {workdir} step {step} (encoder {encoder.fingerprint}); embed "
         "the images again with this run, or pass the index's run as "
-        "--workdir.")
+        "--workdir."
+    )
   return encoder
 
 
@@ -205,10 +239,16 @@ def _tile_name(path: str) -> str:
   return name if len(name) <= 18 else name[:8] + "..." + name[-7:]
 
 
-def neighbour_grid(query_image: np.ndarray, query_path: str,
-                   images: Sequence[np.ndarray | None], paths: Sequence[str],
-                   similarities: Sequence[float], path: str | None = None, *,
-                   title: str | None = None) -> np.ndarray:
+def neighbour_grid(
+    query_image: np.ndarray,
+    query_path: str,
+    images: Sequence[np.ndarray | None],
+    paths: Sequence[str],
+    similarities: Sequence[float],
+    path: str | None = None,
+    *,
+    title: str | None = None,
+) -> np.ndarray:
   """One query (left, blue border) and its neighbours, best first.
 
   Drawn as `figures.retrieval_grid`'s rows; each neighbour is captioned with
@@ -221,16 +261,23 @@ def neighbour_grid(query_image: np.ndarray, query_path: str,
   # The evaluation's grid helpers: one look for both grids.
   # pylint: disable=protected-access
   from maskcon_jax import figures
+
   k = len(paths)
   fig = figures._new_figure(1.1 * (k + 1) + 0.4, 2.0)
-  grid = fig.add_gridspec(1, k + 1, wspace=0.15, left=0.02, right=0.98,
-                          bottom=0.02, top=0.62)
+  grid = fig.add_gridspec(
+      1, k + 1, wspace=0.15, left=0.02, right=0.98, bottom=0.02, top=0.62
+  )
   ax = fig.add_subplot(grid[0, 0])
   figures._show(ax, query_image, figures._QUERY)
-  ax.set_title(f"query\n{_tile_name(query_path)}", fontsize=7,
-               fontweight="bold", color=figures._QUERY)
+  ax.set_title(
+      f"query\n{_tile_name(query_path)}",
+      fontsize=7,
+      fontweight="bold",
+      color=figures._QUERY,
+  )
   for col, (image, neighbour, sim) in enumerate(
-      zip(images, paths, similarities), start=1):
+      zip(images, paths, similarities), start=1
+  ):
     ax = fig.add_subplot(grid[0, col])
     if image is None:
       ax.set_xticks([])
@@ -238,8 +285,9 @@ def neighbour_grid(query_image: np.ndarray, query_path: str,
     else:
       figures._show(ax, image, None)
     ax.set_title(f"{sim:.3f}\n{_tile_name(neighbour)}", fontsize=6.5)
-  fig.suptitle(title or f"Top-{k} neighbours by cosine similarity",
-               fontsize=9, y=0.97)
+  fig.suptitle(
+      title or f"Top-{k} neighbours by cosine similarity", fontsize=9, y=0.97
+  )
   return figures._finish(fig, path)
   # pylint: enable=protected-access
 
@@ -250,18 +298,30 @@ def _read_for_display(encoder, paths: Sequence[str]) -> list[np.ndarray | None]:
   if not paths:
     return images
   for indices, batch in embed_lib.read_images(
-      paths, image_size=encoder.image_size, channels=encoder.channels,
-      batch_size=max(len(paths), 1), skip_bad=True):
+      paths,
+      image_size=encoder.image_size,
+      channels=encoder.channels,
+      batch_size=max(len(paths), 1),
+      skip_bad=True,
+  ):
     for i, image in zip(indices, batch):
       images[int(i)] = image
   return images
 
 
-def run_search(index_path: str, query: str, out: str, *, k: int = 10,
-               workdir: str | None = None, checkpoint: int | None = None,
-               skip_bad: bool = False, include_self: bool = False,
-               grids: bool = True,
-               memory_mb: float = DEFAULT_MEMORY_MB) -> dict[str, Any]:
+def run_search(
+    index_path: str,
+    query: str,
+    out: str,
+    *,
+    k: int = 10,
+    workdir: str | None = None,
+    checkpoint: int | None = None,
+    skip_bad: bool = False,
+    include_self: bool = False,
+    grids: bool = True,
+    memory_mb: float = DEFAULT_MEMORY_MB,
+) -> dict[str, Any]:
   """Searches ``index_path`` for the images ``query`` names; writes ``out``.
 
   Args:
@@ -291,47 +351,73 @@ def run_search(index_path: str, query: str, out: str, *, k: int = 10,
   encoder = encoder_for(index, workdir, checkpoint)
   embedded = embed_lib.embed_files(encoder, query_paths, skip_bad=skip_bad)
   row_of = {str(p): i for i, p in enumerate(index.paths)}
-  exclude = None if include_self else [row_of.get(p, -1)
-                                       for p in embedded["paths"]]
-  neighbours, sims = nearest(embedded["features"], index.features, k,
-                             memory_mb=memory_mb, exclude_Q=exclude)
+  exclude = (
+      None if include_self else [row_of.get(p, -1) for p in embedded["paths"]]
+  )
+  neighbours, sims = nearest(
+      embedded["features"],
+      index.features,
+      k,
+      memory_mb=memory_mb,
+      exclude_Q=exclude,
+  )
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
-    raise UserError(f"cannot create --out={out}: {e.strerror}; choose a "
-                    "writable folder.") from e
-  query_images = (_read_for_display(encoder, embedded["paths"]) if grids
-                  else [None] * len(embedded["paths"]))
+    raise UserError(
+        f"cannot create --out={out}: {e.strerror}; choose a " "writable folder."
+    ) from e
+  query_images = (
+      _read_for_display(encoder, embedded["paths"])
+      if grids
+      else [None] * len(embedded["paths"])
+  )
   results = []
   for q, query_path in enumerate(embedded["paths"]):
     valid = neighbours[q] >= 0
     rows, values = neighbours[q][valid], sims[q][valid]
-    found = [{"rank": r + 1, "path": str(index.paths[j]),
-              "similarity": round(float(s), 6)}
-             for r, (j, s) in enumerate(zip(rows, values))]
+    found = [
+        {
+            "rank": r + 1,
+            "path": str(index.paths[j]),
+            "similarity": round(float(s), 6),
+        }
+        for r, (j, s) in enumerate(zip(rows, values))
+    ]
     entry = {"query": query_path, "neighbours": found}
     if grids:
       stem = os.path.splitext(os.path.basename(query_path))[0]
       name = f"{q:04d}_{stem}.png"
       neighbour_paths = [n["path"] for n in found]
-      neighbour_grid(query_images[q], query_path,
-                     _read_for_display(encoder, neighbour_paths),
-                     neighbour_paths, values, os.path.join(out, name),
-                     title=f"Top-{len(found)} of {len(index.paths)} by cosine "
-                     f"similarity (step {encoder.step})")
+      neighbour_grid(
+          query_images[q],
+          query_path,
+          _read_for_display(encoder, neighbour_paths),
+          neighbour_paths,
+          values,
+          os.path.join(out, name),
+          title=f"Top-{len(found)} of {len(index.paths)} by cosine "
+          f"similarity (step {encoder.step})",
+      )
       entry["grid"] = name
     results.append(entry)
   report = {
-      "index": index.path, "workdir": encoder.workdir, "step": encoder.step,
-      "fingerprint": encoder.fingerprint, "k": k,
+      "index": index.path,
+      "workdir": encoder.workdir,
+      "step": encoder.step,
+      "fingerprint": encoder.fingerprint,
+      "k": k,
       "similarity": "cosine of backbone features",
       "index_size": int(len(index.paths)),
-      "chunk_size": min(chunk_size_for(len(index.paths), memory_mb),
-                        len(results)),
-      "queries": results, "skipped_queries": embedded["skipped"],
+      "chunk_size": min(
+          chunk_size_for(len(index.paths), memory_mb), len(results)
+      ),
+      "queries": results,
+      "skipped_queries": embedded["skipped"],
   }
   # pylint: disable-next=g-import-not-at-top
   from maskcon_jax import workdir_io
+
   try:
     workdir_io.write_json_atomic(os.path.join(out, RESULTS_FILE), report)
   except OSError as e:
@@ -342,22 +428,41 @@ def run_search(index_path: str, query: str, out: str, *, k: int = 10,
 def define_flags() -> None:
   """Defines the command-line flags (only when run as a program)."""
   flags.DEFINE_string("index", None, "An .npz written by maskcon_jax.embed.")
-  flags.DEFINE_string("query", None, "An image, a folder of images "
-                      "(recursive) or a CSV list of image paths.")
-  flags.DEFINE_string("out", None, "The folder for neighbours.json and the "
-                      "PNG grids.")
+  flags.DEFINE_string(
+      "query",
+      None,
+      "An image, a folder of images "
+      "(recursive) or a CSV list of image paths.",
+  )
+  flags.DEFINE_string(
+      "out", None, "The folder for neighbours.json and the " "PNG grids."
+  )
   flags.DEFINE_integer("k", 10, "Neighbours per query.")
-  flags.DEFINE_string("workdir", None, "The run that made the index, if it "
-                      "moved (default: the workdir the index records).")
-  flags.DEFINE_integer("checkpoint", None, "The checkpoint step (default: "
-                       "the index's).")
-  flags.DEFINE_boolean("skip_bad", False, "Skip query files that can't be "
-                       "decoded instead of stopping.")
-  flags.DEFINE_boolean("include_self", False, "Keep a query's own index "
-                       "entry among its neighbours.")
+  flags.DEFINE_string(
+      "workdir",
+      None,
+      "The run that made the index, if it "
+      "moved (default: the workdir the index records).",
+  )
+  flags.DEFINE_integer(
+      "checkpoint", None, "The checkpoint step (default: " "the index's)."
+  )
+  flags.DEFINE_boolean(
+      "skip_bad",
+      False,
+      "Skip query files that can't be " "decoded instead of stopping.",
+  )
+  flags.DEFINE_boolean(
+      "include_self",
+      False,
+      "Keep a query's own index " "entry among its neighbours.",
+  )
   flags.DEFINE_boolean("grids", True, "Write one PNG per query.")
-  flags.DEFINE_float("memory_mb", DEFAULT_MEMORY_MB, "Bound on the search's "
-                     "per-chunk similarity matrices, in MB.")
+  flags.DEFINE_float(
+      "memory_mb",
+      DEFAULT_MEMORY_MB,
+      "Bound on the search's " "per-chunk similarity matrices, in MB.",
+  )
   flags.mark_flags_as_required(["index", "query", "out"])
 
 
@@ -367,26 +472,43 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)  # The lines below are the output.
   flag = flags.FLAGS
   try:
-    report = run_search(flag.index, flag.query, flag.out, k=flag.k,
-                        workdir=flag.workdir, checkpoint=flag.checkpoint,
-                        skip_bad=flag.skip_bad, include_self=flag.include_self,
-                        grids=flag.grids, memory_mb=flag.memory_mb)
+    report = run_search(
+        flag.index,
+        flag.query,
+        flag.out,
+        k=flag.k,
+        workdir=flag.workdir,
+        checkpoint=flag.checkpoint,
+        skip_bad=flag.skip_bad,
+        include_self=flag.include_self,
+        grids=flag.grids,
+        memory_mb=flag.memory_mb,
+    )
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   if report["skipped_queries"]:
-    print(embed_lib.skipped_line(report["skipped_queries"]), file=sys.stderr,
-          flush=True)
+    print(
+        embed_lib.skipped_line(report["skipped_queries"]),
+        file=sys.stderr,
+        flush=True,
+    )
   for entry in report["queries"][:5]:
     best = entry["neighbours"][:3]
-    shown = ", ".join(f"{os.path.basename(n['path'])} {n['similarity']:.3f}"
-                      for n in best)
-    print(f"{entry['query']}: {shown}{', ...' if len(entry['neighbours']) > 3 else ''}",
-          flush=True)
+    shown = ", ".join(
+        f"{os.path.basename(n['path'])} {n['similarity']:.3f}" for n in best
+    )
+    print(
+        f"{entry['query']}: {shown}{', ...' if len(entry['neighbours']) > 3 else ''}",
+        flush=True,
+    )
   if len(report["queries"]) > 5:
     print(f"... and {len(report['queries']) - 5} more queries", flush=True)
-  print(f"wrote {os.path.join(flag.out, RESULTS_FILE)}"
-        + (" and one PNG per query" if flag.grids else ""), flush=True)
+  print(
+      f"wrote {os.path.join(flag.out, RESULTS_FILE)}"
+      + (" and one PNG per query" if flag.grids else ""),
+      flush=True,
+  )
 
 
 if __name__ == "__main__":

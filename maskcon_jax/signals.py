@@ -72,7 +72,8 @@ class StopSignals:
     if step % every:
       return False
     flags = jax.experimental.multihost_utils.process_allgather(
-        np.int32(self.received is not None))
+        np.int32(self.received is not None)
+    )
     if np.max(flags) and self.received is None:
       self.received = signal.SIGTERM
     self._agreed = bool(np.max(flags))

@@ -48,8 +48,13 @@ from maskcon_jax.errors import Interrupted, UserError  # noqa: E402
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 75
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false",
-               str: "a string", tuple: "a tuple such as '(1, 2)'"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a tuple such as '(1, 2)'",
+}
 
 
 class _FlagProblem(ValueError):
@@ -69,8 +74,9 @@ def _override_paths(argv: list[str], name: str) -> list[tuple[str, str]]:
   return found
 
 
-def _field_names(config: ml_collections.ConfigDict, prefix: str = ""
-                 ) -> list[str]:
+def _field_names(
+    config: ml_collections.ConfigDict, prefix: str = ""
+) -> list[str]:
   """The dotted paths of the fields (not of the nested ConfigDicts)."""
   names = []
   for key, value in config.items():
@@ -90,8 +96,9 @@ class _ConfigFileParser(flags.ArgumentParser):
   turns that into one line.
   """
 
-  def __init__(self, name: str, loader: flags.ArgumentParser,
-               sys_argv: list[str] | None):
+  def __init__(
+      self, name: str, loader: flags.ArgumentParser, sys_argv: list[str] | None
+  ):
     self.name = name
     self._loader = loader
     self._sys_argv = sys_argv
@@ -104,24 +111,31 @@ class _ConfigFileParser(flags.ArgumentParser):
     flag = f"--{self.name}={path}"
     file = path.split(":", 1)[0]
     if not os.path.isfile(file):
-      raise _FlagProblem(f"{flag}: no such file; e.g. "
-                         f"--{self.name}=configs/default.py.")
+      raise _FlagProblem(
+          f"{flag}: no such file; e.g. " f"--{self.name}=configs/default.py."
+      )
     try:
       config = self._loader.parse(path)
     except Exception as e:  # pylint: disable=broad-except
       # A config file is arbitrary Python: any exception means it is broken.
-      raise _FlagProblem(f"{flag}: cannot load it ({type(e).__name__}: "
-                         f"{errors.first_line(e)}).") from e
+      raise _FlagProblem(
+          f"{flag}: cannot load it ({type(e).__name__}: "
+          f"{errors.first_line(e)})."
+      ) from e
     # ml_collections returns a stand-in holding the error when the file
     # can't be read.
     error = getattr(config, "_error", None)
     if isinstance(error, BaseException):
-      raise _FlagProblem(f"{flag}: cannot load it ({type(error).__name__}: "
-                         f"{errors.first_line(error)}).")
+      raise _FlagProblem(
+          f"{flag}: cannot load it ({type(error).__name__}: "
+          f"{errors.first_line(error)})."
+      )
     if not isinstance(config, ml_collections.ConfigDict):
-      raise _FlagProblem(f"{flag}: get_config() returned "
-                         f"{type(config).__name__}, not an "
-                         "ml_collections.ConfigDict.")
+      raise _FlagProblem(
+          f"{flag}: get_config() returned "
+          f"{type(config).__name__}, not an "
+          "ml_collections.ConfigDict."
+      )
     configuration.add_defaults(config)
     argv = sys.argv if self._sys_argv is None else self._sys_argv
     for field, _ in _override_paths(argv, self.name):
@@ -132,16 +146,22 @@ class _ConfigFileParser(flags.ArgumentParser):
         moved = methods.legacy_fields().get(field)
         if moved:
           close = [".".join(moved)]  # A method field of older configs.
-        hint = (f"; did you mean {close[0]}?" if close else
-                "; see that file for the fields.")
-        raise _FlagProblem(f"--{self.name}.{field}: {file} has no field "
-                           f"{field!r}{hint}") from None
+        hint = (
+            f"; did you mean {close[0]}?"
+            if close
+            else "; see that file for the fields."
+        )
+        raise _FlagProblem(
+            f"--{self.name}.{field}: {file} has no field " f"{field!r}{hint}"
+        ) from None
     self.config = config
     return config
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                 sys_argv: list[str] | None = None):
+def define_flags(
+    flag_values: flags.FlagValues = flags.FLAGS,
+    sys_argv: list[str] | None = None,
+):
   """Defines ``--config`` (with its ``--config.FIELD`` overrides) and
   ``--workdir`` in ``flag_values``.
 
@@ -154,19 +174,29 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
     The holders of ``--config`` and ``--workdir``.
   """
   config = config_flags.DEFINE_config_file(
-      "config", None, "Training configuration file.",
-      flag_values=flag_values, lock_config=True, sys_argv=sys_argv)
+      "config",
+      None,
+      "Training configuration file.",
+      flag_values=flag_values,
+      lock_config=True,
+      sys_argv=sys_argv,
+  )
   flag_values["config"].parser = _ConfigFileParser(
-      "config", flag_values["config"].parser, sys_argv)
+      "config", flag_values["config"].parser, sys_argv
+  )
   workdir = flags.DEFINE_string(
-      "workdir", None, "Directory for checkpoints, TensorBoard events and "
-      "results.json.", flag_values=flag_values)
+      "workdir",
+      None,
+      "Directory for checkpoints, TensorBoard events and " "results.json.",
+      flag_values=flag_values,
+  )
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
   return config, workdir
 
 
-def _flag_error(error: Exception, argv: list[str],
-                flag_values: flags.FlagValues) -> str:
+def _flag_error(
+    error: Exception, argv: list[str], flag_values: flags.FlagValues
+) -> str:
   """The one line that says what is wrong with the command line."""
   problem = error
   while problem is not None:
@@ -174,26 +204,33 @@ def _flag_error(error: Exception, argv: list[str],
       return str(problem)
     problem = problem.__cause__ or problem.__context__
   message = errors.first_line(error)
-  required = re.search(r"Flag --(\w+) must have a value other than None",
-                       message)
+  required = re.search(
+      r"Flag --(\w+) must have a value other than None", message
+  )
   if required:
-    example = {"config": "--config=configs/default.py",
-               "workdir": "--workdir=runs/NAME"}.get(required.group(1), "")
+    example = {
+        "config": "--config=configs/default.py",
+        "workdir": "--workdir=runs/NAME",
+    }.get(required.group(1), "")
     return f"--{required.group(1)} is required, e.g. {example}."
   missing = re.match(r"Missing value for flag (--[\w.]+)", message)
   if missing:
     return f"{missing.group(1)} needs a value: {missing.group(1)}=VALUE."
   unknown = re.match(r"Unknown command line flag '([^']+)'", message)
   if unknown:
-    return (f"unknown flag --{unknown.group(1)}; the flags are --config=FILE, "
-            "--workdir=DIR and --config.FIELD=VALUE.")
+    return (
+        f"unknown flag --{unknown.group(1)}; the flags are --config=FILE, "
+        "--workdir=DIR and --config.FIELD=VALUE."
+    )
   value = re.match(r"flag --config\.([\w.]+)=", message)
   parser = flag_values["config"].parser if "config" in flag_values else None
   config = getattr(parser, "config", None)
   if value and config is not None:
     field = value.group(1)
-    argument = next((arg for path, arg in _override_paths(argv, "config")
-                     if path == field), f"--config.{field}")
+    argument = next(
+        (arg for path, arg in _override_paths(argv, "config") if path == field),
+        f"--config.{field}",
+    )
     try:
       wanted = _TYPE_NAMES.get(config_path.get_type(field, config))
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
@@ -203,9 +240,9 @@ def _flag_error(error: Exception, argv: list[str],
   return message.rstrip(".") + "."
 
 
-def parse_command_line(argv: list[str],
-                       flag_values: flags.FlagValues = flags.FLAGS
-                       ) -> list[str]:
+def parse_command_line(
+    argv: list[str], flag_values: flags.FlagValues = flags.FLAGS
+) -> list[str]:
   """Parses ``argv`` into ``flag_values`` (see `define_flags`).
 
   Returns:
@@ -221,8 +258,10 @@ def parse_command_line(argv: list[str],
     # AttributeError from deep inside; all of them mean a bad command line.
     raise UserError(_flag_error(e, argv, flag_values)) from e
   if len(rest) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(rest[1:])}; options take "
-                    "the form --name=value.")
+    raise UserError(
+        f"unexpected arguments: {' '.join(rest[1:])}; options take "
+        "the form --name=value."
+    )
   return rest
 
 
@@ -289,13 +328,21 @@ class _LibraryErrorsToDebugLog:
     text = record.getMessage()
     if record.exc_info:
       text += "\n" + "".join(traceback.format_exception(*record.exc_info))
-    self._write(f"{record.levelname} {record.pathname}:{record.lineno}] "
-                f"{text}")
+    self._write(
+        f"{record.levelname} {record.pathname}:{record.lineno}] " f"{text}"
+    )
     return False
 
   def unraisable(self, unraisable) -> None:
-    self._write("".join(traceback.format_exception(
-        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)))
+    self._write(
+        "".join(
+            traceback.format_exception(
+                unraisable.exc_type,
+                unraisable.exc_value,
+                unraisable.exc_traceback,
+            )
+        )
+    )
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -319,6 +366,7 @@ def main(argv: list[str]) -> Any:
     # JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
     # JAX_PROCESS_ID on every host.
     import jax  # pylint: disable=g-import-not-at-top
+
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
       # CPU processes need a collectives backend to run one program together
       # (without one, the CPU client has none); GPUs and TPUs ignore it.

@@ -41,6 +41,7 @@ class TrainState:
       the step. Raw data (not a typed key) so checkpoints store it as-is.
     apply_fn, tx: static; the model's apply and the optimizer.
   """
+
   step: Array
   params: Any
   batch_stats: Any
@@ -65,15 +66,21 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
   warmup_steps = min(warmup_steps, total_steps)
   if warmup_steps == 0:
-    return optax.cosine_decay_schedule(config.learning_rate,
-                                       max(total_steps, 1))
+    return optax.cosine_decay_schedule(
+        config.learning_rate, max(total_steps, 1)
+    )
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate,
-      warmup_steps=warmup_steps, decay_steps=max(total_steps, warmup_steps + 1),
-      end_value=0.0)
+      init_value=0.0,
+      peak_value=config.learning_rate,
+      warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1),
+      end_value=0.0,
+  )
 
 
-def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+    config, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   """SGD with momentum and weight decay coupled into the gradient.
 
   ``add_decayed_weights`` before ``sgd`` gives ``torch.optim.SGD``'s update:
@@ -81,17 +88,24 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
   """
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum, nesterov=False))
+      optax.sgd(schedule, momentum=config.momentum, nesterov=False),
+  )
 
 
 def ema_update(target_params, params, momentum: float):
   """``momentum * target + (1 - momentum) * params``, leaf by leaf."""
-  return jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p,
-                      target_params, params)
+  return jax.tree.map(
+      lambda t, p: momentum * t + (1.0 - momentum) * p, target_params, params
+  )
 
 
-def enqueue(queue_KxD: Array, queue_labels_K: Array, queue_ptr: Array,
-            keys_BxD: Array, labels_B: Array):
+def enqueue(
+    queue_KxD: Array,
+    queue_labels_K: Array,
+    queue_ptr: Array,
+    keys_BxD: Array,
+    labels_B: Array,
+):
   """Writes a batch of keys and labels at ``queue_ptr``, wrapping at the end.
 
   Works for any queue size ``K >= B`` (the official code requires
@@ -106,25 +120,36 @@ def enqueue(queue_KxD: Array, queue_labels_K: Array, queue_ptr: Array,
   rows_B = (queue_ptr + jnp.arange(b)) % k
   queue_KxD = queue_KxD.at[rows_B].set(keys_BxD.astype(queue_KxD.dtype))
   queue_labels_K = queue_labels_K.at[rows_B].set(
-      labels_B.astype(queue_labels_K.dtype))
+      labels_B.astype(queue_labels_K.dtype)
+  )
   return queue_KxD, queue_labels_K, (queue_ptr + b) % k
 
 
-def random_queue(rng: Array, queue_size: int, embed_dim: int,
-                 num_coarse: int) -> tuple[Array, Array]:
+def random_queue(
+    rng: Array, queue_size: int, embed_dim: int, num_coarse: int
+) -> tuple[Array, Array]:
   """A queue of random unit vectors with random coarse labels (MoCo's init)."""
   key_rng, label_rng = jax.random.split(rng)
   queue = losses.l2_normalize(
-      jax.random.normal(key_rng, (queue_size, embed_dim), jnp.float32))
-  labels = jax.random.randint(label_rng, (queue_size,), 0, num_coarse,
-                              jnp.int32)
+      jax.random.normal(key_rng, (queue_size, embed_dim), jnp.float32)
+  )
+  labels = jax.random.randint(
+      label_rng, (queue_size,), 0, num_coarse, jnp.int32
+  )
   return queue, labels
 
 
-def create_train_state(rng: Array, model, tx: optax.GradientTransformation, *,
-                       image_shape: tuple[int, int, int], queue_size: int,
-                       embed_dim: int, num_coarse: int,
-                       uses_queue: bool = True) -> TrainState:
+def create_train_state(
+    rng: Array,
+    model,
+    tx: optax.GradientTransformation,
+    *,
+    image_shape: tuple[int, int, int],
+    queue_size: int,
+    embed_dim: int,
+    num_coarse: int,
+    uses_queue: bool = True,
+) -> TrainState:
   """Initialises both encoders identically, the optimizer and a random queue.
 
   Without ``uses_queue`` the key encoder and queue are None. The encoder's
@@ -137,24 +162,34 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation, *,
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
   variables = model.init(init_rng, dummy, train=False)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  keys = dict(target_params=None, target_batch_stats=None, queue_KxD=None,
-              queue_labels_K=None, queue_ptr=None)
+  keys = dict(
+      target_params=None,
+      target_batch_stats=None,
+      queue_KxD=None,
+      queue_labels_K=None,
+      queue_ptr=None,
+  )
   if uses_queue:
-    queue, queue_labels = random_queue(queue_rng, queue_size, embed_dim,
-                                       num_coarse)
+    queue, queue_labels = random_queue(
+        queue_rng, queue_size, embed_dim, num_coarse
+    )
     keys = dict(
         # The key encoder starts as an exact copy of the query encoder.
         target_params=jax.tree.map(jnp.copy, params),
         target_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-        queue_KxD=queue, queue_labels_K=queue_labels,
-        queue_ptr=jnp.zeros((), jnp.int32))
+        queue_KxD=queue,
+        queue_labels_K=queue_labels,
+        queue_ptr=jnp.zeros((), jnp.int32),
+    )
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=batch_stats,
       opt_state=tx.init(params),
       **keys,
-      rng=jax.random.key_data(state_rng) if jnp.issubdtype(
-          state_rng.dtype, jax.dtypes.prng_key) else state_rng,
+      rng=jax.random.key_data(state_rng)
+      if jnp.issubdtype(state_rng.dtype, jax.dtypes.prng_key)
+      else state_rng,
       apply_fn=model.apply,
-      tx=tx)
+      tx=tx,
+  )

@@ -53,14 +53,15 @@ def _grouped_forward(apply_fn, variables, views, groups: int):
   the groups' batch statistics, because the update is linear.
   """
   if groups == 1:
-    out, updates = apply_fn(variables, views, train=True,
-                            mutable=["batch_stats"])
+    out, updates = apply_fn(
+        variables, views, train=True, mutable=["batch_stats"]
+    )
     return out, updates["batch_stats"]
   b = views.shape[0]
   grouped = views.reshape(groups, b // groups, *views.shape[1:])
   out, updates = jax.vmap(
-      lambda x: apply_fn(variables, x, train=True, mutable=["batch_stats"]))(
-          grouped)
+      lambda x: apply_fn(variables, x, train=True, mutable=["batch_stats"])
+  )(grouped)
   out = jax.tree.map(lambda y: y.reshape(b, *y.shape[2:]), out)
   stats = jax.tree.map(lambda y: jnp.mean(y, axis=0), updates["batch_stats"])
   return out, stats
@@ -72,19 +73,32 @@ def _per_device_forward(apply_fn, variables, views, mesh):
   ``shard_map`` makes the per-device semantics explicit; the running
   statistics are averaged across devices so the state stays replicated.
   """
+
   def local(variables, x):
     out, updates = apply_fn(variables, x, train=True, mutable=["batch_stats"])
     stats = jax.lax.pmean(updates["batch_stats"], "data")
     return out, stats
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")),
-                       out_specs=(P("data"), P()), check_vma=False)(
-                           variables, views)
+  return jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(P(), P("data")),
+      out_specs=(P("data"), P()),
+      check_vma=False,
+  )(variables, views)
 
 
-def key_forward(apply_fn, target_params, target_batch_stats, views, *,
-                bn_mode: str = "global", bn_splits: int = 1,
-                permutation: Array | None = None, mesh=None):
+def key_forward(
+    apply_fn,
+    target_params,
+    target_batch_stats,
+    views,
+    *,
+    bn_mode: str = "global",
+    bn_splits: int = 1,
+    permutation: Array | None = None,
+    mesh=None,
+):
   """Key-encoder forward returning all its outputs, without gradient.
 
   Arguments as ``encode_keys``.
@@ -98,19 +112,29 @@ def key_forward(apply_fn, target_params, target_batch_stats, views, *,
   elif bn_mode == "split":
     out, stats = _grouped_forward(apply_fn, variables, views, bn_splits)
   elif bn_mode == "shuffle":
-    out, stats = _per_device_forward(apply_fn, variables, views[permutation],
-                                     mesh)
+    out, stats = _per_device_forward(
+        apply_fn, variables, views[permutation], mesh
+    )
     # Undo the shuffle so key i belongs to query i again.
     out = jax.tree.map(lambda y: y[jnp.argsort(permutation)], out)
   else:
-    raise ValueError(f"Unknown key BN mode {bn_mode!r}; expected one of "
-                     f"{KEY_BN_MODES}.")
+    raise ValueError(
+        f"Unknown key BN mode {bn_mode!r}; expected one of " f"{KEY_BN_MODES}."
+    )
   return jax.lax.stop_gradient(out), stats
 
 
-def encode_keys(apply_fn, target_params, target_batch_stats, views, *,
-                bn_mode: str = "global", bn_splits: int = 1,
-                permutation: Array | None = None, mesh=None):
+def encode_keys(
+    apply_fn,
+    target_params,
+    target_batch_stats,
+    views,
+    *,
+    bn_mode: str = "global",
+    bn_splits: int = 1,
+    permutation: Array | None = None,
+    mesh=None,
+):
   """Key-encoder forward (BN in training mode, no gradient).
 
   Args:
@@ -127,9 +151,16 @@ def encode_keys(apply_fn, target_params, target_batch_stats, views, *,
   Returns:
     The normalised keys and the key encoder's new BN statistics.
   """
-  out, stats = key_forward(apply_fn, target_params, target_batch_stats, views,
-                           bn_mode=bn_mode, bn_splits=bn_splits,
-                           permutation=permutation, mesh=mesh)
+  out, stats = key_forward(
+      apply_fn,
+      target_params,
+      target_batch_stats,
+      views,
+      bn_mode=bn_mode,
+      bn_splits=bn_splits,
+      permutation=permutation,
+      mesh=mesh,
+  )
   return losses.l2_normalize(out["projection"]), stats
 
 
@@ -155,6 +186,7 @@ class StepSettings:
     schedule: the learning-rate schedule, only for logging it.
     mesh: the device mesh (``shuffle`` and ``per_device`` need it).
   """
+
   t0: float
   image_size: int
   mean: tuple[float, ...]
@@ -188,6 +220,7 @@ class StepContext:
     k_BxD: their L2-normalised projections, the keys (None without).
     extras: what ``Method.extras`` added.
   """
+
   state: train_state_lib.TrainState
   settings: StepSettings
   options: Any
@@ -205,12 +238,15 @@ class StepContext:
 
   def query_forward(self, params, batch_stats, views):
     """The query encoder in train mode: ``(outputs, new batch_stats)``."""
-    return query_forward(self.state.apply_fn,
-                         {"params": params, "batch_stats": batch_stats},
-                         views, self.settings.query_bn, self.settings.mesh)
+    return query_forward(
+        self.state.apply_fn,
+        {"params": params, "batch_stats": batch_stats},
+        views,
+        self.settings.query_bn,
+        self.settings.mesh,
+    )
 
-  def key_forward(self, views, target_batch_stats, *,
-                  rng: Array | None = None):
+  def key_forward(self, views, target_batch_stats, *, rng: Array | None = None):
     """The key encoder on ``views`` without gradient, with the settings'
     key BatchNorm; ``rng`` permutes the batch for shuffle-BN (None: global
     BatchNorm whatever the settings, as for the saliency maps).
@@ -220,16 +256,29 @@ class StepContext:
     """
     s = self.settings
     if rng is None:
-      return key_forward(self.state.apply_fn, self.target_params,
-                         target_batch_stats, views)
+      return key_forward(
+          self.state.apply_fn, self.target_params, target_batch_stats, views
+      )
     return key_forward(
-        self.state.apply_fn, self.target_params, target_batch_stats, views,
-        bn_mode=s.key_bn, bn_splits=s.bn_splits, mesh=s.mesh,
-        permutation=key_permutation(rng, views.shape[0], s.key_bn))
+        self.state.apply_fn,
+        self.target_params,
+        target_batch_stats,
+        views,
+        bn_mode=s.key_bn,
+        bn_splits=s.bn_splits,
+        mesh=s.mesh,
+        permutation=key_permutation(rng, views.shape[0], s.key_bn),
+    )
 
 
-def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
-               method, options, settings: StepSettings):
+def train_step(
+    state: train_state_lib.TrainState,
+    batch: dict[str, Array],
+    *,
+    method,
+    options,
+    settings: StepSettings,
+):
   """One step of ``method``: views, keys, extras, loss, SGD, enqueue.
 
   Args:
@@ -247,66 +296,125 @@ def train_step(state: train_state_lib.TrainState, batch: dict[str, Array], *,
   names = tuple(method.rng_names(options))
   rngs = _step_rngs(state, salt=method.salt, num=len(policies) + len(names))
   views = augment.policy_views(
-      policies, tuple(rngs[:len(policies)]), batch["image"],
-      size=settings.image_size, mean=settings.mean, std=settings.std)
-  ctx = StepContext(state=state, settings=settings, options=options,
-                    labels_B=labels_B, views=views,
-                    rngs=dict(zip(names, rngs[len(policies):])))
+      policies,
+      tuple(rngs[: len(policies)]),
+      batch["image"],
+      size=settings.image_size,
+      mean=settings.mean,
+      std=settings.std,
+  )
+  ctx = StepContext(
+      state=state,
+      settings=settings,
+      options=options,
+      labels_B=labels_B,
+      views=views,
+      rngs=dict(zip(names, rngs[len(policies) :])),
+  )
   if method.uses_queue:
     # The official code moves the key encoder before computing the keys.
-    ctx = ctx.replace(target_params=train_state_lib.ema_update(
-        state.target_params, state.params, settings.ema_momentum))
+    ctx = ctx.replace(
+        target_params=train_state_lib.ema_update(
+            state.target_params, state.params, settings.ema_momentum
+        )
+    )
     key_out, target_batch_stats = ctx.key_forward(
-        views[0], state.target_batch_stats, rng=ctx.rngs["key"])
-    ctx = ctx.replace(key_out=key_out, target_batch_stats=target_batch_stats,
-                      k_BxD=losses.l2_normalize(key_out["projection"]))
+        views[0], state.target_batch_stats, rng=ctx.rngs["key"]
+    )
+    ctx = ctx.replace(
+        key_out=key_out,
+        target_batch_stats=target_batch_stats,
+        k_BxD=losses.l2_normalize(key_out["projection"]),
+    )
   ctx = method.extras(ctx)
 
   (loss, (batch_stats, aux)), grads = jax.value_and_grad(
-      lambda params: method.loss(ctx, params), has_aux=True)(state.params)
+      lambda params: method.loss(ctx, params), has_aux=True
+  )(state.params)
   updates = {}
   if method.uses_queue:
     queue_KxD, queue_labels_K, queue_ptr = train_state_lib.enqueue(
-        state.queue_KxD, state.queue_labels_K, state.queue_ptr, ctx.k_BxD,
-        labels_B)
-    updates = dict(target_params=ctx.target_params,
-                   target_batch_stats=ctx.target_batch_stats,
-                   queue_KxD=queue_KxD, queue_labels_K=queue_labels_K,
-                   queue_ptr=queue_ptr)
+        state.queue_KxD,
+        state.queue_labels_K,
+        state.queue_ptr,
+        ctx.k_BxD,
+        labels_B,
+    )
+    updates = dict(
+        target_params=ctx.target_params,
+        target_batch_stats=ctx.target_batch_stats,
+        queue_KxD=queue_KxD,
+        queue_labels_K=queue_labels_K,
+        queue_ptr=queue_ptr,
+    )
   metrics = {"loss": loss, **method.metrics(ctx, aux)}
   metrics = _finish_metrics(metrics, grads, state, settings.schedule)
-  return _apply_gradients(state, grads, batch_stats=batch_stats,
-                          **updates), metrics
+  return (
+      _apply_gradients(state, grads, batch_stats=batch_stats, **updates),
+      metrics,
+  )
 
 
-def prefill_step(state: train_state_lib.TrainState, batch: dict[str, Array],
-                 prefill_index: Array, *, image_size: int,
-                 mean: Sequence[float], std: Sequence[float],
-                 weak_policy: str = "weak", bn_splits: int = 1):
+def prefill_step(
+    state: train_state_lib.TrainState,
+    batch: dict[str, Array],
+    prefill_index: Array,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    weak_policy: str = "weak",
+    bn_splits: int = 1,
+):
   """Enqueues the key encoder's keys of weak views (the official pre-fill).
 
   Run over training batches before the first step so the queue starts with
   real keys and real coarse labels, as the official ``initiate_memorybank``.
   """
   base = jax.random.wrap_key_data(state.rng)
-  rng = jax.random.fold_in(jax.random.fold_in(base, PREFILL_SALT),
-                           prefill_index)
-  views = augment.view_batch(augment.VIEW_POLICIES[weak_policy], rng,
-                             batch["image"], size=image_size, mean=mean,
-                             std=std)
+  rng = jax.random.fold_in(
+      jax.random.fold_in(base, PREFILL_SALT), prefill_index
+  )
+  views = augment.view_batch(
+      augment.VIEW_POLICIES[weak_policy],
+      rng,
+      batch["image"],
+      size=image_size,
+      mean=mean,
+      std=std,
+  )
   keys, target_batch_stats = encode_keys(
-      state.apply_fn, state.target_params, state.target_batch_stats, views,
-      bn_mode="split" if bn_splits > 1 else "global", bn_splits=bn_splits)
+      state.apply_fn,
+      state.target_params,
+      state.target_batch_stats,
+      views,
+      bn_mode="split" if bn_splits > 1 else "global",
+      bn_splits=bn_splits,
+  )
   queue_KxD, queue_labels_K, queue_ptr = train_state_lib.enqueue(
-      state.queue_KxD, state.queue_labels_K, state.queue_ptr, keys,
-      batch["coarse_label"])
-  return state.replace(target_batch_stats=target_batch_stats,
-                       queue_KxD=queue_KxD, queue_labels_K=queue_labels_K,
-                       queue_ptr=queue_ptr)
+      state.queue_KxD,
+      state.queue_labels_K,
+      state.queue_ptr,
+      keys,
+      batch["coarse_label"],
+  )
+  return state.replace(
+      target_batch_stats=target_batch_stats,
+      queue_KxD=queue_KxD,
+      queue_labels_K=queue_labels_K,
+      queue_ptr=queue_ptr,
+  )
 
 
-def embed_step(variables: dict[str, Any], images: Array, *, apply_fn,
-               image_size: int, mean: Sequence[float], std: Sequence[float]):
+def embed_step(
+    variables: dict[str, Any],
+    images: Array,
+    *,
+    apply_fn,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+):
   """Backbone features and projections of test views (BN in eval mode)."""
   views = augment.test_view_batch(images, size=image_size, mean=mean, std=std)
   out = apply_fn(variables, views, train=False)
@@ -322,11 +430,11 @@ def query_forward(apply_fn, variables, views, query_bn: str, mesh):
 
 def _apply_gradients(state, grads, **updates):
   """One optimizer step on the query encoder; the step counter advances."""
-  opt_updates, opt_state = state.tx.update(grads, state.opt_state,
-                                           state.params)
+  opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, opt_updates)
-  return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state, **updates)
+  return state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, **updates
+  )
 
 
 def _finish_metrics(metrics, grads, state, schedule):

@@ -69,8 +69,9 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   split), so the step's code is the same on one device and on many.
   """
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return jax.sharding.Mesh(np.array(devices), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.sharding.Mesh(
+      np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def query_variables(state) -> dict[str, Any]:
@@ -80,36 +81,46 @@ def query_variables(state) -> dict[str, Any]:
 
 def key_variables(state) -> dict[str, Any]:
   """The EMA key encoder's ``{"params", "batch_stats"}`` of ``state``."""
-  return {"params": state.target_params,
-          "batch_stats": state.target_batch_stats}
+  return {
+      "params": state.target_params,
+      "batch_stats": state.target_batch_stats,
+  }
 
 
-def knn_monitor(state, dataset, config,
-                embedder: embedding.Embedder) -> float | None:
+def knn_monitor(
+    state, dataset, config, embedder: embedding.Embedder
+) -> float | None:
   """Cheap online k-NN: fine top-1 of a test subset against a train subset.
 
   The first ``knn_monitor_size`` items of each split (in-memory data with
   fine labels only), cosine similarity of backbone features, k = 20 with
   InstDisc's weighted vote. Meant for watching a run, not for reporting.
   """
-  if (isinstance(dataset, input_pipeline.StreamingDataset) or
-      not dataset.has_fine_labels):
+  if (
+      isinstance(dataset, input_pipeline.StreamingDataset)
+      or not dataset.has_fine_labels
+  ):
     return None
   size = config.get("knn_monitor_size") or 2000
   variables = query_variables(state)
   bank = embedder.arrays(variables, dataset.train_images[:size])["features"]
   queries = embedder.arrays(variables, dataset.test_images[:size])["features"]
   return evaluation.knn_classify(
-      bank, dataset.train_fine[:size], queries, dataset.test_fine[:size],
-      num_classes=dataset.hierarchy.num_fine)
+      bank,
+      dataset.train_fine[:size],
+      queries,
+      dataset.test_fine[:size],
+      num_classes=dataset.hierarchy.num_fine,
+  )
 
 
 # Training items whose keys stand for the queries of `target_diagnostics`.
 TARGET_DIAGNOSTIC_QUERIES = 512
 
 
-def target_diagnostics(state, dataset, config,
-                       embedder: embedding.Embedder) -> dict[str, float]:
+def target_diagnostics(
+    state, dataset, config, embedder: embedding.Embedder
+) -> dict[str, float]:
   """Where MaskCon's soft target points, for the current key encoder.
 
   The key encoder embeds (test views, BN in eval mode) up to
@@ -122,24 +133,37 @@ def target_diagnostics(state, dataset, config,
   mode (what MaskCon's target would be with that mode's encoder); empty for
   the in-batch modes and for data without in-memory fine labels.
   """
-  if (config.mode not in methods.QUEUE_MODES or
-      isinstance(dataset, input_pipeline.StreamingDataset) or
-      not dataset.has_fine_labels or dataset.num_train < 4):
+  if (
+      config.mode not in methods.QUEUE_MODES
+      or isinstance(dataset, input_pipeline.StreamingDataset)
+      or not dataset.has_fine_labels
+      or dataset.num_train < 4
+  ):
     return {}
   num_queries = min(TARGET_DIAGNOSTIC_QUERIES, dataset.num_train // 2)
   num_queue = min(config.queue_size, dataset.num_train - num_queries)
   items = slice(0, num_queue + num_queries)
-  projections = evaluation.l2_normalize_np(embedder.arrays(
-      key_variables(state), dataset.train_images[items])["projection"])
+  projections = evaluation.l2_normalize_np(
+      embedder.arrays(key_variables(state), dataset.train_images[items])[
+          "projection"
+      ]
+  )
   fine, coarse = dataset.train_fine[items], dataset.train_coarse[items]
   queue, queries = slice(0, num_queue), slice(num_queue, None)
   return evaluation.soft_target_diagnostics(
-      projections[queries], fine[queries], coarse[queries],
-      projections[queue], fine[queue], coarse[queue], t=config.t)
+      projections[queries],
+      fine[queries],
+      coarse[queries],
+      projections[queue],
+      fine[queue],
+      coarse[queue],
+      t=config.t,
+  )
 
 
-def evaluate(state, dataset, config,
-             embedder: embedding.Embedder) -> dict[str, float]:
+def evaluate(
+    state, dataset, config, embedder: embedding.Embedder
+) -> dict[str, float]:
   """Fine and coarse Recall@K on the test split's backbone features, and
   fine Recall@K within each coarse class, plus `target_diagnostics`.
 
@@ -156,7 +180,8 @@ def evaluate(state, dataset, config,
     metrics.update({f"{level}_recall@{k}": v for k, v in recalls.items()})
   if emb["fine"] is not None:
     within = evaluation.within_group_recall_at_k(
-        emb["features"], emb["fine"], emb["coarse"], (1,))
+        emb["features"], emb["fine"], emb["coarse"], (1,)
+    )
     metrics["fine_within_coarse_recall@1"] = within[1]
   metrics.update(target_diagnostics(state, dataset, config, embedder))
   return metrics
@@ -166,12 +191,19 @@ def state_initializer(config, model, tx, dataset):
   """``rng -> TrainState`` for ``config``'s model, optimizer and queue (none
   for a method without one)."""
   return functools.partial(
-      train_state_lib.create_train_state, model=model, tx=tx,
-      image_shape=(config.image_size, config.image_size,
-                   dataset.image_shape[-1]),
-      queue_size=config.queue_size, embed_dim=config.embed_dim,
+      train_state_lib.create_train_state,
+      model=model,
+      tx=tx,
+      image_shape=(
+          config.image_size,
+          config.image_size,
+          dataset.image_shape[-1],
+      ),
+      queue_size=config.queue_size,
+      embed_dim=config.embed_dim,
       num_coarse=dataset.hierarchy.num_coarse,
-      uses_queue=methods.uses_queue(config))
+      uses_queue=methods.uses_queue(config),
+  )
 
 
 def _make_state(config, model, tx, dataset, mesh):
@@ -185,7 +217,9 @@ def _make_state(config, model, tx, dataset, mesh):
   # so a checkpoint written with N devices restores on M.
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, shardings)
+      abstract,
+      shardings,
+  )
   return state, abstract, shardings
 
 
@@ -205,8 +239,11 @@ class _LogOnlyWriter:
   """Logs scalars when clu's TensorBoard writer (which needs TF) is missing."""
 
   def write_scalars(self, step, scalars):
-    logging.info("[%d] %s", step, ", ".join(
-        f"{k}={v:.6g}" for k, v in sorted(scalars.items())))
+    logging.info(
+        "[%d] %s",
+        step,
+        ", ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items())),
+    )
 
   def write_hparams(self, hparams):
     logging.info("[hparams] %s", hparams)
@@ -224,11 +261,13 @@ def _create_writer(workdir: str, is_main: bool):
     # TF-backed, so imported here and kept out of the step modules.
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    logging.warning("No TensorBoard events (%s); metrics go to the log only.",
-                    e)
+    logging.warning(
+        "No TensorBoard events (%s); metrics go to the log only.", e
+    )
     return _LogOnlyWriter()
   return metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=True)
+      workdir, just_logging=not is_main, asynchronous=True
+  )
 
 
 def _config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -249,8 +288,9 @@ def _hparams(record: dict[str, Any]) -> dict[str, Any]:
       flat.update({f"{key}.{k}": v for k, v in value.items()})
     else:
       flat[key] = value
-  return {k: v for k, v in flat.items()
-          if isinstance(v, (int, float, str, bool))}
+  return {
+      k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))
+  }
 
 
 def _format_eta(seconds: float) -> str:
@@ -263,6 +303,7 @@ def _format_eta(seconds: float) -> str:
 @dataclasses.dataclass
 class Experiment:
   """Everything built from a config before training: data, model, optimizer."""
+
   config: ml_collections.ConfigDict
   dataset: input_pipeline.Dataset
   model: models.Encoder
@@ -287,50 +328,72 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   configuration.validate_config(config)
   dataset = input_pipeline.load_dataset(config)
   if isinstance(dataset, input_pipeline.StreamingDataset):
-    spe = dataset.steps_per_epoch(config.batch_size // jax.process_count(),
-                                  jax.process_count())
+    spe = dataset.steps_per_epoch(
+        config.batch_size // jax.process_count(), jax.process_count()
+    )
   else:
     spe = batches.steps_per_epoch(dataset.num_train, config.batch_size)
   num_devices = configuration.check_run_layout(
-      config, num_train=dataset.num_train, steps_per_epoch=spe,
-      device_count=jax.device_count())
+      config,
+      num_train=dataset.num_train,
+      steps_per_epoch=spe,
+      device_count=jax.device_count(),
+  )
   mesh = make_mesh(num_devices)
   model = methods.build_encoder(config, dataset.hierarchy.num_coarse)
   schedule = train_state_lib.learning_rate_schedule(config, spe)
   tx = train_state_lib.make_optimizer(config, schedule)
   state, abstract_state, _ = _make_state(config, model, tx, dataset, mesh)
-  return Experiment(config=config, dataset=dataset, model=model,
-                    schedule=schedule, tx=tx, mesh=mesh, steps_per_epoch=spe,
-                    state=state, abstract_state=abstract_state,
-                    embedder=embedding.Embedder.for_run(model.apply, config,
-                                                        dataset, mesh))
+  return Experiment(
+      config=config,
+      dataset=dataset,
+      model=model,
+      schedule=schedule,
+      tx=tx,
+      mesh=mesh,
+      steps_per_epoch=spe,
+      state=state,
+      abstract_state=abstract_state,
+      embedder=embedding.Embedder.for_run(model.apply, config, dataset, mesh),
+  )
 
 
 def make_train_step(exp: Experiment):
   """The jitted train step with ``exp``'s hyperparameters; donates the state."""
-  step = methods.step_for_config(exp.config, mean=exp.dataset.mean,
-                                 std=exp.dataset.std, schedule=exp.schedule,
-                                 mesh=exp.mesh)
+  step = methods.step_for_config(
+      exp.config,
+      mean=exp.dataset.mean,
+      std=exp.dataset.std,
+      schedule=exp.schedule,
+      mesh=exp.mesh,
+  )
   return jax.jit(step, donate_argnums=0)
 
 
 def make_prefill_step(exp: Experiment):
   """The jitted queue pre-fill step; donates the state."""
   config = exp.config
-  return jax.jit(functools.partial(
-      steps.prefill_step, image_size=config.image_size,
-      mean=tuple(exp.dataset.mean), std=tuple(exp.dataset.std),
-      weak_policy=config.weak_policy,
-      bn_splits=config.bn_splits if config.key_bn == "split" else 1),
-      donate_argnums=0)
+  return jax.jit(
+      functools.partial(
+          steps.prefill_step,
+          image_size=config.image_size,
+          mean=tuple(exp.dataset.mean),
+          std=tuple(exp.dataset.std),
+          weak_policy=config.weak_policy,
+          bn_splits=config.bn_splits if config.key_bn == "split" else 1,
+      ),
+      donate_argnums=0,
+  )
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved in ``workdir``."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise UserError(f"{path} not found: --workdir must be a directory written "
-                    "by maskcon_jax.train.")
+    raise UserError(
+        f"{path} not found: --workdir must be a directory written "
+        "by maskcon_jax.train."
+    )
   with open(path) as f:
     saved = json.load(f)
   # Runs saved before the method blocks existed name their fields flat.
@@ -342,8 +405,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
-def load_trained(workdir: str, step: int | None = None,
-                 config_overrides: dict[str, Any] | None = None):
+def load_trained(
+    workdir: str,
+    step: int | None = None,
+    config_overrides: dict[str, Any] | None = None,
+):
   """Restores a trained run for evaluation or export.
 
   Args:
@@ -361,18 +427,24 @@ def load_trained(workdir: str, step: int | None = None,
   if step is None:
     restored = checkpoints.restore_latest(exp, workdir)
     if restored.step is None:
-      raise UserError(f"no checkpoint in {workdir}/"
-                      f"{checkpoints.CHECKPOINT_DIR}: train first with "
-                      "maskcon_jax.train.")
+      raise UserError(
+          f"no checkpoint in {workdir}/"
+          f"{checkpoints.CHECKPOINT_DIR}: train first with "
+          "maskcon_jax.train."
+      )
     return exp, restored.state
   mngr = checkpoints.manager(workdir, create=False)
   available = list(mngr.all_steps())
   if not available:
-    raise UserError(f"no checkpoint in {workdir}/{checkpoints.CHECKPOINT_DIR}: "
-                    "train first with maskcon_jax.train.")
+    raise UserError(
+        f"no checkpoint in {workdir}/{checkpoints.CHECKPOINT_DIR}: "
+        "train first with maskcon_jax.train."
+    )
   if step not in available:
-    raise UserError(f"no checkpoint for step {step} in {workdir}; available: "
-                    f"{', '.join(map(str, sorted(available)))}.")
+    raise UserError(
+        f"no checkpoint for step {step} in {workdir}; available: "
+        f"{', '.join(map(str, sorted(available)))}."
+    )
   state = checkpoints.restore_state(exp, mngr, step)
   mngr.close()
   return exp, state
@@ -416,15 +488,18 @@ def take_run_lock(workdir: str, *, force: bool = False) -> runlock.RunLock:
   if jax.process_index() == 0 and problem is None:
     message[0] = 1
     encoded = lock.run_id.encode()[:_RUN_ID_BYTES]
-    message[1:1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+    message[1 : 1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
   message = np.asarray(
-      jax.experimental.multihost_utils.broadcast_one_to_all(message))
+      jax.experimental.multihost_utils.broadcast_one_to_all(message)
+  )
   if problem is not None:
     raise problem
   if not message[0]:
-    raise WorkdirError(f"process 0 could not take the run lock of "
-                       f"--workdir={workdir} (see its error line); nothing "
-                       "was written.")
+    raise WorkdirError(
+        f"process 0 could not take the run lock of "
+        f"--workdir={workdir} (see its error line); nothing "
+        "was written."
+    )
   run_id = bytes(message[1:]).rstrip(b"\0").decode()
   if jax.process_index() != 0:
     holder = runlock.read_holder(workdir)
@@ -432,14 +507,18 @@ def take_run_lock(workdir: str, *, force: bool = False) -> runlock.RunLock:
       raise WorkdirError(
           f"--workdir={workdir} is locked by run {holder.run_id} "
           f"({holder.describe()}), but process 0 of this job took run "
-          f"{run_id}: is this job launched twice?")
+          f"{run_id}: is this job launched twice?"
+      )
   return lock
 
 
 def _all_finite(tree) -> jax.Array:
   """Whether every floating-point value in ``tree`` is finite."""
-  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+  checks = [
+      jnp.all(jnp.isfinite(leaf))
+      for leaf in jax.tree.leaves(tree)
+      if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+  ]
   return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
 
 
@@ -448,8 +527,11 @@ _state_is_finite = jax.jit(_all_finite)
 
 def _metrics_finite(metrics: dict[str, Any]) -> bool:
   """The host-side twin of ``_all_finite`` for one step's fetched metrics."""
-  return all(np.all(np.isfinite(v)) for v in metrics.values()
-             if np.issubdtype(np.asarray(v).dtype, np.inexact))
+  return all(
+      np.all(np.isfinite(v))
+      for v in metrics.values()
+      if np.issubdtype(np.asarray(v).dtype, np.inexact)
+  )
 
 
 def _make_step_fn(exp: Experiment):
@@ -484,22 +566,33 @@ def _make_step_fn(exp: Experiment):
     number = state.step + 1
     poisoned = (number >= controls[0]) & (number < controls[1])
     scale = jnp.where(poisoned, jnp.nan, 1.0)
-    new_state = new_state.replace(params=jax.tree.map(
-        lambda p: p * scale.astype(p.dtype), new_state.params))
-    metrics = {**metrics,
-               "loss": metrics["loss"] * scale.astype(metrics["loss"].dtype)}
+    new_state = new_state.replace(
+        params=jax.tree.map(
+            lambda p: p * scale.astype(p.dtype), new_state.params
+        )
+    )
+    metrics = {
+        **metrics,
+        "loss": metrics["loss"] * scale.astype(metrics["loss"].dtype),
+    }
     keep = _all_finite(metrics) | (controls[2] == 0)
     unchanged = state.replace(step=state.step + 1)
-    new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
-                             new_state, unchanged)
+    new_state = jax.tree.map(
+        lambda new, old: jnp.where(keep, new, old), new_state, unchanged
+    )
     return new_state, metrics
 
   guarded = jax.jit(guarded, donate_argnums=0)
   return lambda state, batch: guarded(state, batch, controls)
 
 
-def _check_same_data(workdir: str, saved: dict[str, Any] | None,
-                     current: dict[str, Any], *, finished: bool) -> None:
+def _check_same_data(
+    workdir: str,
+    saved: dict[str, Any] | None,
+    current: dict[str, Any],
+    *,
+    finished: bool,
+) -> None:
   """Refuses to resume ``workdir``'s run on other training data.
 
   ``saved`` is the run's `fingerprint` (None for runs from before them: they
@@ -511,28 +604,41 @@ def _check_same_data(workdir: str, saved: dict[str, Any] | None,
     DataError: the training data differs; the line says how.
   """
   if saved is None:
-    logging.warning("%s has no record of the data its run used (a run from "
-                    "before data fingerprints): %s without checking it.",
-                    workdir, "re-evaluating" if finished else "resuming")
+    logging.warning(
+        "%s has no record of the data its run used (a run from "
+        "before data fingerprints): %s without checking it.",
+        workdir,
+        "re-evaluating" if finished else "resuming",
+    )
     return
   train, test = fingerprint.differences(saved, current)
   if finished:
     if train or test:
-      logging.warning("Evaluating the finished run in %s on other data than it "
-                      "was trained on: %s.", workdir, "; ".join(train + test))
+      logging.warning(
+          "Evaluating the finished run in %s on other data than it "
+          "was trained on: %s.",
+          workdir,
+          "; ".join(train + test),
+      )
     return
   if train:
     raise DataError(
         f"the training data differs from the data the run in {workdir} "
         f"started with: {'; '.join(train)}; resume with the original data or "
-        "use a new --workdir.")
+        "use a new --workdir."
+    )
   if test:
-    logging.warning("The test split differs from the one the run in %s was "
-                    "evaluated on so far: %s.", workdir, "; ".join(test))
+    logging.warning(
+        "The test split differs from the one the run in %s was "
+        "evaluated on so far: %s.",
+        workdir,
+        "; ".join(test),
+    )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """Trains ``config.mode`` on ``config.dataset``, evaluates and checkpoints.
 
   Holds ``workdir``'s run lock (`runlock`) from before anything is read or
@@ -573,8 +679,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     lock.release()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """`train_and_evaluate` once the checks passed and the run lock is held."""
   config_path = os.path.join(workdir, CONFIG_FILE)
   saved = workdir_io.read_saved_config(config_path)
@@ -583,8 +690,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   restored = checkpoints.restore_latest(exp, workdir)
   data_print = fingerprint.of_dataset(exp.dataset)
   if restored.step is not None:
-    _check_same_data(workdir, fingerprint.read(workdir), data_print,
-                     finished=restored.step >= exp.total_steps)
+    _check_same_data(
+        workdir,
+        fingerprint.read(workdir),
+        data_print,
+        finished=restored.step >= exp.total_steps,
+    )
   if restored.step is None and config.get("init_from"):
     # Only a fresh run reads init_from (a resumed one has its weights), and
     # before anything is written, so a bad file leaves the workdir as it was.
@@ -600,18 +711,31 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     # this invocation.
     config_record = configuration.finished_record(saved, config)
     if changed:
-      logging.warning("The run in %s is finished, so these changed settings "
-                      "have no effect: %s; use a new --workdir to train with "
-                      "them.", workdir, "; ".join(changed))
+      logging.warning(
+          "The run in %s is finished, so these changed settings "
+          "have no effect: %s; use a new --workdir to train with "
+          "them.",
+          workdir,
+          "; ".join(changed),
+      )
   elif changed and restored.step is not None:
-    logging.warning("Resuming with changed settings: %s; the run will not "
-                    "match an uninterrupted run of either config.",
-                    "; ".join(changed))
+    logging.warning(
+        "Resuming with changed settings: %s; the run will not "
+        "match an uninterrupted run of either config.",
+        "; ".join(changed),
+    )
 
   is_main = jax.process_index() == 0
-  logging.info("Training %s on %s: %d steps on %d devices (%d processes), "
-               "global batch %d.", config.mode, config.dataset, total_steps,
-               mesh.size, jax.process_count(), config.batch_size)
+  logging.info(
+      "Training %s on %s: %d steps on %d devices (%d processes), "
+      "global batch %d.",
+      config.mode,
+      config.dataset,
+      total_steps,
+      mesh.size,
+      jax.process_count(),
+      config.batch_size,
+  )
   mngr = writer = None
   try:
     with workdir_io.undo_on_write_error(workdir):
@@ -620,7 +744,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         workdir_io.write_json_atomic(config_path, config_record)
         if not finished:
           workdir_io.write_json_atomic(
-              os.path.join(workdir, fingerprint.FINGERPRINT_FILE), data_print)
+              os.path.join(workdir, fingerprint.FINGERPRINT_FILE), data_print
+          )
         if restored.corrupt:
           checkpoints.set_aside(workdir, restored.corrupt)
       if jax.process_count() > 1:
@@ -668,10 +793,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       return NonFiniteError(
           f"{what} at step {step}, more than config.max_nonfinite_steps="
           f"{max_nonfinite} such steps; stopped: {kept}; lower the learning "
-          "rate.")
+          "rate."
+      )
     return NonFiniteError(
         f"{what} at step {step}; stopped: {kept}; lower the learning rate, or "
-        "set config.max_nonfinite_steps to skip such steps.")
+        "set config.max_nonfinite_steps to skip such steps."
+    )
 
   def check_pending():
     """Fetches the pending metrics and counts their non-finite steps."""
@@ -688,25 +815,40 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       nonfinite += 1
       if nonfinite > max_nonfinite:
         raise nonfinite_error(number, "non-finite loss")
-      logging.warning("Non-finite loss at step %d: skipped it (%d of "
-                      "config.max_nonfinite_steps=%d).", number, nonfinite,
-                      max_nonfinite)
+      logging.warning(
+          "Non-finite loss at step %d: skipped it (%d of "
+          "config.max_nonfinite_steps=%d).",
+          number,
+          nonfinite,
+          max_nonfinite,
+      )
 
   def log_metrics(step: int):
     nonlocal interval_start, interval_steps, fetched
     check_pending()
-    summary = ({f"train/{k}": float(np.mean([m[k] for m in fetched]))
-                for k in fetched[0]} if fetched else {})
+    summary = (
+        {
+            f"train/{k}": float(np.mean([m[k] for m in fetched]))
+            for k in fetched[0]
+        }
+        if fetched
+        else {}
+    )
     fetched = []
     rate = interval_steps / max(time.time() - interval_start, 1e-9)
     summary["train/steps_per_sec"] = rate
     if max_nonfinite:
       summary["train/nonfinite_steps"] = nonfinite
     writer.write_scalars(step, summary)
-    logging.info("step %d/%d loss %.4f lr %.5f %.2f steps/s ETA %s", step,
-                 total_steps, summary.get("train/loss", float("nan")),
-                 summary.get("train/learning_rate", float("nan")), rate,
-                 _format_eta((last_step - step) / max(rate, 1e-9)))
+    logging.info(
+        "step %d/%d loss %.4f lr %.5f %.2f steps/s ETA %s",
+        step,
+        total_steps,
+        summary.get("train/loss", float("nan")),
+        summary.get("train/learning_rate", float("nan")),
+        rate,
+        _format_eta((last_step - step) / max(rate, 1e-9)),
+    )
     interval_start, interval_steps = time.time(), 0
 
   space_warned = False
@@ -723,8 +865,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       if warning:
         logging.warning("%s", warning)
         space_warned = True
-    mngr.save(step, args=ocp.args.StandardSave(state),
-              custom_metadata={"nonfinite_steps": nonfinite})
+    mngr.save(
+        step,
+        args=ocp.args.StandardSave(state),
+        custom_metadata={"nonfinite_steps": nonfinite},
+    )
     debugpoints.reached("checkpoint_save", step)
     if debugpoints.wanted("checkpoint_saved"):
       mngr.wait_until_finished()
@@ -746,11 +891,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
           log_metrics(done)
         if done % config.checkpoint_every_steps == 0 or done == last_step:
           save(done, state)
-        if (done % eval_every == 0 and done != total_steps and
-            not stop.stopping):
+        if done % eval_every == 0 and done != total_steps and not stop.stopping:
           eval_metrics = evaluate(state, dataset, config, exp.embedder)
-          writer.write_scalars(done, {f"eval/{k}": v for k, v in
-                                      eval_metrics.items()})
+          writer.write_scalars(
+              done, {f"eval/{k}": v for k, v in eval_metrics.items()}
+          )
           logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
         knn_every = config.get("knn_monitor_every_steps")
         if knn_every and done % knn_every == 0 and not stop.stopping:
@@ -776,24 +921,36 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     raise Interrupted(
         f"stopped by {stop.name} after step {final_step} of {total_steps}: "
         f"checkpoint {final_step} is in {ckpt_dir}; rerun the same command to "
-        "resume.", signal_name=stop.name, step=final_step)
+        "resume.",
+        signal_name=stop.name,
+        step=final_step,
+    )
 
   if final_step == total_steps or final_step == last_step:
     debugpoints.reached("final_eval", final_step)
     eval_metrics = evaluate(state, dataset, config, exp.embedder)
-    writer.write_scalars(final_step, {f"eval/{k}": v for k, v in
-                                      eval_metrics.items()})
-    results = {**eval_metrics, "step": final_step, "mode": config.mode,
-               "dataset": config.dataset, "complete": final_step == total_steps,
-               "train_seconds_this_run": round(train_time, 2)}
+    writer.write_scalars(
+        final_step, {f"eval/{k}": v for k, v in eval_metrics.items()}
+    )
+    results = {
+        **eval_metrics,
+        "step": final_step,
+        "mode": config.mode,
+        "dataset": config.dataset,
+        "complete": final_step == total_steps,
+        "train_seconds_this_run": round(train_time, 2),
+    }
     if nonfinite:
       results["nonfinite_steps_skipped"] = nonfinite
     if not any(k.startswith("fine_") for k in eval_metrics):
       results["fine_metrics"] = "unavailable: the dataset has no fine labels"
     if is_main:
       try:
-        workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE),
-                                     results, debug_point="results_write")
+        workdir_io.write_json_atomic(
+            os.path.join(workdir, RESULTS_FILE),
+            results,
+            debug_point="results_write",
+        )
       except BaseException as e:
         workdir_io.close_quietly(mngr, writer)
         workdir_io.raise_if_write_failure(workdir, e)
@@ -811,10 +968,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _summary_line(metrics: dict[str, float]) -> str:
-  level = ("fine_recall" if any(k.startswith("fine_") for k in metrics)
-           else "coarse_recall")
-  line = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                  if k.startswith(level))
+  level = (
+      "fine_recall"
+      if any(k.startswith("fine_") for k in metrics)
+      else "coarse_recall"
+  )
+  line = " ".join(
+      f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(level)
+  )
   if level == "coarse_recall":
     line += " (no fine labels: fine metrics unavailable)"
   return line
@@ -824,8 +985,9 @@ def _summary_line(metrics: dict[str, float]) -> str:
 UNTRAINED_MODE = "untrained"
 
 
-def evaluate_untrained(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def evaluate_untrained(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """Evaluates the freshly initialised query encoder of ``config``: a baseline.
 
   The state is the one `train_and_evaluate` starts from at ``config.seed``
@@ -856,8 +1018,9 @@ def evaluate_untrained(config: ml_collections.ConfigDict,
     lock.release()
 
 
-def _evaluate_untrained(config: ml_collections.ConfigDict,
-                        workdir: str) -> dict[str, Any]:
+def _evaluate_untrained(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
   """`evaluate_untrained` once the checks passed and the run lock is held."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)
   existing = []
@@ -872,7 +1035,8 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
     raise WorkdirError(
         f"{workdir} holds checkpoints of training (steps "
         f"{', '.join(map(str, trained_steps))}); evaluate the untrained "
-        "encoder in a new --workdir.")
+        "encoder in a new --workdir."
+    )
   exp = build_experiment(config)
   if config.get("init_from"):
     # The state train_and_evaluate starts from: the loaded weights.
@@ -886,8 +1050,9 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
       if is_main:
         # As train_and_evaluate records it, so load_config reloads the same
         # model.
-        workdir_io.write_json_atomic(os.path.join(workdir, CONFIG_FILE),
-                                     _config_record(config))
+        workdir_io.write_json_atomic(
+            os.path.join(workdir, CONFIG_FILE), _config_record(config)
+        )
       if jax.process_count() > 1:
         jax.experimental.multihost_utils.sync_global_devices("workdir ready")
       mngr = checkpoints.manager(workdir)
@@ -895,8 +1060,11 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
         # Orbax silently skips saving a step that exists; this config may
         # initialise another state than the one saved before.
         mngr.delete(0)
-      mngr.save(0, args=ocp.args.StandardSave(exp.state),
-                custom_metadata={"nonfinite_steps": 0})
+      mngr.save(
+          0,
+          args=ocp.args.StandardSave(exp.state),
+          custom_metadata={"nonfinite_steps": 0},
+      )
       mngr.wait_until_finished()
   except BaseException:
     workdir_io.close_quietly(mngr, None)
@@ -904,9 +1072,14 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
   mngr.close()
 
   metrics = evaluate(exp.state, exp.dataset, config, exp.embedder)
-  results = {**metrics, "step": 0, "mode": UNTRAINED_MODE,
-             "dataset": config.dataset, "complete": True,
-             "train_seconds_this_run": 0.0}
+  results = {
+      **metrics,
+      "step": 0,
+      "mode": UNTRAINED_MODE,
+      "dataset": config.dataset,
+      "complete": True,
+      "train_seconds_this_run": 0.0,
+  }
   if not any(k.startswith("fine_") for k in metrics):
     results["fine_metrics"] = "unavailable: the dataset has no fine labels"
   if is_main:
@@ -914,6 +1087,7 @@ def _evaluate_untrained(config: ml_collections.ConfigDict,
       workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
     except OSError as e:
       raise WorkdirError(workdir_io.write_error_message(workdir, e)) from e
-  logging.info("Untrained encoder (seed %d): %s", config.seed,
-               _summary_line(metrics))
+  logging.info(
+      "Untrained encoder (seed %d): %s", config.seed, _summary_line(metrics)
+  )
   return results

@@ -30,8 +30,9 @@ from maskcon_jax.errors import Interrupted, UserError, WorkdirError
 DEBUG_LOG = "debug.log"
 
 
-def write_json_atomic(path: str, payload: Any, *,
-                      debug_point: str | None = None) -> None:
+def write_json_atomic(
+    path: str, payload: Any, *, debug_point: str | None = None
+) -> None:
   """Writes JSON through a temporary file, so readers never see half a file.
 
   ``debug_point``: the `debugpoints` name of the moment between writing the
@@ -49,9 +50,18 @@ def write_json_atomic(path: str, payload: Any, *,
 # What TensorStore (orbax's writer) says instead of raising OSError: the
 # errno, or failing that the words of the error.
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-_OS_ERROR_WORDS = tuple((os.strerror(code), code) for code in (
-    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM,
-    errno.EROFS, errno.EIO))
+_OS_ERROR_WORDS = tuple(
+    (os.strerror(code), code)
+    for code in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EIO,
+    )
+)
 _FAILED_PATH = re.compile(r'(?:Failed writing|local file):? "([^"]+)"')
 
 
@@ -104,16 +114,19 @@ def raise_if_write_failure(workdir: str, error: BaseException) -> None:
     details = f" (details in {log})"
   except OSError:
     details = ""
-  ckpt_dir = os.path.join(os.path.abspath(workdir),
-                          checkpoints.CHECKPOINT_DIR)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)
   path = os.path.abspath(os_error.filename) if os_error.filename else None
   if path is None or path.startswith(ckpt_dir + os.sep):
     where = f"checkpoints in {ckpt_dir}" if path else f"--workdir={workdir}"
   else:
     where = path
   done = checkpoints.finished_steps(ckpt_dir)
-  kept = (f"the newest complete checkpoint, step {max(map(int, done))}, is "
-          "intact" if done else "no checkpoint is complete yet")
+  kept = (
+      f"the newest complete checkpoint, step {max(map(int, done))}, is "
+      "intact"
+      if done
+      else "no checkpoint is complete yet"
+  )
   if os_error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
     todo = "free some space"
   elif os_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -121,8 +134,10 @@ def raise_if_write_failure(workdir: str, error: BaseException) -> None:
   else:
     todo = "check the disk"
   reason = os_error.strerror or os.strerror(os_error.errno)
-  raise WorkdirError(f"cannot write {where}: {reason}; {kept}; {todo} and "
-                     f"rerun the same command to resume{details}.") from error
+  raise WorkdirError(
+      f"cannot write {where}: {reason}; {kept}; {todo} and "
+      f"rerun the same command to resume{details}."
+  ) from error
 
 
 def space_warning(ckpt_dir: str) -> str | None:
@@ -145,21 +160,28 @@ def space_warning(ckpt_dir: str) -> str | None:
     return None
   if free >= size:
     return None
-  return (f"only {free / 1e6:.1f} MB free on the disk of {ckpt_dir}, less than "
-          f"the last checkpoint takes ({size / 1e6:.1f} MB): the next save "
-          "may fail; free some space.")
+  return (
+      f"only {free / 1e6:.1f} MB free on the disk of {ckpt_dir}, less than "
+      f"the last checkpoint takes ({size / 1e6:.1f} MB): the next save "
+      "may fail; free some space."
+  )
 
 
 def write_error_message(workdir: str, error: OSError) -> str:
   """The message of the one-line `WorkdirError` for ``error``, a failed
   write into ``workdir``: its reason and what to do."""
-  reason = error.strerror or (os.strerror(error.errno) if error.errno
-                              else str(error))
+  reason = error.strerror or (
+      os.strerror(error.errno) if error.errno else str(error)
+  )
   if error.errno in (errno.ENOSPC, errno.EDQUOT):
-    return (f"cannot write to --workdir={workdir}: {reason}; free some space "
-            "or choose another --workdir.")
-  return (f"cannot write to --workdir={workdir}: {reason}; choose a directory "
-          "you can write to.")
+    return (
+        f"cannot write to --workdir={workdir}: {reason}; free some space "
+        "or choose another --workdir."
+    )
+  return (
+      f"cannot write to --workdir={workdir}: {reason}; choose a directory "
+      "you can write to."
+  )
 
 
 @contextlib.contextmanager
@@ -203,24 +225,31 @@ def read_saved_config(path: str) -> dict[str, Any] | None:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     reason = errors.first_line(e, with_type=True)
-    raise WorkdirError(f"{path} cannot be read ({reason}); restore it "
-                       "or use a new --workdir.") from e
+    raise WorkdirError(
+        f"{path} cannot be read ({reason}); restore it "
+        "or use a new --workdir."
+    ) from e
   if not isinstance(saved, dict):
-    raise WorkdirError(f"{path} does not hold a config; restore it or use a "
-                       "new --workdir.")
+    raise WorkdirError(
+        f"{path} does not hold a config; restore it or use a " "new --workdir."
+    )
   return saved
 
 
 def close_quietly(mngr, writer) -> None:
   """Finishes in-flight checkpoint writes and flushes the event files while
   another exception is on its way out; their own failures only get logged."""
-  for action in (getattr(mngr, "wait_until_finished", None),
-                 getattr(mngr, "close", None), getattr(writer, "flush", None),
-                 getattr(writer, "close", None)):
+  for action in (
+      getattr(mngr, "wait_until_finished", None),
+      getattr(mngr, "close", None),
+      getattr(writer, "flush", None),
+      getattr(writer, "close", None),
+  ):
     if action is None:
       continue
     try:
       action()
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning("While stopping: %s",
-                      errors.first_line(e, with_type=True))
+      logging.warning(
+          "While stopping: %s", errors.first_line(e, with_type=True)
+      )

@@ -11,8 +11,10 @@ import tempfile
 
 # Tests train the same tiny programs in several processes (CLI runs); a
 # persistent compilation cache shared by them saves most of the compile time.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="maskcon_jax_test_cache_"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    tempfile.mkdtemp(prefix="maskcon_jax_test_cache_"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # Eight fake CPU devices and the command-line tools' CPU convolutions, as
 # the stored fixtures were computed (CLI processes inherit XLA_FLAGS).

@@ -17,6 +17,7 @@ from maskcon_jax import trainer
 
 def _write_png(path, value):
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(path)
 
@@ -29,8 +30,10 @@ def test_streamed_batches_resume_mid_epoch(tmp_path):
   for split, count in (("train", 12), ("test", 2)):
     for fine in ("a", "b"):
       for i in range(count):
-        _write_png(str(root / split / fine / f"{i}.png"),
-                   (i * 20 + (fine == "b") * 7) % 256)
+        _write_png(
+            str(root / split / fine / f"{i}.png"),
+            (i * 20 + (fine == "b") * 7) % 256,
+        )
   (root / "coarse.csv").write_text("a,x\nb,y\n")
   config = tiny.get_config()
   config.dataset = "folder"
@@ -45,8 +48,9 @@ def test_streamed_batches_resume_mid_epoch(tmp_path):
   assert spe == 3
 
   def batches(start, stop):
-    data = batches_lib.StreamedBatches(dataset, mesh, config.batch_size,
-                                       config.seed)
+    data = batches_lib.StreamedBatches(
+        dataset, mesh, config.batch_size, config.seed
+    )
     return [np.asarray(data.batch(s, spe)["image"]) for s in range(start, stop)]
 
   straight = batches(0, 2 * spe)

@@ -45,9 +45,11 @@ def _fail(*args, **kwargs):
 
 
 def _no_runs(monkeypatch):
-  for module, name in ((trainer, "train_and_evaluate"),
-                       (trainer, "evaluate_untrained"),
-                       (evaluate, "run_evaluation")):
+  for module, name in (
+      (trainer, "train_and_evaluate"),
+      (trainer, "evaluate_untrained"),
+      (evaluate, "run_evaluation"),
+  ):
     monkeypatch.setattr(module, name, _fail)
 
 
@@ -60,8 +62,11 @@ def _table_lines(table):
 
 def test_writes_table_plot_and_json(compared):
   workdir, rows = compared
-  assert [r["label"] for r in rows] == ["maskcon", "grafit (w=1.0)",
-                                        "untrained"]
+  assert [r["label"] for r in rows] == [
+      "maskcon",
+      "grafit (w=1.0)",
+      "untrained",
+  ]
   assert [r["mode"] for r in rows] == ["maskcon", "grafit", "untrained"]
   assert rows[1]["overrides"] == {"w": 1.0}
   assert [r["spec"] for r in rows] == MODES
@@ -69,12 +74,16 @@ def test_writes_table_plot_and_json(compared):
 
   table = (workdir / "comparison.md").read_text()
   body = _table_lines(table)
-  assert body[0] == ("| mode | steps | fine R@1 | fine R@5 | fine R@10 "
-                     "| kNN top-1 | fine MAP@R | linear probe "
-                     "| wall time (s) | Δ R@1 vs maskcon (± SE) |")
-  assert [l.split(" | ")[0] for l in body[1:]] == ["| maskcon",
-                                                   "| grafit (w=1.0)",
-                                                   "| untrained"]
+  assert body[0] == (
+      "| mode | steps | fine R@1 | fine R@5 | fine R@10 "
+      "| kNN top-1 | fine MAP@R | linear probe "
+      "| wall time (s) | Δ R@1 vs maskcon (± SE) |"
+  )
+  assert [l.split(" | ")[0] for l in body[1:]] == [
+      "| maskcon",
+      "| grafit (w=1.0)",
+      "| untrained",
+  ]
   for line, steps in zip(body[1:], ("4", "4", "0")):
     cells = [c.strip() for c in line.strip("| ").split(" | ")]
     assert cells[1] == steps  # One epoch of 64 examples at batch 16.
@@ -88,15 +97,18 @@ def test_writes_table_plot_and_json(compared):
   assert "seeds 3, 4" in table
   assert "untrained: the freshly initialised encoder" in table
   # The second table: every metric's paired difference to the reference.
-  paired = table[table.index("Paired differences to maskcon"):]
+  paired = table[table.index("Paired differences to maskcon") :]
   paired_rows = [l for l in paired.splitlines() if l.startswith("| ")]
-  assert paired_rows[0] == ("| mode | seeds paired | Δ fine R@1 | Δ fine R@5 "
-                            "| Δ fine R@10 | Δ kNN top-1 | Δ fine MAP@R "
-                            "| Δ linear probe |")
+  assert paired_rows[0] == (
+      "| mode | seeds paired | Δ fine R@1 | Δ fine R@5 "
+      "| Δ fine R@10 | Δ kNN top-1 | Δ fine MAP@R "
+      "| Δ linear probe |"
+  )
   assert paired_rows[1].startswith("| maskcon |  | reference |")
   assert paired_rows[2].startswith("| grafit (w=1.0) | 2 | ")
 
   from matplotlib import image
+
   png = image.imread(workdir / "comparison.png")
   assert png.ndim == 3 and png[..., :3].std() > 0.05
 
@@ -130,8 +142,9 @@ def test_rows_are_mean_and_sample_std_of_the_runs(compared):
       r1.append(results["fine_recall@1"])
     assert row["fine_recall@1_mean"] == pytest.approx(np.mean(r1))
     assert row["fine_recall@1_std"] == pytest.approx(np.std(r1, ddof=1))
-  grafit = json.loads((workdir / "grafit_w=1.0" / "seed_3" /
-                       "config.json").read_text())
+  grafit = json.loads(
+      (workdir / "grafit_w=1.0" / "seed_3" / "config.json").read_text()
+  )
   assert grafit["w"] == 1.0
 
 
@@ -145,8 +158,11 @@ def _numpy_paired(a, b):
   if n == 0:
     return None, None, 0
   mean = d.sum() / n
-  se = math.sqrt(((d - mean) ** 2).sum() / (n - 1)) / math.sqrt(n) if n > 1 \
+  se = (
+      math.sqrt(((d - mean) ** 2).sum() / (n - 1)) / math.sqrt(n)
+      if n > 1
       else None
+  )
   return mean, se, n
 
 
@@ -164,7 +180,8 @@ def test_paired_difference_matches_numpy():
   # Not the unpaired error: the shared per-seed offset cancels.
   offset = {s: 0.1 * s for s in range(5)}
   paired = compare.paired_difference(
-      {s: offset[s] + 0.02 + 0.001 * (s % 2) for s in offset}, offset)
+      {s: offset[s] + 0.02 + 0.001 * (s % 2) for s in offset}, offset
+  )
   assert paired[0] == pytest.approx(0.0204) and paired[1] < 0.001
   assert compare.paired_difference({1: 0.5}, {1: 0.25}) == (0.25, None, 1)
   assert compare.paired_difference({1: 0.5}, {2: 0.25}) == (None, None, 0)
@@ -198,8 +215,9 @@ def test_untrained_row_is_the_initial_state(compared):
   # Its checkpoint 0 is that state, as maskcon_jax.evaluate loads it.
   _, restored = trainer.load_trained(str(run_dir))
   assert int(restored.step) == 0
-  for loaded, fresh in zip(jax.tree.leaves(restored.params),
-                           jax.tree.leaves(exp.state.params)):
+  for loaded, fresh in zip(
+      jax.tree.leaves(restored.params), jax.tree.leaves(exp.state.params)
+  ):
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(fresh))
 
 
@@ -209,22 +227,27 @@ def test_untrained_refuses_a_trained_workdir(compared, tmp_path):
   shutil.copytree(workdir / "maskcon" / "seed_3", run_dir)
   config = _config().copy_and_resolve_references()
   config.seed = 3
-  with pytest.raises(UserError, match=r"holds checkpoints of training "
-                     r"\(steps 4\); evaluate the untrained encoder in a new"):
+  with pytest.raises(
+      UserError,
+      match=r"holds checkpoints of training "
+      r"\(steps 4\); evaluate the untrained encoder in a new",
+  ):
     trainer.evaluate_untrained(config, str(run_dir))
-  assert (json.loads((run_dir / "results.json").read_text())["mode"] ==
-          "maskcon")
+  assert json.loads((run_dir / "results.json").read_text())["mode"] == "maskcon"
 
 
 def test_rerun_skips_finished_runs(compared, monkeypatch):
   workdir, rows = compared
   _no_runs(monkeypatch)
-  assert compare.run_comparison(_config(), ",".join(MODES), str(workdir),
-                                SEEDS) == rows
+  assert (
+      compare.run_comparison(_config(), ",".join(MODES), str(workdir), SEEDS)
+      == rows
+  )
 
 
 def test_finished_runs_saved_without_the_optional_fields_stay_finished(
-    compared, monkeypatch):
+    compared, monkeypatch
+):
   # The command line now adds the optional fields (as maskcon_jax.train);
   # runs saved without them are the same runs.
   workdir, rows = compared
@@ -250,46 +273,70 @@ def test_reference_names_an_entry(compared, tmp_path, monkeypatch):
   shutil.copytree(workdir, copy)
   _no_runs(monkeypatch)
   for reference in ("grafit:w=1.0", "grafit (w=1.0)", " grafit:w=1 "):
-    again = compare.run_comparison(_config(), MODES, str(copy), SEEDS,
-                                   reference=reference)
+    again = compare.run_comparison(
+        _config(), MODES, str(copy), SEEDS, reference=reference
+    )
     assert [r["is_reference"] for r in again] == [False, True, False]
     assert again[0]["fine_recall@1_delta_mean"] == pytest.approx(
-        -rows[1]["fine_recall@1_delta_mean"], abs=1e-12)
-  assert "Δ R@1 vs grafit (w=1.0) (± SE)" in (copy / "comparison.md"
-                                                ).read_text()
+        -rows[1]["fine_recall@1_delta_mean"], abs=1e-12
+    )
+  assert (
+      "Δ R@1 vs grafit (w=1.0) (± SE)" in (copy / "comparison.md").read_text()
+  )
 
 
-@pytest.mark.parametrize("modes,expected", [
-    (["maskcon", "moco"], 0),
-    (["moco", "untrained", "maskcon:w=1.0"], 2),
-    (["moco", "grafit"], 0),
-])
+@pytest.mark.parametrize(
+    "modes,expected",
+    [
+        (["maskcon", "moco"], 0),
+        (["moco", "untrained", "maskcon:w=1.0"], 2),
+        (["moco", "grafit"], 0),
+    ],
+)
 def test_default_reference_is_the_first_maskcon_entry(modes, expected):
   cells = [cell for spec in modes for cell in compare.expand_mode_spec(spec)]
   assert compare._reference_index(cells, None) == expected
 
 
-@pytest.mark.parametrize("reference,message", [
-    ("coins", "--reference='coins' is none of the --modes entries; name one "
-     "of: maskcon, grafit:w=1.0"),
-    ("maskcon:w=0.5|1.0", "is none of the --modes entries"),
-])
+@pytest.mark.parametrize(
+    "reference,message",
+    [
+        (
+            "coins",
+            "--reference='coins' is none of the --modes entries; name one "
+            "of: maskcon, grafit:w=1.0",
+        ),
+        ("maskcon:w=0.5|1.0", "is none of the --modes entries"),
+    ],
+)
 def test_bad_reference_before_any_run(reference, message, tmp_path):
   with pytest.raises(UserError, match=re.escape(message)):
-    compare.run_comparison(_config(), ["maskcon", "grafit:w=1.0"],
-                           str(tmp_path / "out"), reference=reference)
+    compare.run_comparison(
+        _config(),
+        ["maskcon", "grafit:w=1.0"],
+        str(tmp_path / "out"),
+        reference=reference,
+    )
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("moco", ("moco", {})),
-    ("grafit:w=1.0", ("grafit", {"w": 1.0})),
-    (" maskcon : t=0.1 : w=0.8 ", ("maskcon", {"t": 0.1, "w": 0.8})),
-    ("coins:precision=bfloat16:queue_init=random",
-     ("coins", {"precision": "bfloat16", "queue_init": "random"})),
-    ("untrained", ("untrained", {})),
-    ("untrained:mode=wcl:width=8", ("untrained", {"mode": "wcl", "width": 8})),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("moco", ("moco", {})),
+        ("grafit:w=1.0", ("grafit", {"w": 1.0})),
+        (" maskcon : t=0.1 : w=0.8 ", ("maskcon", {"t": 0.1, "w": 0.8})),
+        (
+            "coins:precision=bfloat16:queue_init=random",
+            ("coins", {"precision": "bfloat16", "queue_init": "random"}),
+        ),
+        ("untrained", ("untrained", {})),
+        (
+            "untrained:mode=wcl:width=8",
+            ("untrained", {"mode": "wcl", "width": 8}),
+        ),
+    ],
+)
 def test_parse_mode_spec(spec, expected):
   assert compare.parse_mode_spec(spec) == expected
 
@@ -308,48 +355,68 @@ def test_grid_expands_to_the_cartesian_product():
       ("maskcon:w=1.0:t=0.1", "maskcon", {"w": 1.0, "t": 0.1}),
   ]
   assert compare.expand_mode_spec("grafit:w=1.0|0.8:queue_init=random") == [
-      ("grafit:w=1.0:queue_init=random", "grafit",
-       {"w": 1.0, "queue_init": "random"}),
-      ("grafit:w=0.8:queue_init=random", "grafit",
-       {"w": 0.8, "queue_init": "random"})]
+      (
+          "grafit:w=1.0:queue_init=random",
+          "grafit",
+          {"w": 1.0, "queue_init": "random"},
+      ),
+      (
+          "grafit:w=0.8:queue_init=random",
+          "grafit",
+          {"w": 0.8, "queue_init": "random"},
+      ),
+  ]
   # A single run keeps its text, and so its workdir name.
   assert compare.expand_mode_spec(" maskcon : t=0.1 ") == [
-      ("maskcon : t=0.1", "maskcon", {"t": 0.1})]
+      ("maskcon : t=0.1", "maskcon", {"t": 0.1})
+  ]
 
 
 def test_grid_cells_are_runs_of_their_own():
   plan = compare._build_configs(
-      _config(), ["maskcon:w=0.5|1.0:t=0.05|0.1", "untrained:width=4|8"], [3])
+      _config(), ["maskcon:w=0.5|1.0:t=0.05|0.1", "untrained:width=4|8"], [3]
+  )
   assert [(entry, name) for entry, _, _, _, name, _ in plan] == [
       ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=0.5_t=0.05"),
       ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=0.5_t=0.1"),
       ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=1.0_t=0.05"),
       ("maskcon:w=0.5|1.0:t=0.05|0.1", "maskcon_w=1.0_t=0.1"),
       ("untrained:width=4|8", "untrained_width=4"),
-      ("untrained:width=4|8", "untrained_width=8")]
-  labels = [compare.run_label(mode, overrides)
-            for _, _, mode, overrides, _, _ in plan]
+      ("untrained:width=4|8", "untrained_width=8"),
+  ]
+  labels = [
+      compare.run_label(mode, overrides) for _, _, mode, overrides, _, _ in plan
+  ]
   assert labels[0] == "maskcon (w=0.5, t=0.05)"
   assert labels[5] == "untrained (width=8)"
   configs = [runs[0] for *_, runs in plan]
-  assert [(c.w, c.t) for c in configs[:4]] == [(0.5, 0.05), (0.5, 0.1),
-                                              (1.0, 0.05), (1.0, 0.1)]
-  assert [(c.mode, c.width) for c in configs[4:]] == [("maskcon", 4),
-                                                     ("maskcon", 8)]
+  assert [(c.w, c.t) for c in configs[:4]] == [
+      (0.5, 0.05),
+      (0.5, 0.1),
+      (1.0, 0.05),
+      (1.0, 0.1),
+  ]
+  assert [(c.mode, c.width) for c in configs[4:]] == [
+      ("maskcon", 4),
+      ("maskcon", 8),
+  ]
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("maskcon:w=0.5|", "'w=0.5|' in 'maskcon:w=0.5|' has an empty value"),
-    ("maskcon:w=|", "'w=|' in 'maskcon:w=|' has an empty value"),
-    ("maskcon:w=|1.0", "has an empty value"),
-    ("maskcon:w=0.5:w=1.0", "'maskcon:w=0.5:w=1.0' sets w twice"),
-    ("maskcon:w=0.5|1.0:w=0.8", "sets w twice"),
-    ("maskcon|moco", "'maskcon|moco' has '|' in its mode"),
-    ("maskcon|moco:w=1.0", "has '|' in its mode"),
-    ("maskcon:w=0.5|0.5", "lists '0.5' twice"),
-    ("maskcon:w=1|1.0", "lists '1.0' twice"),
-    ("moco:mode=grafit", "sets the mode twice"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("maskcon:w=0.5|", "'w=0.5|' in 'maskcon:w=0.5|' has an empty value"),
+        ("maskcon:w=|", "'w=|' in 'maskcon:w=|' has an empty value"),
+        ("maskcon:w=|1.0", "has an empty value"),
+        ("maskcon:w=0.5:w=1.0", "'maskcon:w=0.5:w=1.0' sets w twice"),
+        ("maskcon:w=0.5|1.0:w=0.8", "sets w twice"),
+        ("maskcon|moco", "'maskcon|moco' has '|' in its mode"),
+        ("maskcon|moco:w=1.0", "has '|' in its mode"),
+        ("maskcon:w=0.5|0.5", "lists '0.5' twice"),
+        ("maskcon:w=1|1.0", "lists '1.0' twice"),
+        ("moco:mode=grafit", "sets the mode twice"),
+    ],
+)
 def test_bad_grid_syntax_is_one_line_error(spec, message):
   with pytest.raises(UserError, match=re.escape(message)) as error:
     compare.expand_mode_spec(spec)
@@ -361,50 +428,79 @@ def test_parse_mode_spec_refuses_a_grid():
     compare.parse_mode_spec("maskcon:w=0.5|1.0")
 
 
-@pytest.mark.parametrize("spec,name", [
-    ("maskcon", "maskcon"),
-    ("grafit:w=1.0", "grafit_w=1.0"),
-    ("maskcon:w=0.5:t=0.05", "maskcon_w=0.5_t=0.05"),
-    ("saliency:saliency_strategy=mean", "saliency_saliency_strategy=mean"),
-    ("saliency:saliency.strategy=mean", "saliency_saliency.strategy=mean"),
-    ("coins:retrieval_ks=(1, 2)", "coins_retrieval_ks=_1_2"),
-    (":::", "run"),
-])
+@pytest.mark.parametrize(
+    "spec,name",
+    [
+        ("maskcon", "maskcon"),
+        ("grafit:w=1.0", "grafit_w=1.0"),
+        ("maskcon:w=0.5:t=0.05", "maskcon_w=0.5_t=0.05"),
+        ("saliency:saliency_strategy=mean", "saliency_saliency_strategy=mean"),
+        ("saliency:saliency.strategy=mean", "saliency_saliency.strategy=mean"),
+        ("coins:retrieval_ks=(1, 2)", "coins_retrieval_ks=_1_2"),
+        (":::", "run"),
+    ],
+)
 def test_directory_name(spec, name):
   assert compare.directory_name(spec) == name
 
 
-@pytest.mark.parametrize("modes,seeds,message", [
-    (["maskcon", "nope"], None, "unknown mode 'nope'.*available: maskcon.*"
-     "untrained"),
-    (["grafit:w"], None, "'w' in 'grafit:w' is not FIELD=VALUE"),
-    (["grafit:mode=moco"], None, "sets the mode twice"),
-    (["grafit:nofield=1"], None, "config.nofield, which the config does not"),
-    (["grafit:w=abc"], None, "w='abc', but that field takes float values"),
-    (["grafit:batch_size=1.5"], None, "that field takes int values"),
-    (["grafit:w=2"], None, "entry 'grafit:w=2': config.w=2.0 must lie in"),
-    (["grafit:w=0.5|2"], None, "entry 'grafit:w=2': config.w=2.0 must lie in"),
-    (["untrained:mode=nope"], None, "entry 'untrained:mode=nope': "
-     "config.mode='nope' is not supported"),
-    (["moco", "moco"], None, "name the same run"),
-    (["maskcon:w=0.5|1.0", "maskcon:w=1.0"], None,
-     re.escape("entries 'maskcon:w=0.5|1.0' and 'maskcon:w=1.0' both hold the "
-               "run 'maskcon:w=1.0'")),
-    ([], None, "--modes is empty"),
-    (["moco"], [1, 1], "lists a seed twice"),
-    (["moco"], ["x"], "'x' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "modes,seeds,message",
+    [
+        (
+            ["maskcon", "nope"],
+            None,
+            "unknown mode 'nope'.*available: maskcon.*" "untrained",
+        ),
+        (["grafit:w"], None, "'w' in 'grafit:w' is not FIELD=VALUE"),
+        (["grafit:mode=moco"], None, "sets the mode twice"),
+        (
+            ["grafit:nofield=1"],
+            None,
+            "config.nofield, which the config does not",
+        ),
+        (["grafit:w=abc"], None, "w='abc', but that field takes float values"),
+        (["grafit:batch_size=1.5"], None, "that field takes int values"),
+        (["grafit:w=2"], None, "entry 'grafit:w=2': config.w=2.0 must lie in"),
+        (
+            ["grafit:w=0.5|2"],
+            None,
+            "entry 'grafit:w=2': config.w=2.0 must lie in",
+        ),
+        (
+            ["untrained:mode=nope"],
+            None,
+            "entry 'untrained:mode=nope': "
+            "config.mode='nope' is not supported",
+        ),
+        (["moco", "moco"], None, "name the same run"),
+        (
+            ["maskcon:w=0.5|1.0", "maskcon:w=1.0"],
+            None,
+            re.escape(
+                "entries 'maskcon:w=0.5|1.0' and 'maskcon:w=1.0' both hold the "
+                "run 'maskcon:w=1.0'"
+            ),
+        ),
+        ([], None, "--modes is empty"),
+        (["moco"], [1, 1], "lists a seed twice"),
+        (["moco"], ["x"], "'x' is not an integer"),
+    ],
+)
 def test_user_errors_before_any_run(modes, seeds, message, tmp_path):
   with pytest.raises(UserError, match=message):
     compare.run_comparison(_config(), modes, str(tmp_path / "out"), seeds)
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec", [
-    "saliency:saliency.strategy=mean:saliency.alpha=1.0",
-    # The flat names of older configs (and their workdirs) still work.
-    "saliency:saliency_strategy=mean:alpha=1.0",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "saliency:saliency.strategy=mean:saliency.alpha=1.0",
+        # The flat names of older configs (and their workdirs) still work.
+        "saliency:saliency_strategy=mean:alpha=1.0",
+    ],
+)
 def test_method_option_the_config_file_leaves_out(spec):
   # configs/tiny.py has no saliency block; an entry may still set its
   # fields, and the other entries' configs stay exactly the file's.
@@ -419,53 +515,77 @@ def test_method_option_the_config_file_leaves_out(spec):
 def _rows(values_per_row, untrained=None):
   rows = []
   for i, values in enumerate(values_per_row):
-    rows.append({
-        "label": f"mode{i} (w={i / 10})", "mode": "maskcon", "seeds": [1, 2, 3],
-        "is_reference": i == 0,
-        "runs": [{"fine_recall@1": v} for v in values],
-        "fine_recall@1_mean": float(np.mean(values)),
-        "fine_recall@1_std": float(np.std(values, ddof=1))})
+    rows.append(
+        {
+            "label": f"mode{i} (w={i / 10})",
+            "mode": "maskcon",
+            "seeds": [1, 2, 3],
+            "is_reference": i == 0,
+            "runs": [{"fine_recall@1": v} for v in values],
+            "fine_recall@1_mean": float(np.mean(values)),
+            "fine_recall@1_std": float(np.std(values, ddof=1)),
+        }
+    )
   if untrained is not None:
-    rows.append({"label": "untrained", "mode": "untrained", "seeds": [1, 2, 3],
-                 "is_reference": False,
-                 "runs": [{"fine_recall@1": v} for v in untrained],
-                 "fine_recall@1_mean": float(np.mean(untrained)),
-                 "fine_recall@1_std": float(np.std(untrained, ddof=1))})
+    rows.append(
+        {
+            "label": "untrained",
+            "mode": "untrained",
+            "seeds": [1, 2, 3],
+            "is_reference": False,
+            "runs": [{"fine_recall@1": v} for v in untrained],
+            "fine_recall@1_mean": float(np.mean(untrained)),
+            "fine_recall@1_std": float(np.std(untrained, ddof=1)),
+        }
+    )
   return rows
 
 
 def test_plot_is_zoomed_to_the_data(tmp_path):
   rng = np.random.default_rng(1)
-  values = [(0.7 + 0.01 * i + rng.normal(0, 0.005, 3)).tolist()
-            for i in range(15)]
+  values = [
+      (0.7 + 0.01 * i + rng.normal(0, 0.005, 3)).tolist() for i in range(15)
+  ]
   path = tmp_path / "fifteen.png"
   low, high = compare.plot_comparison(_rows(values), str(path))
   flat = np.ravel(values)
   assert 0.5 < low < flat.min() and flat.max() < high <= 1.0
   assert high - low < 0.3  # Not 0..1: differences of a point show.
   from matplotlib import image
+
   png = image.imread(path)
   assert png.shape[0] > 500  # Taller with more entries: labels stay apart.
 
   # The untrained encoder stays in view, far below the trained ones.
-  low, high = compare.plot_comparison(_rows(values[:2], [0.2, 0.25, 0.22]),
-                                      str(tmp_path / "untrained.png"))
+  low, high = compare.plot_comparison(
+      _rows(values[:2], [0.2, 0.25, 0.22]), str(tmp_path / "untrained.png")
+  )
   assert 0.0 < low < 0.2 and 0.72 < high <= 1.0
   assert (tmp_path / "untrained.png").stat().st_size > 0
   # Nothing to show: the whole range.
   none = _rows([[0.5, 0.6, 0.7]])
-  none[0].update({"runs": [{"fine_recall@1": None}] * 3,
-                  "fine_recall@1_mean": None, "fine_recall@1_std": None})
+  none[0].update(
+      {
+          "runs": [{"fine_recall@1": None}] * 3,
+          "fine_recall@1_mean": None,
+          "fine_recall@1_std": None,
+      }
+  )
   assert compare.plot_comparison(none, str(tmp_path / "none.png")) == (0, 1)
 
 
 def test_cli_flags_add_the_optional_fields():
   # As maskcon_jax.train: --config.FIELD may name a method option the config
   # file leaves out (configs/default.py has no saliency block).
-  argv = ["compare", "--config=configs/default.py",
-          "--config.saliency.alpha=1.0",
-          "--modes=maskcon,moco", "--workdir=/tmp/x", "--seeds=1,2",
-          "--reference=moco"]
+  argv = [
+      "compare",
+      "--config=configs/default.py",
+      "--config.saliency.alpha=1.0",
+      "--modes=maskcon,moco",
+      "--workdir=/tmp/x",
+      "--seeds=1,2",
+      "--reference=moco",
+  ]
   flag_values = flags.FlagValues()
   compare.define_flags(flag_values, sys_argv=argv)
   flag_values(argv)
@@ -477,26 +597,55 @@ def test_cli_flags_add_the_optional_fields():
 def test_cli_untrained_with_an_optional_field_and_one_line_errors(tmp_path):
   workdir = tmp_path / "out"
   out = subprocess.run(
-      [sys.executable, "-m", "maskcon_jax.compare", "--config",
-       "configs/tiny.py", "--config.mode=wcl", "--config.wcl.graph_weight=2",
-       "--modes", "untrained",
-       "--workdir", str(workdir), "--noevaluate"], cwd=REPO_ROOT,
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "maskcon_jax.compare",
+          "--config",
+          "configs/tiny.py",
+          "--config.mode=wcl",
+          "--config.wcl.graph_weight=2",
+          "--modes",
+          "untrained",
+          "--workdir",
+          str(workdir),
+          "--noevaluate",
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
-  saved = json.loads((workdir / "untrained" / "seed_1228" /
-                      "config.json").read_text())
+  saved = json.loads(
+      (workdir / "untrained" / "seed_1228" / "config.json").read_text()
+  )
   # Only the mode's own block is recorded.
   assert saved["wcl"]["graph_weight"] == 2.0 and saved["mode"] == "wcl"
   assert "saliency" not in saved and "selfcon" not in saved
   assert "| untrained | 0 |" in out.stdout
 
-  for modes, message in (("maskcon,nope", "unknown mode 'nope'"),
-                         ("maskcon:w=0.5|", "has an empty value")):
+  for modes, message in (
+      ("maskcon,nope", "unknown mode 'nope'"),
+      ("maskcon:w=0.5|", "has an empty value"),
+  ):
     out = subprocess.run(
-        [sys.executable, "-m", "maskcon_jax.compare", "--config",
-         "configs/tiny.py", "--modes", modes, "--workdir",
-         str(tmp_path / "bad")], cwd=REPO_ROOT, capture_output=True,
-        text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "maskcon_jax.compare",
+            "--config",
+            "configs/tiny.py",
+            "--modes",
+            modes,
+            "--workdir",
+            str(tmp_path / "bad"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr
@@ -507,17 +656,28 @@ def test_entry_seeds_override_the_shared_seeds():
   """wcl:seeds=5 runs one seed of its own, in the folder --seeds would use,
   and the table then shows each row's seeds."""
   config = _config()
-  plan = compare._build_configs(config, ["maskcon", "moco:seeds=5",
-                                         "grafit:w=1.0:seeds=3+5"], [3, 4])
-  seeds = {cell: [int(c.seed) for c in runs]
-           for _, cell, _, _, _, runs in plan}
+  plan = compare._build_configs(
+      config, ["maskcon", "moco:seeds=5", "grafit:w=1.0:seeds=3+5"], [3, 4]
+  )
+  seeds = {cell: [int(c.seed) for c in runs] for _, cell, _, _, _, runs in plan}
   names = {cell: name for _, cell, _, _, name, _ in plan}
   assert seeds == {"maskcon": [3, 4], "moco": [5], "grafit:w=1.0": [3, 5]}
   assert names["moco"] == "moco" and names["grafit:w=1.0"] == "grafit_w=1.0"
-  rows = [{"label": cell, "seeds": s, "steps": [1], "mode": cell,
-           "wall_seconds_mean": 1.0,
-           **{f"{k}_{stat}": 0.5 for k, _ in compare.METRICS
-              for stat in ("mean", "std")}} for cell, s in seeds.items()]
+  rows = [
+      {
+          "label": cell,
+          "seeds": s,
+          "steps": [1],
+          "mode": cell,
+          "wall_seconds_mean": 1.0,
+          **{
+              f"{k}_{stat}": 0.5
+              for k, _ in compare.METRICS
+              for stat in ("mean", "std")
+          },
+      }
+      for cell, s in seeds.items()
+  ]
   table = compare.markdown_table(rows)
   assert "| seeds |" in table.splitlines()[0] and "| 3, 5 |" in table
   for bad in ("moco:seeds=5|6", "moco:seeds=x", "moco:seeds=5+5"):

@@ -15,16 +15,34 @@ from PIL import Image
 from maskcon_jax import hierarchies
 from maskcon_jax import trainer
 
-TFDS_CONFIGS = ("cifar100", "cifartoy_good", "cifartoy_bad", "imagenet32",
-                "cars196", "sop")
+TFDS_CONFIGS = (
+    "cifar100",
+    "cifartoy_good",
+    "cifartoy_bad",
+    "imagenet32",
+    "cars196",
+    "sop",
+)
 
 
 def _shrink(config, **extra):
-  config.update(dict(arch="resnet10", width=4, embed_dim=8,
-                     proj_hidden_dim=16, batch_size=8, queue_size=16,
-                     num_epochs=1, warmup_epochs=0, eval_batch_size=8,
-                     log_every_steps=1, checkpoint_every_steps=100,
-                     num_devices=1, retrieval_ks=(1, 2)))
+  config.update(
+      dict(
+          arch="resnet10",
+          width=4,
+          embed_dim=8,
+          proj_hidden_dim=16,
+          batch_size=8,
+          queue_size=16,
+          num_epochs=1,
+          warmup_epochs=0,
+          eval_batch_size=8,
+          log_every_steps=1,
+          checkpoint_every_steps=100,
+          num_devices=1,
+          retrieval_ks=(1, 2),
+      )
+  )
   config.stop_after_steps = 2
   with config.unlocked():
     for key, value in extra.items():
@@ -66,8 +84,14 @@ def test_sop_split_config_trains_on_a_tiny_folder(name, tmp_path):
     paths, _, _ = hierarchies.sop_split_lists(split, subset)
     for i, p in enumerate(paths[:24]):
       _jpeg(root / p, 10 * i)
-  _train(name, tmp_path, image_size=16, data_dir=str(root),
-         max_train_examples=24, max_test_examples=24)
+  _train(
+      name,
+      tmp_path,
+      image_size=16,
+      data_dir=str(root),
+      max_train_examples=24,
+      max_test_examples=24,
+  )
 
 
 def test_folder_config_trains_from_an_image_folder(tmp_path):
@@ -78,7 +102,13 @@ def test_folder_config_trains_from_an_image_folder(tmp_path):
       for i in range(count):
         _jpeg(root / split / name / f"{i}.jpg", 40 * k + i)
   mapping = tmp_path / "map.json"
-  mapping.write_text('{"sedan_a": "car", "sedan_b": "car", "tabby": "cat", '
-                     '"lion": "cat"}')
-  _train("folder_example", tmp_path, image_size=16, data_dir=str(root),
-         coarse_map=str(mapping))
+  mapping.write_text(
+      '{"sedan_a": "car", "sedan_b": "car", "tabby": "cat", ' '"lion": "cat"}'
+  )
+  _train(
+      "folder_example",
+      tmp_path,
+      image_size=16,
+      data_dir=str(root),
+      coarse_map=str(mapping),
+  )

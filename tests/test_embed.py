@@ -32,8 +32,7 @@ def run(tmp_path_factory):
     sub = folder / "a" if i < 16 else folder / "b" / "c"
     sub.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(sub / f"{i:02d}.png")
-  return dict(workdir=str(workdir), config=config, images=images,
-              folder=folder)
+  return dict(workdir=str(workdir), config=config, images=images, folder=folder)
 
 
 def _paths(folder):
@@ -44,9 +43,17 @@ def test_embed_files_equals_the_librarys_embedding(run, tmp_path):
   out = tmp_path / "emb.npz"
   arrays = embed.run_embed(run["workdir"], str(run["folder"]), str(out))
   with np.load(out) as data:
-    assert set(data.files) == {"features", "projections", "paths", "step",
-                               "workdir", "fingerprint", "image_size",
-                               "channels", "skipped"}
+    assert set(data.files) == {
+        "features",
+        "projections",
+        "paths",
+        "step",
+        "workdir",
+        "fingerprint",
+        "image_size",
+        "channels",
+        "skipped",
+    }
     np.testing.assert_array_equal(data["features"], arrays["features"])
     assert list(data["paths"]) == _paths(run["folder"])  # Recursive, sorted.
     assert int(data["step"]) == 0 and int(data["image_size"]) == 8
@@ -55,14 +62,22 @@ def test_embed_files_equals_the_librarys_embedding(run, tmp_path):
   # The PNGs hold the test split's pixels: the features are the test-view
   # forward pass of the restored state over the arrays, in one unbatched call.
   exp, state = trainer.load_trained(run["workdir"])
-  library = jax.device_get(train_step.embed_step(
-      trainer.query_variables(state), run["images"], apply_fn=exp.model.apply,
-      image_size=exp.config.image_size, mean=exp.dataset.mean,
-      std=exp.dataset.std))
-  np.testing.assert_allclose(arrays["features"], library["features"],
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(arrays["projections"], library["projection"],
-                             rtol=1e-5, atol=1e-5)
+  library = jax.device_get(
+      train_step.embed_step(
+          trainer.query_variables(state),
+          run["images"],
+          apply_fn=exp.model.apply,
+          image_size=exp.config.image_size,
+          mean=exp.dataset.mean,
+          std=exp.dataset.std,
+      )
+  )
+  np.testing.assert_allclose(
+      arrays["features"], library["features"], rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+      arrays["projections"], library["projection"], rtol=1e-5, atol=1e-5
+  )
 
 
 def test_csv_lists_and_single_images(run, tmp_path):
@@ -79,22 +94,28 @@ def test_any_size_and_mode_is_read_as_the_dataset_reads_files(run, tmp_path):
   encoder = embed.load_run_encoder(run["workdir"])
   rng = np.random.default_rng(0)
   Image.fromarray(rng.integers(0, 255, (30, 17), np.uint8)).save(
-      tmp_path / "gray.png")
+      tmp_path / "gray.png"
+  )
   Image.fromarray(rng.integers(0, 255, (9, 12, 4), np.uint8)).save(
-      tmp_path / "rgba.png")
+      tmp_path / "rgba.png"
+  )
   Image.fromarray(rng.integers(0, 255, (20, 20, 3), np.uint8)).save(
-      tmp_path / "photo.jpg")
+      tmp_path / "photo.jpg"
+  )
   paths = embed.list_images(str(tmp_path))
-  (_, images), = embed.read_images(paths, image_size=8, channels=3,
-                                   batch_size=8)
+  ((_, images),) = embed.read_images(
+      paths, image_size=8, channels=3, batch_size=8
+  )
   assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
   result = embed.embed_files(encoder, paths)
   assert result["features"].shape == (3, 32)
   # A gray run gets PIL's luma; gray input comes back unchanged.
-  (_, gray), = embed.read_images([str(tmp_path / "gray.png")], image_size=8,
-                                 channels=1, batch_size=8)
-  (_, rgb), = embed.read_images([str(tmp_path / "gray.png")], image_size=8,
-                                channels=3, batch_size=8)
+  ((_, gray),) = embed.read_images(
+      [str(tmp_path / "gray.png")], image_size=8, channels=1, batch_size=8
+  )
+  ((_, rgb),) = embed.read_images(
+      [str(tmp_path / "gray.png")], image_size=8, channels=3, batch_size=8
+  )
   np.testing.assert_array_equal(gray[..., 0], rgb[..., 0])
 
 
@@ -103,25 +124,34 @@ def test_wrong_image_arrays_are_one_line_errors(run):
   for images, pattern in (
       (np.zeros((2, 16, 16, 3), np.uint8), r"are 16x16 px, the run embeds 8x8"),
       (np.zeros((2, 8, 8, 1), np.uint8), r"have 1 channels, the run's have 3"),
-      (np.zeros((2, 8, 8, 3), np.float32), r"are float32, the run embeds "
-       "uint8"),
-      (np.zeros((8, 8, 3), np.uint8), r"must be an array \(N, 8, 8, 3\)")):
+      (
+          np.zeros((2, 8, 8, 3), np.float32),
+          r"are float32, the run embeds " "uint8",
+      ),
+      (np.zeros((8, 8, 3), np.uint8), r"must be an array \(N, 8, 8, 3\)"),
+  ):
     with pytest.raises(UserError, match=pattern) as error:
       encoder.embed(images)
     assert "\n" not in str(error.value)
 
 
 def test_bad_inputs_are_one_line_errors(run, tmp_path):
-  with pytest.raises(UserError, match="nothing does not exist: give a "
-                     "directory written by maskcon_jax.train"):
-    embed.run_embed(str(tmp_path / "nothing"), str(run["folder"]),
-                    str(tmp_path / "x.npz"))
+  with pytest.raises(
+      UserError,
+      match="nothing does not exist: give a "
+      "directory written by maskcon_jax.train",
+  ):
+    embed.run_embed(
+        str(tmp_path / "nothing"), str(run["folder"]), str(tmp_path / "x.npz")
+    )
   (tmp_path / "empty" / "sub").mkdir(parents=True)
   (tmp_path / "empty" / "notes.txt").write_text("no images")
-  with pytest.raises(UserError, match=r"holds no images .* even in "
-                     "subfolders"):
-    embed.run_embed(run["workdir"], str(tmp_path / "empty"),
-                    str(tmp_path / "x.npz"))
+  with pytest.raises(
+      UserError, match=r"holds no images .* even in " "subfolders"
+  ):
+    embed.run_embed(
+        run["workdir"], str(tmp_path / "empty"), str(tmp_path / "x.npz")
+    )
   with pytest.raises(UserError, match="does not exist"):
     embed.list_images(str(tmp_path / "missing"))
   (tmp_path / "header_only.csv").write_text("path\n")
@@ -140,22 +170,28 @@ def test_undecodable_files_stop_the_run_or_are_skipped(run, tmp_path):
   listed = paths[:2] + [str(broken)] + paths[2:] + [gone]
   listing = tmp_path / "list.csv"
   listing.write_text("\n".join(listed) + "\n")
-  with pytest.raises(DataError, match=r"cannot decode image '.*broken.png' "
-                     r"\(.*\): delete or replace it, or pass --skip_bad"
-                     ) as error:
+  with pytest.raises(
+      DataError,
+      match=r"cannot decode image '.*broken.png' "
+      r"\(.*\): delete or replace it, or pass --skip_bad",
+  ) as error:
     embed.run_embed(run["workdir"], str(listing), str(tmp_path / "x.npz"))
   assert "\n" not in str(error.value) and "{{" not in str(error.value)
-  arrays = embed.run_embed(run["workdir"], str(listing),
-                           str(tmp_path / "x.npz"), skip_bad=True)
+  arrays = embed.run_embed(
+      run["workdir"], str(listing), str(tmp_path / "x.npz"), skip_bad=True
+  )
   assert list(arrays["paths"]) == paths
   assert list(arrays["skipped"]) == [str(broken), gone]
   assert "skipped 2 undecodable file(s)" in embed.skipped_line(
-      list(arrays["skipped"]))
+      list(arrays["skipped"])
+  )
   listing.write_text(f"{broken}\n")
-  with pytest.raises(DataError, match="none of the 1 images could be "
-                     "decoded"):
-    embed.run_embed(run["workdir"], str(listing), str(tmp_path / "x.npz"),
-                    skip_bad=True)
+  with pytest.raises(
+      DataError, match="none of the 1 images could be " "decoded"
+  ):
+    embed.run_embed(
+        run["workdir"], str(listing), str(tmp_path / "x.npz"), skip_bad=True
+    )
 
 
 def test_progress_line():
@@ -174,22 +210,38 @@ def test_progress_line():
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "maskcon_jax.embed", *args],
-                        cwd=REPO_ROOT, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run(
+      [sys.executable, "-m", "maskcon_jax.embed", *args],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def test_cli(run, tmp_path):
   out = tmp_path / "emb.npz"
-  ok = _cli("--workdir", run["workdir"], "--images", str(run["folder"]),
-            "--out", str(out))
+  ok = _cli(
+      "--workdir",
+      run["workdir"],
+      "--images",
+      str(run["folder"]),
+      "--out",
+      str(out),
+  )
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "wrote" in ok.stdout and "32 images, features 32-d" in ok.stdout
   assert out.exists()
   (tmp_path / "bad").mkdir()
   (tmp_path / "bad" / "x.jpg").write_bytes(b"\xff\xd8 truncated")
-  bad = _cli("--workdir", run["workdir"], "--images", str(tmp_path / "bad"),
-             "--out", str(tmp_path / "bad.npz"))
+  bad = _cli(
+      "--workdir",
+      run["workdir"],
+      "--images",
+      str(tmp_path / "bad"),
+      "--out",
+      str(tmp_path / "bad.npz"),
+  )
   assert bad.returncode == 2
   errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "x.jpg" in errors[0], bad.stderr[-2000:]

@@ -28,8 +28,12 @@ pytest.importorskip("tensorflow")
 
 # Fine class -> (coarse class, train images, test images). 19 test images:
 # the last evaluation batch is padded.
-_CLASSES = {"ant": ("small", 6, 5), "bee": ("small", 6, 4),
-            "cow": ("big", 6, 6), "elk": ("big", 6, 4)}
+_CLASSES = {
+    "ant": ("small", 6, 5),
+    "bee": ("small", 6, 4),
+    "cow": ("big", 6, 6),
+    "elk": ("big", 6, 4),
+}
 
 
 def streamed_folder_config(root):
@@ -69,13 +73,20 @@ def streamed_run(tmp_path_factory):
 
 def _in_memory_reference(workdir):
   """The test split read into memory and embedded in one unbatched call."""
-  exp, state = trainer.load_trained(workdir,
-                                    config_overrides={"in_memory": True})
+  exp, state = trainer.load_trained(
+      workdir, config_overrides={"in_memory": True}
+  )
   assert isinstance(exp.dataset, input_pipeline.Dataset)
-  out = jax.device_get(train_step.embed_step(
-      trainer.query_variables(state), exp.dataset.test_images,
-      apply_fn=exp.model.apply, image_size=exp.config.image_size,
-      mean=exp.dataset.mean, std=exp.dataset.std))
+  out = jax.device_get(
+      train_step.embed_step(
+          trainer.query_variables(state),
+          exp.dataset.test_images,
+          apply_fn=exp.model.apply,
+          image_size=exp.config.image_size,
+          mean=exp.dataset.mean,
+          std=exp.dataset.std,
+      )
+  )
   return exp.dataset, out
 
 
@@ -83,8 +94,9 @@ def test_evaluate_and_export_work_on_a_streamed_run(streamed_run, tmp_path):
   exp, _ = trainer.load_trained(streamed_run)
   assert isinstance(exp.dataset, input_pipeline.StreamingDataset)
   results = evaluate.run_evaluation(streamed_run, "test", figures=True)
-  assert os.path.exists(os.path.join(streamed_run, "figures",
-                                     "retrieval_test.png"))
+  assert os.path.exists(
+      os.path.join(streamed_run, "figures", "retrieval_test.png")
+  )
   out = str(tmp_path / "emb.npz")
   arrays = export.run_export(streamed_run, "test", out)
 
@@ -92,12 +104,15 @@ def test_evaluate_and_export_work_on_a_streamed_run(streamed_run, tmp_path):
   # Stored order, labels with their rows: the same as reading into memory.
   np.testing.assert_array_equal(arrays["fine_labels"], dataset.test_fine)
   np.testing.assert_array_equal(arrays["coarse_labels"], dataset.test_coarse)
-  np.testing.assert_allclose(arrays["features"], reference["features"],
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(arrays["projections"], reference["projection"],
-                             rtol=1e-5, atol=1e-5)
-  recall = evaluation.recall_at_k(reference["features"], dataset.test_fine,
-                                  (1,))[1]
+  np.testing.assert_allclose(
+      arrays["features"], reference["features"], rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+      arrays["projections"], reference["projection"], rtol=1e-5, atol=1e-5
+  )
+  recall = evaluation.recall_at_k(
+      reference["features"], dataset.test_fine, (1,)
+  )[1]
   assert results["num_queries"] == sum(c[2] for c in _CLASSES.values())
   assert results["fine_recall@1"] == pytest.approx(recall, abs=1e-6)
 
@@ -108,18 +123,19 @@ def test_streamed_images_are_read_by_index(streamed_run):
   indices = [18, 0, 7, 7]
   np.testing.assert_array_equal(
       embedding.read_images(exp.dataset, "test", indices),
-      memory.test_images[indices])
+      memory.test_images[indices],
+  )
   np.testing.assert_array_equal(
       embedding.read_images(exp.dataset, "train", [23, 1]),
-      memory.train_images[[23, 1]])
+      memory.train_images[[23, 1]],
+  )
   with pytest.raises(IndexError, match="no images at"):
     embedding.read_images(exp.dataset, "test", [19])
 
 
 def test_training_split_of_a_streamed_run_embeds_in_stored_order(streamed_run):
   exp, state = trainer.load_trained(streamed_run)
-  out = exp.embedder.split(trainer.query_variables(state), exp.dataset,
-                           "train")
+  out = exp.embedder.split(trainer.query_variables(state), exp.dataset, "train")
   memory, _ = _in_memory_reference(streamed_run)
   np.testing.assert_array_equal(out["fine"], memory.train_fine)
   np.testing.assert_array_equal(out["coarse"], memory.train_coarse)
@@ -127,29 +143,43 @@ def test_training_split_of_a_streamed_run_embeds_in_stored_order(streamed_run):
 
 
 @pytest.mark.parametrize("num_devices,batch_size", [(1, 3), (8, 16), (8, 5)])
-def test_embeddings_do_not_depend_on_batching_or_devices(num_devices,
-                                                         batch_size):
+def test_embeddings_do_not_depend_on_batching_or_devices(
+    num_devices, batch_size
+):
   config = tiny.get_config()
   exp = trainer.build_experiment(config)
   mesh = trainer.make_mesh(num_devices)
   embedder = embedding.Embedder(
-      exp.model.apply, image_size=config.image_size, mean=exp.dataset.mean,
-      std=exp.dataset.std, mesh=mesh, batch_size=batch_size)
+      exp.model.apply,
+      image_size=config.image_size,
+      mean=exp.dataset.mean,
+      std=exp.dataset.std,
+      mesh=mesh,
+      batch_size=batch_size,
+  )
   assert embedder.batch_size % num_devices == 0
   assert embedder.batch_size >= batch_size
   variables = jax.device_get(trainer.query_variables(exp.state))
   images = exp.dataset.test_images[:21]
   got = embedder.arrays(variables, images)
-  want = jax.device_get(train_step.embed_step(
-      variables, images, apply_fn=exp.model.apply,
-      image_size=config.image_size, mean=exp.dataset.mean,
-      std=exp.dataset.std))
+  want = jax.device_get(
+      train_step.embed_step(
+          variables,
+          images,
+          apply_fn=exp.model.apply,
+          image_size=config.image_size,
+          mean=exp.dataset.mean,
+          std=exp.dataset.std,
+      )
+  )
   for key in ("features", "projection"):
     assert got[key].shape == want[key].shape
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_split_is_a_one_line_error():
-  with pytest.raises(UserError, match=r"--split='val' is not a split; use "
-                     r"one of: test, train\."):
+  with pytest.raises(
+      UserError,
+      match=r"--split='val' is not a split; use " r"one of: test, train\.",
+  ):
     embedding.check_split("val")

@@ -26,6 +26,7 @@ def trained(tmp_path_factory):
 
 def _read_png(path):
   from matplotlib import image
+
   return image.imread(path)
 
 
@@ -37,12 +38,21 @@ def test_run_evaluation_writes_json_and_figures(trained):
   assert results["num_queries"] == 32
   # 32 test items: K values above 31 are left out.
   for k in (1, 2, 5, 10):
-    for prefix in ("fine_recall", "coarse_recall", "fine_precision",
-                   "fine_within_coarse_recall"):
+    for prefix in (
+        "fine_recall",
+        "coarse_recall",
+        "fine_precision",
+        "fine_within_coarse_recall",
+    ):
       assert 0.0 <= results[f"{prefix}@{k}"] <= 1.0
   assert "fine_recall@50" not in results
-  for key in ("fine_map@r", "knn_fine_top1", "linear_probe_fine_top1",
-              "fine_recall@1/coarse=group 0", "fine_recall@1/coarse=group 1"):
+  for key in (
+      "fine_map@r",
+      "knn_fine_top1",
+      "linear_probe_fine_top1",
+      "fine_recall@1/coarse=group 0",
+      "fine_recall@1/coarse=group 1",
+  ):
     assert 0.0 <= results[key] <= 1.0, key
   # Training's own evaluation scores the same features the same way.
   trained_results = json.loads((trained / "results.json").read_text())
@@ -53,10 +63,16 @@ def test_run_evaluation_writes_json_and_figures(trained):
     assert image.ndim == 3 and min(image.shape[:2]) >= 300, name
     assert image[..., :3].std() > 0.05, name  # Not a blank canvas.
   # The figures are also TensorBoard images, under these tags.
-  events = b"".join((trained / f).read_bytes() for f in os.listdir(trained)
-                    if f.startswith("events.out"))
-  for tag in ("eval_test/tsne", "eval_test/retrieval",
-              "eval_test/per_group_recall"):
+  events = b"".join(
+      (trained / f).read_bytes()
+      for f in os.listdir(trained)
+      if f.startswith("events.out")
+  )
+  for tag in (
+      "eval_test/tsne",
+      "eval_test/retrieval",
+      "eval_test/per_group_recall",
+  ):
     assert tag.encode() in events
 
 
@@ -80,15 +96,25 @@ def test_export_writes_npz(trained, tmp_path):
     assert list(data["fine_names"]) == [f"pattern {i}" for i in range(8)]
     assert list(data["coarse_names"]) == ["group 0", "group 1"]
     np.testing.assert_array_equal(
-        data["fine_to_coarse"][data["fine_labels"]], data["coarse_labels"])
+        data["fine_to_coarse"][data["fine_labels"]], data["coarse_labels"]
+    )
     assert int(data["step"]) == 8
 
 
 def test_cli_missing_workdir_is_one_line_error(tmp_path):
   out = subprocess.run(
-      [sys.executable, "-m", "maskcon_jax.evaluate", "--workdir",
-       str(tmp_path / "nothing")], cwd=REPO_ROOT, capture_output=True,
-      text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "maskcon_jax.evaluate",
+          "--workdir",
+          str(tmp_path / "nothing"),
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "not found" in errors[0], out.stderr[-2000:]

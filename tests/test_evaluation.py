@@ -17,11 +17,13 @@ def brute_force_recall(emb, labels, k):
     sims = emb @ emb[i]
     others = [j for j in range(n) if j != i]
     order = sorted(others, key=lambda j: (-sims[j], j))
-    hits += any(labels[j] == labels[i] for j in order[:min(k, n - 1)])
+    hits += any(labels[j] == labels[i] for j in order[: min(k, n - 1)])
   return hits / n
 
 
-@pytest.mark.parametrize("seed,n,chunk", [(0, 50, 7), (1, 64, 64), (2, 33, 1000)])
+@pytest.mark.parametrize(
+    "seed,n,chunk", [(0, 50, 7), (1, 64, 64), (2, 33, 1000)]
+)
 def test_recall_matches_brute_force(seed, n, chunk):
   rng = np.random.default_rng(seed)
   emb = rng.normal(size=(n, 6)).astype(np.float32)
@@ -80,9 +82,17 @@ def _others(n, i):
 def brute_precision(emb, labels, k):
   n = len(emb)
   k = min(k, n - 1)
-  return np.mean([np.mean([labels[j] == labels[i]
-                           for j in _ranked(emb, i, _others(n, i))[:k]])
-                  for i in range(n)])
+  return np.mean(
+      [
+          np.mean(
+              [
+                  labels[j] == labels[i]
+                  for j in _ranked(emb, i, _others(n, i))[:k]
+              ]
+          )
+          for i in range(n)
+      ]
+  )
 
 
 def brute_map_at_r(emb, labels):
@@ -93,7 +103,7 @@ def brute_map_at_r(emb, labels):
     if r == 0:
       continue
     rel = [labels[j] == labels[i] for j in _ranked(emb, i, _others(n, i))[:r]]
-    aps.append(sum(np.mean(rel[:m + 1]) for m in range(r) if rel[m]) / r)
+    aps.append(sum(np.mean(rel[: m + 1]) for m in range(r) if rel[m]) / r)
   return np.mean(aps)
 
 
@@ -108,8 +118,9 @@ def brute_within_recall(emb, fine, coarse, k):
 
 def brute_per_group_r1(emb, fine, coarse):
   n = len(emb)
-  hit = np.array([fine[_ranked(emb, i, _others(n, i))[0]] == fine[i]
-                  for i in range(n)])
+  hit = np.array(
+      [fine[_ranked(emb, i, _others(n, i))[0]] == fine[i] for i in range(n)]
+  )
   return {int(c): float(hit[coarse == c].mean()) for c in np.unique(coarse)}
 
 
@@ -124,7 +135,8 @@ def brute_knn(bank, bank_labels, queries, k, temperature):
     votes = {}
     for j in order:
       votes[bank_labels[j]] = votes.get(bank_labels[j], 0.0) + np.exp(
-          sims[j] / temperature)
+          sims[j] / temperature
+      )
     preds.append(max(sorted(votes), key=lambda c: votes[c]))
   return np.array(preds)
 
@@ -144,23 +156,28 @@ def _tied_embeddings(rng, n, dim=3):
 def test_iter_neighbours_matches_brute_force_order(tied):
   rng = np.random.default_rng(4)
   n = 23
-  emb = (_tied_embeddings(rng, n) if tied
-         else rng.normal(size=(n, 5)).astype(np.float32))
+  emb = (
+      _tied_embeddings(rng, n)
+      if tied
+      else rng.normal(size=(n, 5)).astype(np.float32)
+  )
   groups = rng.integers(0, 3, n)
   k = 9
   seen = []
   for rows, nn, sims in evaluation.iter_neighbours(
-      emb, k=k, query_groups_Q=groups, chunk_size=5):
+      emb, k=k, query_groups_Q=groups, chunk_size=5
+  ):
     assert nn.shape == sims.shape == (rows.stop - rows.start, k)
     for row, i in enumerate(range(rows.start, rows.stop)):
       seen.append(i)
-      want = _ranked(emb, i, [j for j in _others(n, i)
-                              if groups[j] == groups[i]])[:k]
-      assert list(nn[row, :len(want)]) == want
+      want = _ranked(
+          emb, i, [j for j in _others(n, i) if groups[j] == groups[i]]
+      )[:k]
+      assert list(nn[row, : len(want)]) == want
       # Missing neighbours (small group) are -1 with similarity -inf.
-      assert np.all(nn[row, len(want):] == -1)
-      assert np.all(np.isneginf(sims[row, len(want):]))
-      assert np.all(np.diff(sims[row, :len(want)]) <= 0)
+      assert np.all(nn[row, len(want) :] == -1)
+      assert np.all(np.isneginf(sims[row, len(want) :]))
+      assert np.all(np.diff(sims[row, : len(want)]) <= 0)
   assert seen == list(range(n))
 
 
@@ -181,29 +198,35 @@ def test_iter_neighbours_against_separate_bank_keeps_identical_items():
 def test_metrics_match_brute_force(seed, tied):
   rng = np.random.default_rng(seed)
   n = 30
-  emb = (_tied_embeddings(rng, n) if tied
-         else rng.normal(size=(n, 6)).astype(np.float32))
+  emb = (
+      _tied_embeddings(rng, n)
+      if tied
+      else rng.normal(size=(n, 6)).astype(np.float32)
+  )
   fine = rng.integers(0, 6, n)
   fine[-1] = 99  # A class with a single member: excluded from MAP@R.
   coarse = fine % 2
   ks = (1, 3, 7, 12, 40)  # 12 and 40 exceed most class sizes; 40 > N - 1.
   got_p = evaluation.precision_at_k(emb, fine, ks, chunk_size=8)
   got_r = evaluation.recall_at_k(emb, fine, ks, chunk_size=8)
-  got_w = evaluation.within_group_recall_at_k(emb, fine, coarse, ks,
-                                              chunk_size=8)
+  got_w = evaluation.within_group_recall_at_k(
+      emb, fine, coarse, ks, chunk_size=8
+  )
   for k in ks:
     assert got_p[k] == pytest.approx(brute_precision(emb, fine, k), abs=1e-9)
-    assert got_r[k] == pytest.approx(brute_force_recall(emb, fine, k),
-                                     abs=1e-9)
+    assert got_r[k] == pytest.approx(brute_force_recall(emb, fine, k), abs=1e-9)
     assert got_w[k] == pytest.approx(
-        brute_within_recall(emb, fine, coarse, k), abs=1e-9)
+        brute_within_recall(emb, fine, coarse, k), abs=1e-9
+    )
     # Fine classes nest in coarse ones, so restricting the search can only
     # move a fine match up.
     assert got_w[k] >= got_r[k]
   assert evaluation.map_at_r(emb, fine, chunk_size=8) == pytest.approx(
-      brute_map_at_r(emb, fine), abs=1e-9)
+      brute_map_at_r(emb, fine), abs=1e-9
+  )
   assert evaluation.per_group_recall_at_1(emb, fine, coarse) == pytest.approx(
-      brute_per_group_r1(emb, fine, coarse))
+      brute_per_group_r1(emb, fine, coarse)
+  )
 
 
 @settings(max_examples=10, deadline=None)
@@ -216,17 +239,21 @@ def test_tied_metrics_property(seed, n):
   coarse = fine // 2
   ks = (1, 3, 20)
   report = evaluation.retrieval_report(
-      emb, fine, coarse, ks=ks, num_fine=3, probe=dict(epochs=1), chunk_size=4)
+      emb, fine, coarse, ks=ks, num_fine=3, probe=dict(epochs=1), chunk_size=4
+  )
   for k in ks:
     if k > n - 1:
       assert f"fine_recall@{k}" not in report
       continue
     assert report[f"fine_recall@{k}"] == pytest.approx(
-        brute_force_recall(emb, fine, k))
+        brute_force_recall(emb, fine, k)
+    )
     assert report[f"fine_precision@{k}"] == pytest.approx(
-        brute_precision(emb, fine, k))
+        brute_precision(emb, fine, k)
+    )
     assert report[f"fine_within_coarse_recall@{k}"] == pytest.approx(
-        brute_within_recall(emb, fine, coarse, k))
+        brute_within_recall(emb, fine, coarse, k)
+    )
   if any(np.sum(fine == f) > 1 for f in fine):
     assert report["fine_map@r"] == pytest.approx(brute_map_at_r(emb, fine))
   else:
@@ -243,8 +270,7 @@ def test_hand_built_line():
   assert evaluation.map_at_r(emb, labels) == pytest.approx(1 / 3)
   assert evaluation.recall_at_k(emb, labels, (1,))[1] == 0.25
   # P@2: q0 1/2, q1 0, q2 1/2, q3 1/2.
-  assert evaluation.precision_at_k(emb, labels, (2,))[2] == pytest.approx(
-      0.375)
+  assert evaluation.precision_at_k(emb, labels, (2,))[2] == pytest.approx(0.375)
 
 
 def test_hand_built_within_group():
@@ -255,15 +281,17 @@ def test_hand_built_within_group():
   fine, coarse = np.array([0, 1, 0, 1]), np.array([0, 1, 0, 1])
   assert evaluation.recall_at_k(emb, fine, (1,))[1] == 0.0
   assert evaluation.within_group_recall_at_k(emb, fine, coarse, (1, 5)) == {
-      1: 1.0, 5: 1.0}
-  assert evaluation.per_group_recall_at_1(emb, fine, coarse) == {0: 0.0,
-                                                                 1: 0.0}
+      1: 1.0,
+      5: 1.0,
+  }
+  assert evaluation.per_group_recall_at_1(emb, fine, coarse) == {0: 0.0, 1: 0.0}
 
 
 def test_within_group_query_alone_in_its_group_is_a_miss():
   emb = np.eye(3, dtype=np.float32)
-  got = evaluation.within_group_recall_at_k(emb, np.array([0, 0, 1]),
-                                            np.array([0, 0, 1]), (1,))
+  got = evaluation.within_group_recall_at_k(
+      emb, np.array([0, 0, 1]), np.array([0, 0, 1]), (1,)
+  )
   assert got[1] == pytest.approx(2 / 3)
 
 
@@ -274,11 +302,22 @@ def test_perfect_clusters_every_metric():
   assert evaluation.map_at_r(emb, labels) == pytest.approx(1.0)
   # A query has 4 same-class neighbours: P@8 = 4/8.
   assert evaluation.precision_at_k(emb, labels, (4, 8)) == pytest.approx(
-      {4: 1.0, 8: 0.5})
+      {4: 1.0, 8: 0.5}
+  )
   assert evaluation.knn_classify(emb, labels) == 1.0
-  assert evaluation.linear_probe(emb, labels, emb, labels, epochs=20,
-                                 batch_size=8, learning_rate=0.1,
-                                 seed=0) == 1.0
+  assert (
+      evaluation.linear_probe(
+          emb,
+          labels,
+          emb,
+          labels,
+          epochs=20,
+          batch_size=8,
+          learning_rate=0.1,
+          seed=0,
+      )
+      == 1.0
+  )
 
 
 def test_map_at_r_without_any_pair_is_nan():
@@ -297,14 +336,14 @@ def test_knn_matches_brute_force(k, temperature):
   bank_labels = rng.integers(0, 4, 40)
   queries = rng.normal(size=(17, 4)).astype(np.float32)
   want = brute_knn(bank, bank_labels, queries, k, temperature)
-  got = evaluation.knn_predict(bank, bank_labels, queries, k=k,
-                               temperature=temperature, chunk_size=6)
+  got = evaluation.knn_predict(
+      bank, bank_labels, queries, k=k, temperature=temperature, chunk_size=6
+  )
   np.testing.assert_array_equal(got, want)
   query_labels = rng.integers(0, 4, 17)
-  assert evaluation.knn_classify(bank, bank_labels, queries, query_labels,
-                                 k=k, temperature=temperature) == (
-                                     pytest.approx(np.mean(want ==
-                                                           query_labels)))
+  assert evaluation.knn_classify(
+      bank, bank_labels, queries, query_labels, k=k, temperature=temperature
+  ) == (pytest.approx(np.mean(want == query_labels)))
 
 
 def test_knn_vote_is_weighted_by_similarity():
@@ -315,10 +354,13 @@ def test_knn_vote_is_weighted_by_similarity():
   far = [np.cos(0.5), np.sin(0.5)]
   bank = np.array([[1.0, 0.0], far, far, far])
   labels = np.array([1, 0, 0, 0])
-  assert evaluation.knn_predict(bank, labels, query, k=4,
-                                temperature=0.07)[0] == 1
-  assert evaluation.knn_predict(bank, labels, query, k=4,
-                                temperature=100.0)[0] == 0
+  assert (
+      evaluation.knn_predict(bank, labels, query, k=4, temperature=0.07)[0] == 1
+  )
+  assert (
+      evaluation.knn_predict(bank, labels, query, k=4, temperature=100.0)[0]
+      == 0
+  )
 
 
 def test_knn_tied_vote_goes_to_lower_class_and_leave_one_out():
@@ -336,15 +378,21 @@ def test_linear_probe_is_deterministic_and_learns():
   train_x = centres[train_y] + 0.3 * rng.normal(size=(90, 10))
   test_x = centres[test_y] + 0.3 * rng.normal(size=(30, 10))
   kwargs = dict(num_classes=3, epochs=15, batch_size=16, learning_rate=0.05)
-  first = evaluation.linear_probe(train_x, train_y, test_x, test_y, seed=1,
-                                  **kwargs)
-  assert first == evaluation.linear_probe(train_x, train_y, test_x, test_y,
-                                          seed=1, **kwargs)
+  first = evaluation.linear_probe(
+      train_x, train_y, test_x, test_y, seed=1, **kwargs
+  )
+  assert first == evaluation.linear_probe(
+      train_x, train_y, test_x, test_y, seed=1, **kwargs
+  )
   assert first >= 0.9
   # Random labels carry no signal: the probe cannot beat chance by much.
   shuffled = rng.permutation(test_y)
-  assert evaluation.linear_probe(train_x, train_y, test_x, shuffled, seed=1,
-                                 **kwargs) < 0.7
+  assert (
+      evaluation.linear_probe(
+          train_x, train_y, test_x, shuffled, seed=1, **kwargs
+      )
+      < 0.7
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -361,16 +409,30 @@ def test_retrieval_report_keys_and_consistency():
   bank_fine = np.arange(36) % 6
   bank = rng.normal(size=(36, 8))
   report = evaluation.retrieval_report(
-      emb, fine, coarse, coarse_names=("tops", "shoes"), bank_features=bank,
-      bank_fine_labels=bank_fine, num_fine=6, ks=(1, 2, 5, 10, 50, 100),
-      probe=dict(epochs=3))
+      emb,
+      fine,
+      coarse,
+      coarse_names=("tops", "shoes"),
+      bank_features=bank,
+      bank_fine_labels=bank_fine,
+      num_fine=6,
+      ks=(1, 2, 5, 10, 50, 100),
+      probe=dict(epochs=3),
+  )
   ks = (1, 2, 5, 10)  # 50 and 100 exceed the 23 candidates of a query.
-  expected = ([f"fine_recall@{k}" for k in ks]
-              + [f"coarse_recall@{k}" for k in ks] + ["fine_map@r"]
-              + [f"fine_precision@{k}" for k in ks]
-              + [f"fine_within_coarse_recall@{k}" for k in ks]
-              + ["fine_recall@1/coarse=tops", "fine_recall@1/coarse=shoes",
-                 "knn_fine_top1", "linear_probe_fine_top1"])
+  expected = (
+      [f"fine_recall@{k}" for k in ks]
+      + [f"coarse_recall@{k}" for k in ks]
+      + ["fine_map@r"]
+      + [f"fine_precision@{k}" for k in ks]
+      + [f"fine_within_coarse_recall@{k}" for k in ks]
+      + [
+          "fine_recall@1/coarse=tops",
+          "fine_recall@1/coarse=shoes",
+          "knn_fine_top1",
+          "linear_probe_fine_top1",
+      ]
+  )
   assert list(report) == expected
   assert all(0.0 <= v <= 1.0 for v in report.values())
   recall = evaluation.recall_at_k(emb, fine, ks)
@@ -387,17 +449,24 @@ def test_retrieval_report_keys_and_consistency():
   assert report["fine_recall@1/coarse=tops"] == groups[0]
   assert report["fine_recall@1/coarse=shoes"] == groups[1]
   assert report["knn_fine_top1"] == evaluation.knn_classify(
-      bank, bank_fine, emb, fine, num_classes=6)
+      bank, bank_fine, emb, fine, num_classes=6
+  )
   assert report["linear_probe_fine_top1"] == evaluation.linear_probe(
-      bank, bank_fine, emb, fine, num_classes=6,
-      **{**evaluation.PROBE_DEFAULTS, "epochs": 3})
+      bank,
+      bank_fine,
+      emb,
+      fine,
+      num_classes=6,
+      **{**evaluation.PROBE_DEFAULTS, "epochs": 3},
+  )
 
 
 def test_retrieval_report_without_bank_is_leave_one_out():
   labels = np.array([0, 0, 1, 1])
   emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-  report = evaluation.retrieval_report(emb, labels, labels,
-                                       probe=dict(epochs=2))
+  report = evaluation.retrieval_report(
+      emb, labels, labels, probe=dict(epochs=2)
+  )
   assert report["knn_fine_top1"] == 1.0
   assert "fine_recall@1/coarse=0" in report
   assert "fine_recall@2" in report and "fine_recall@5" not in report
@@ -418,30 +487,46 @@ def test_soft_target_diagnostics_against_maskcon_targets():
   `losses.maskcon_targets`) without its positive column, renormalised."""
   import jax.numpy as jnp
   from maskcon_jax import losses
+
   rng = np.random.default_rng(0)
   keys, queue = _unit_rows(rng, 40, 8), _unit_rows(rng, 64, 8)
   fine, queue_fine = rng.integers(0, 6, 40), rng.integers(0, 6, 64)
   coarse, queue_coarse = fine // 3, queue_fine // 3
   t = 0.1
-  got = evaluation.soft_target_diagnostics(keys, fine, coarse, queue,
-                                           queue_fine, queue_coarse, t=t)
-  z = np.asarray(losses.maskcon_targets(
-      jnp.asarray(keys, jnp.float32), jnp.asarray(queue, jnp.float32),
-      jnp.asarray(queue_coarse), jnp.asarray(coarse), t=t, w=1.0),
-      np.float64)[:, 1:]
+  got = evaluation.soft_target_diagnostics(
+      keys, fine, coarse, queue, queue_fine, queue_coarse, t=t
+  )
+  z = np.asarray(
+      losses.maskcon_targets(
+          jnp.asarray(keys, jnp.float32),
+          jnp.asarray(queue, jnp.float32),
+          jnp.asarray(queue_coarse),
+          jnp.asarray(coarse),
+          t=t,
+          w=1.0,
+      ),
+      np.float64,
+  )[:, 1:]
   p = z / z.sum(axis=1, keepdims=True)
   same = fine[:, None] == queue_fine[None, :]
   mask = coarse[:, None] == queue_coarse[None, :]
-  np.testing.assert_allclose(got["target_fine_share"],
-                             np.mean(np.sum(p * same, axis=1)), rtol=1e-5)
+  np.testing.assert_allclose(
+      got["target_fine_share"], np.mean(np.sum(p * same, axis=1)), rtol=1e-5
+  )
   np.testing.assert_allclose(
       got["target_entropy"],
-      np.mean(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0),
-                      axis=1)), rtol=1e-5)
-  np.testing.assert_allclose(got["target_fine_share_uniform"],
-                             np.mean((mask & same).sum(1) / mask.sum(1)))
-  np.testing.assert_allclose(got["target_entropy_uniform"],
-                             np.mean(np.log(mask.sum(1))))
+      np.mean(
+          -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0), axis=1)
+      ),
+      rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+      got["target_fine_share_uniform"],
+      np.mean((mask & same).sum(1) / mask.sum(1)),
+  )
+  np.testing.assert_allclose(
+      got["target_entropy_uniform"], np.mean(np.log(mask.sum(1)))
+  )
 
 
 def test_soft_target_diagnostics_by_hand():
@@ -450,8 +535,14 @@ def test_soft_target_diagnostics_by_hand():
   keys = np.array([[1.0, 0.0]])
   queue = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
   got = evaluation.soft_target_diagnostics(
-      keys, np.array([5]), np.array([0]), queue, np.array([5, 6, 5]),
-      np.array([0, 0, 1]), t=1.0)
+      keys,
+      np.array([5]),
+      np.array([0]),
+      queue,
+      np.array([5, 6, 5]),
+      np.array([0, 0, 1]),
+      t=1.0,
+  )
   p_near = 1 / (1 + np.exp(-1))
   assert got["target_fine_share"] == pytest.approx(p_near)
   assert got["target_fine_share_uniform"] == pytest.approx(0.5)
@@ -460,6 +551,12 @@ def test_soft_target_diagnostics_by_hand():
   assert got["target_entropy_uniform"] == pytest.approx(np.log(2))
   # No same-coarse queue entry: nothing to report.
   empty = evaluation.soft_target_diagnostics(
-      keys, np.array([5]), np.array([3]), queue, np.array([5, 6, 5]),
-      np.array([0, 0, 1]), t=1.0)
+      keys,
+      np.array([5]),
+      np.array([3]),
+      queue,
+      np.array([5, 6, 5]),
+      np.array([0, 0, 1]),
+      t=1.0,
+  )
   assert np.isnan(empty["target_fine_share"])

@@ -77,30 +77,57 @@ def _readme_loader() -> str:
 def test_readme_loader_runs_with_jax_alone(exported):
   code = _readme_loader().replace('"encoder/', f'"{exported["out"]}/')
   out = subprocess.run(
-      [sys.executable, "-c", _BLOCK_IMPORTS + code + "\nprint(features.shape, "
-       "features.dtype)"],
-      cwd=exported["out"], capture_output=True, text=True, timeout=300,
-      env={**os.environ, "PYTHONPATH": ""})
+      [
+          sys.executable,
+          "-c",
+          _BLOCK_IMPORTS + code + "\nprint(features.shape, " "features.dtype)",
+      ],
+      cwd=exported["out"],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, "PYTHONPATH": ""},
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().endswith("(4, 32) float32"), out.stdout
 
 
 def test_cli(exported, tmp_path):
   def cli(*args):
-    return subprocess.run([sys.executable, "-m", "maskcon_jax.export", *args],
-                          cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600)
-  ok = cli("--workdir", exported["workdir"], "--format", "stablehlo", "--out",
-           str(tmp_path / "enc"))
+    return subprocess.run(
+        [sys.executable, "-m", "maskcon_jax.export", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+  ok = cli(
+      "--workdir",
+      exported["workdir"],
+      "--format",
+      "stablehlo",
+      "--out",
+      str(tmp_path / "enc"),
+  )
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "uint8 (N, 8, 8, 3) -> unit-norm features (N, 32)" in ok.stdout
   assert (tmp_path / "enc" / export.ENCODER_FILE).stat().st_size > 0
-  bad = cli("--workdir", exported["workdir"], "--format", "stablehlo",
-            "--split", "train", "--out", str(tmp_path / "enc2"))
+  bad = cli(
+      "--workdir",
+      exported["workdir"],
+      "--format",
+      "stablehlo",
+      "--split",
+      "train",
+      "--out",
+      str(tmp_path / "enc2"),
+  )
   assert bad.returncode == 2
   errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "--split applies to --format=npz only" in (
-      errors[0])
+      errors[0]
+  )
   assert not (tmp_path / "enc2").exists()
   # npz stays the default format.
   npz = cli("--workdir", exported["workdir"], "--out", str(tmp_path / "e.npz"))
@@ -112,9 +139,18 @@ def test_cli(exported, tmp_path):
 def test_throughput_benchmark_runs_on_jax_alone(exported, tmp_path):
   out = tmp_path / "rows.json"
   run = subprocess.run(
-      [sys.executable, "benchmarks/exported_encoder_throughput.py",
-       f"--encoder={exported['out']}", "--smoke", f"--json={out}"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "benchmarks/exported_encoder_throughput.py",
+          f"--encoder={exported['out']}",
+          "--smoke",
+          f"--json={out}",
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   (row,) = json.loads(out.read_text())["rows"]
   assert row["batch"] == 8 and row["images_s"] > 0

@@ -35,8 +35,11 @@ SAME_JAX = EXPECTED["versions"]["jax"] == jax.__version__
 
 def _extract(tmp_path, name) -> str:
   with tarfile.open(fixture.ARCHIVE) as archive:
-    members = [m for m in archive.getmembers()
-               if m.name == name or m.name.startswith(f"{name}/")]
+    members = [
+        m
+        for m in archive.getmembers()
+        if m.name == name or m.name.startswith(f"{name}/")
+    ]
     archive.extractall(tmp_path, members=members, filter="data")
   return str(tmp_path / name)
 
@@ -50,7 +53,8 @@ def _new_overrides(name) -> dict:
     if isinstance(value, dict):
       flat.update({f"{field}.{k}": v for k, v in value.items()})
     elif methods.get(name).uses_queue or (
-        field not in configuration.KEY_ENCODER_FIELDS):
+        field not in configuration.KEY_ENCODER_FIELDS
+    ):
       flat[field] = value
   return flat
 
@@ -71,9 +75,10 @@ def test_old_run_evaluates_as_it_did(name, tmp_path):
   assert not set(methods.legacy_fields()) & set(config.keys())
   run = evaluate.load_and_embed(workdir, "test", with_bank=False)
   if SAME_JAX:
-    np.testing.assert_array_equal(run["embeddings"]["features"],
-                                  np.asarray(EXPECTED[name]["features"],
-                                             np.float32))
+    np.testing.assert_array_equal(
+        run["embeddings"]["features"],
+        np.asarray(EXPECTED[name]["features"], np.float32),
+    )
   state = run["experiment"].state
   # WCL and SelfCon restore without the key encoder and queue they never
   # used.
@@ -85,8 +90,13 @@ def test_old_run_resumes_to_the_same_weights(name, tmp_path, capsys):
   workdir = _extract(tmp_path, name)
   overrides = _new_overrides(name)
   status = train.command_line(
-      ["maskcon_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-       *(f"--config.{field}={value}" for field, value in overrides.items())])
+      [
+          "maskcon_jax.train",
+          "--config=configs/tiny.py",
+          f"--workdir={workdir}",
+          *(f"--config.{field}={value}" for field, value in overrides.items()),
+      ]
+  )
   assert status == 0, capsys.readouterr().err[-2000:]
   want = EXPECTED[name]["resumed"]
   _, state = trainer.load_trained(workdir)
@@ -117,8 +127,10 @@ def test_compare_recognises_an_old_finished_run(name, tmp_path):
   is_finished = compare._is_finished  # pylint: disable=protected-access
   assert is_finished(workdir, config)
   # A field of the method's own block still makes another run.
-  field = {"wcl": "graph_weight", "selfcon": "base_temperature",
-           "saliency": "alpha"}[name]
+  field = {
+      "wcl": "graph_weight",
+      "selfcon": "base_temperature",
+      "saliency": "alpha",
+  }[name]
   config[name][field] = 0.5
   assert not is_finished(workdir, config)
-

@@ -44,12 +44,16 @@ def np_maskcon_loss(q, k, queue, queue_labels, labels, t0, t, w):
   e0 = np.zeros_like(z)
   e0[:, 0] = 1
   y = w * z + (1 - w) * e0
-  logits = np.concatenate([(q * k).sum(-1, keepdims=True), q @ queue.T], -1) / t0
+  logits = (
+      np.concatenate([(q * k).sum(-1, keepdims=True), q @ queue.T], -1) / t0
+  )
   return float(-(y * _np_log_softmax(logits)).sum(-1).mean())
 
 
 def np_moco_loss(q, k, queue, t0):
-  logits = np.concatenate([(q * k).sum(-1, keepdims=True), q @ queue.T], -1) / t0
+  logits = (
+      np.concatenate([(q * k).sum(-1, keepdims=True), q @ queue.T], -1) / t0
+  )
   return float(-_np_log_softmax(np.asarray(logits, np.float64))[:, 0].mean())
 
 
@@ -69,11 +73,14 @@ def _loss_fns(g):
   norm = losses.l2_normalize
   return {
       "maskcon": lambda q, c: losses.maskcon_loss(
-          norm(q), k, queue, qlab, lab, t0=g["t0"], t=g["t"], w=g["w"]),
+          norm(q), k, queue, qlab, lab, t0=g["t0"], t=g["t"], w=g["w"]
+      ),
       "grafit": lambda q, c: losses.grafit_loss(
-          norm(q), k, queue, qlab, lab, t0=g["t0"], w=g["w"]),
+          norm(q), k, queue, qlab, lab, t0=g["t0"], w=g["w"]
+      ),
       "coins": lambda q, c: losses.coins_loss(
-          norm(q), k, c, queue, lab, t0=g["t0"], w=g["w"]),
+          norm(q), k, c, queue, lab, t0=g["t0"], w=g["w"]
+      ),
   }
 
 
@@ -114,9 +121,16 @@ def test_matches_official_golden(path, mode):
 def test_numpy_reference_agrees_with_golden(path):
   """Guards the NumPy reference used by the tests below."""
   g = _golden(path)
-  got = np_maskcon_loss(_np_normalize(g["q_raw"]), _np_normalize(g["k_raw"]),
-                        g["queue"], g["queue_labels"], g["labels"],
-                        g["t0"], g["t"], g["w"])
+  got = np_maskcon_loss(
+      _np_normalize(g["q_raw"]),
+      _np_normalize(g["k_raw"]),
+      g["queue"],
+      g["queue_labels"],
+      g["labels"],
+      g["t0"],
+      g["t"],
+      g["w"],
+  )
   assert abs(got - g["loss_maskcon"]) / g["loss_maskcon"] <= 1e-5
 
 
@@ -134,33 +148,47 @@ def test_missing_coarse_class_falls_back_to_self_target():
   q, k, queue, queue_labels, labels = _random_inputs(0)
   queue_labels = np.where(queue_labels == 2, 1, queue_labels)  # no class 2
   labels[:3] = 2
-  loss = losses.maskcon_loss(q, k, queue, queue_labels, labels,
-                             t0=0.1, t=0.05, w=0.7)
+  loss = losses.maskcon_loss(
+      q, k, queue, queue_labels, labels, t0=0.1, t=0.05, w=0.7
+  )
   assert np.isfinite(float(loss))
   np.testing.assert_allclose(
       float(loss),
       np_maskcon_loss(q, k, queue, queue_labels, labels, 0.1, 0.05, 0.7),
-      rtol=1e-5)
-  targets = losses.maskcon_targets(k, queue, queue_labels, labels, t=0.05, w=0.7)
-  np.testing.assert_array_equal(np.asarray(targets[:3]),
-                                np.eye(1, queue.shape[0] + 1).repeat(3, 0))
+      rtol=1e-5,
+  )
+  targets = losses.maskcon_targets(
+      k, queue, queue_labels, labels, t=0.05, w=0.7
+  )
+  np.testing.assert_array_equal(
+      np.asarray(targets[:3]), np.eye(1, queue.shape[0] + 1).repeat(3, 0)
+  )
   # The fallback rows alone give exactly the MoCo loss of those rows.
-  only = losses.maskcon_loss(q[:3], k[:3], queue, queue_labels, labels[:3],
-                             t0=0.1, t=0.05, w=0.7)
-  np.testing.assert_allclose(float(only), np_moco_loss(q[:3], k[:3], queue, 0.1),
-                             rtol=1e-5)
-  grad = jax.grad(lambda x: losses.maskcon_loss(
-      x, k, queue, queue_labels, labels, t0=0.1, t=0.05, w=0.7))(jnp.asarray(q))
+  only = losses.maskcon_loss(
+      q[:3], k[:3], queue, queue_labels, labels[:3], t0=0.1, t=0.05, w=0.7
+  )
+  np.testing.assert_allclose(
+      float(only), np_moco_loss(q[:3], k[:3], queue, 0.1), rtol=1e-5
+  )
+  grad = jax.grad(
+      lambda x: losses.maskcon_loss(
+          x, k, queue, queue_labels, labels, t0=0.1, t=0.05, w=0.7
+      )
+  )(jnp.asarray(q))
   assert np.all(np.isfinite(np.asarray(grad)))
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_maskcon_with_w0_is_moco(seed):
   q, k, queue, queue_labels, labels = _random_inputs(seed)
-  a = losses.maskcon_loss(q, k, queue, queue_labels, labels, t0=0.2, t=0.1, w=0.0)
+  a = losses.maskcon_loss(
+      q, k, queue, queue_labels, labels, t0=0.2, t=0.1, w=0.0
+  )
   b = losses.moco_loss(q, k, queue, t0=0.2)
   np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
-  np.testing.assert_allclose(float(b), np_moco_loss(q, k, queue, 0.2), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(b), np_moco_loss(q, k, queue, 0.2), rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize("w", [0.3, 1.0])
@@ -174,8 +202,9 @@ def test_maskcon_large_t_is_grafit(w):
 
 def test_maskcon_small_t_targets_nearest_same_coarse_neighbour():
   q, k, queue, queue_labels, labels = _random_inputs(5)
-  y = np.asarray(losses.maskcon_targets(k, queue, queue_labels, labels,
-                                        t=1e-4, w=1.0))
+  y = np.asarray(
+      losses.maskcon_targets(k, queue, queue_labels, labels, t=1e-4, w=1.0)
+  )
   sims = k @ queue.T
   for i in range(len(k)):
     same = np.flatnonzero(queue_labels == labels[i])
@@ -188,16 +217,19 @@ def test_maskcon_small_t_targets_nearest_same_coarse_neighbour():
 @pytest.mark.parametrize("seed", range(3))
 def test_maskcon_matches_numpy_reference_on_random_inputs(seed):
   q, k, queue, queue_labels, labels = _random_inputs(seed + 10)
-  got = losses.maskcon_loss(q, k, queue, queue_labels, labels,
-                            t0=0.1, t=0.05, w=0.5)
+  got = losses.maskcon_loss(
+      q, k, queue, queue_labels, labels, t0=0.1, t=0.05, w=0.5
+  )
   want = np_maskcon_loss(q, k, queue, queue_labels, labels, 0.1, 0.05, 0.5)
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_targets_are_row_stochastic():
   q, k, queue, queue_labels, labels = _random_inputs(7)
-  for y in (losses.maskcon_targets(k, queue, queue_labels, labels, t=0.1, w=0.6),
-            losses.supcon_targets(queue_labels, labels, w=0.6)):
+  for y in (
+      losses.maskcon_targets(k, queue, queue_labels, labels, t=0.1, w=0.6),
+      losses.supcon_targets(queue_labels, labels, w=0.6),
+  ):
     np.testing.assert_allclose(np.asarray(y).sum(-1), 1.0, rtol=1e-6)
     assert np.all(np.asarray(y) >= 0)
 
@@ -205,9 +237,11 @@ def test_targets_are_row_stochastic():
 def test_no_gradient_through_keys_or_queue():
   q, k, queue, queue_labels, labels = _random_inputs(8)
   grads = jax.grad(
-      lambda kk, qq: losses.maskcon_loss(q, kk, qq, queue_labels, labels,
-                                         t0=0.1, t=0.05, w=0.5),
-      argnums=(0, 1))(jnp.asarray(k), jnp.asarray(queue))
+      lambda kk, qq: losses.maskcon_loss(
+          q, kk, qq, queue_labels, labels, t0=0.1, t=0.05, w=0.5
+      ),
+      argnums=(0, 1),
+  )(jnp.asarray(k), jnp.asarray(queue))
   for gr in grads:
     np.testing.assert_array_equal(np.asarray(gr), 0.0)
 
@@ -217,5 +251,10 @@ def test_losses_jit():
   fn = jax.jit(lambda *a: losses.maskcon_loss(*a, t0=0.1, t=0.05, w=0.5))
   np.testing.assert_allclose(
       float(fn(q, k, queue, queue_labels, labels)),
-      float(losses.maskcon_loss(q, k, queue, queue_labels, labels,
-                                t0=0.1, t=0.05, w=0.5)), rtol=1e-6)
+      float(
+          losses.maskcon_loss(
+              q, k, queue, queue_labels, labels, t0=0.1, t=0.05, w=0.5
+          )
+      ),
+      rtol=1e-6,
+  )

@@ -30,21 +30,35 @@ RUNS = {
 def test_mode_trains_and_writes_results(mode, tmp_path, capsys):
   # Saves saliency's pre-fill pass (WCL and SelfCon have no queue), and
   # AutoAugment's compile time: the views are not what is tested here.
-  overrides = dict(mode=mode, num_epochs=1, stop_after_steps=2,
-                   queue_init="random", strong_policy="weak")
+  overrides = dict(
+      mode=mode,
+      num_epochs=1,
+      stop_after_steps=2,
+      queue_init="random",
+      strong_policy="weak",
+  )
   status = train.command_line(
-      ["maskcon_jax.train", "--config=configs/tiny.py",
-       f"--workdir={tmp_path}",
-       *(f"--config.{field}={value}" for field, value in overrides.items()),
-       *(f"--config.{mode}.{field}={value}"
-         for field, value in RUNS[mode].items())])
+      [
+          "maskcon_jax.train",
+          "--config=configs/tiny.py",
+          f"--workdir={tmp_path}",
+          *(f"--config.{field}={value}" for field, value in overrides.items()),
+          *(
+              f"--config.{mode}.{field}={value}"
+              for field, value in RUNS[mode].items()
+          ),
+      ]
+  )
   assert status == 0, capsys.readouterr().err[-2000:]
   config = tiny.get_config()
   results = json.loads((tmp_path / trainer.RESULTS_FILE).read_text())
   assert "fine_recall@1=" in capsys.readouterr().out
 
-  expected = {f"{level}_recall@{k}" for level in ("fine", "coarse")
-              for k in config.retrieval_ks}
+  expected = {
+      f"{level}_recall@{k}"
+      for level in ("fine", "coarse")
+      for k in config.retrieval_ks
+  }
   expected |= {"step", "mode", "dataset", "complete", "train_seconds_this_run"}
   assert expected <= set(results)
   assert results["step"] == 2 and results["mode"] == mode

@@ -16,8 +16,14 @@ from maskcon_jax.errors import ConfigError
 
 
 def _config(**overrides):
-  base = dict(arch="resnet18", width=8, image_size=32, embed_dim=16,
-              proj_hidden_dim=32, precision="float32")
+  base = dict(
+      arch="resnet18",
+      width=8,
+      image_size=32,
+      embed_dim=16,
+      proj_hidden_dim=32,
+      precision="float32",
+  )
   base.update(overrides)
   return ml_collections.ConfigDict(base)
 
@@ -25,22 +31,34 @@ def _config(**overrides):
 def test_resnet18_width64_backbone_parameter_count():
   """torchvision's ResNet-18 without fc, with the 3x3 CIFAR stem: 11,168,832."""
   backbone = models.build_backbone("resnet18", 64, 32)()
-  variables = jax.eval_shape(functools.partial(backbone.init, train=False),
-                             jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = jax.eval_shape(
+      functools.partial(backbone.init, train=False),
+      jax.random.key(0),
+      jnp.zeros((1, 32, 32, 3)),
+  )
   assert models.count_params(variables["params"]) == 11_168_832
 
 
 def test_resnet50_width64_backbone_parameter_count():
   """torchvision's ResNet-50 without fc (7x7 stem): 23,508,032."""
   backbone = models.build_backbone("resnet50", 64, 224)()
-  variables = jax.eval_shape(functools.partial(backbone.init, train=False),
-                             jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  variables = jax.eval_shape(
+      functools.partial(backbone.init, train=False),
+      jax.random.key(0),
+      jnp.zeros((1, 224, 224, 3)),
+  )
   assert models.count_params(variables["params"]) == 23_508_032
 
 
-@pytest.mark.parametrize("arch,width,expected", [
-    ("resnet18", 8, 64), ("resnet34", 8, 64), ("resnet50", 8, 256),
-    ("resnet10", 4, 32)])
+@pytest.mark.parametrize(
+    "arch,width,expected",
+    [
+        ("resnet18", 8, 64),
+        ("resnet34", 8, 64),
+        ("resnet50", 8, 256),
+        ("resnet10", 4, 32),
+    ],
+)
 def test_encoder_outputs(arch, width, expected):
   assert models.feature_dim(arch, width) == expected
   model = methods.build_encoder(_config(arch=arch, width=width), num_coarse=5)
@@ -86,16 +104,20 @@ def _conv_reference(x_HxW, kernel_3x3, stride, pads):
   out = np.zeros((out_h, out_w))
   for i in range(out_h):
     for j in range(out_w):
-      window = padded[i * stride:i * stride + 3, j * stride:j * stride + 3]
+      window = padded[i * stride : i * stride + 3, j * stride : j * stride + 3]
       out[i, j] = np.sum(window * kernel_3x3)
   return out
 
 
-@pytest.mark.parametrize("padding,pads", [
-    # PyTorch's padding=1: one pixel on every side.
-    ("torch", ((1, 1), (1, 1))),
-    # XLA's SAME for stride 2 on an even input: only bottom/right.
-    ("same", ((0, 1), (0, 1)))])
+@pytest.mark.parametrize(
+    "padding,pads",
+    [
+        # PyTorch's padding=1: one pixel on every side.
+        ("torch", ((1, 1), (1, 1))),
+        # XLA's SAME for stride 2 on an even input: only bottom/right.
+        ("same", ((0, 1), (0, 1))),
+    ],
+)
 @pytest.mark.parametrize("size", [8, 7])
 def test_strided_conv_padding_positions(padding, pads, size):
   """The 3x3 stride-2 convolution of a ResNet stage reads the same input
@@ -109,8 +131,9 @@ def test_strided_conv_padding_positions(padding, pads, size):
   out = np.asarray(layer.apply(params, jnp.asarray(x)))[0, :, :, 0]
   if size % 2 == 1:
     pads = ((1, 1), (1, 1))  # Odd inputs: both paddings are symmetric.
-  np.testing.assert_allclose(out, _conv_reference(x[0, :, :, 0], kernel, 2,
-                                                  pads), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      out, _conv_reference(x[0, :, :, 0], kernel, 2, pads), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_torch_padding_aligns_main_path_with_shortcut():
@@ -122,10 +145,10 @@ def test_torch_padding_aligns_main_path_with_shortcut():
   shortcut = conv(1, (1, 1), (2, 2))
   x = np.zeros((1, 8, 8, 1), np.float32)
   x[0, 4, 4, 0] = 1.0  # An even position: the shortcut's sample (2, 2).
-  main_out = main.apply({"params": {"kernel": jnp.zeros((3, 3, 1, 1)).at[
-      1, 1].set(1.0)}}, x)
-  short_out = shortcut.apply({"params": {"kernel": jnp.ones((1, 1, 1, 1))}},
-                             x)
+  main_out = main.apply(
+      {"params": {"kernel": jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)}}, x
+  )
+  short_out = shortcut.apply({"params": {"kernel": jnp.ones((1, 1, 1, 1))}}, x)
   # The centre tap of the 3x3 path sees what the shortcut sees.
   np.testing.assert_array_equal(np.asarray(main_out), np.asarray(short_out))
 
@@ -145,17 +168,20 @@ def test_default_padding_is_torch_and_same_changes_the_function():
   default = methods.build_encoder(_config(), num_coarse=3)
   variables = default.init(jax.random.key(0), x, train=False)
   np.testing.assert_array_equal(
-      default.apply(variables, x, train=False)["features"], outs["torch"])
+      default.apply(variables, x, train=False)["features"], outs["torch"]
+  )
   assert not np.allclose(outs["torch"], outs["same"])
 
 
 def test_initialisation_follows_pytorch_defaults():
   """Linear layers: weight and bias uniform(+-1/sqrt(fan_in)) (nn.Linear);
   the small-image stem: nn.Conv2d's default, uniform(+-1/sqrt(9 * C_in))."""
-  model = methods.build_encoder(_config(width=8, proj_hidden_dim=64,
-                                       embed_dim=32), num_coarse=3)
-  params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)),
-                      train=False)["params"]
+  model = methods.build_encoder(
+      _config(width=8, proj_hidden_dim=64, embed_dim=32), num_coarse=3
+  )
+  params = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)[
+      "params"
+  ]
   fc1 = params["projector"]["fc1"]  # 64 features in (8 * width) -> 64.
   for name in ("kernel", "bias"):
     values = np.asarray(fc1[name])
@@ -177,9 +203,17 @@ def test_models_do_not_depend_on_the_augmentations():
   # The saliency high-pass shares its blur with the views through
   # maskcon_jax.filters, not by importing the augmentation module.
   tree = ast.parse(inspect.getsource(models))
-  imported = {alias.name for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) for alias in node.names}
-  imported |= {alias.name for node in ast.walk(tree)
-               if isinstance(node, ast.Import) for alias in node.names}
+  imported = {
+      alias.name
+      for node in ast.walk(tree)
+      if isinstance(node, ast.ImportFrom)
+      for alias in node.names
+  }
+  imported |= {
+      alias.name
+      for node in ast.walk(tree)
+      if isinstance(node, ast.Import)
+      for alias in node.names
+  }
   assert "augment" not in imported and "maskcon_jax.augment" not in imported
   assert "filters" in imported

@@ -35,8 +35,11 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 600
-TINY = ["--config", str(REPO_ROOT / "configs" / "tiny.py"),
-        "--config.checkpoint_every_steps=2"]
+TINY = [
+    "--config",
+    str(REPO_ROOT / "configs" / "tiny.py"),
+    "--config.checkpoint_every_steps=2",
+]
 TOTAL_STEPS = 8  # tiny: 64 examples, batch 16, 2 epochs.
 # The online kNN monitor every 2 steps: more work all processes do together
 # (it changes no weights, so runs with and without it end equal).
@@ -47,8 +50,13 @@ _RECALLS = re.compile(r"(fine|coarse)_(within_coarse_)?recall@\d+$")
 
 def _launch(workdir, *extra, env=None, **kwargs):
   return launch_local.start(
-      [*TINY, "--workdir", str(workdir), *extra], num_processes=2,
-      devices_per_process=2, log_dir=str(workdir) + "_logs", env=env, **kwargs)
+      [*TINY, "--workdir", str(workdir), *extra],
+      num_processes=2,
+      devices_per_process=2,
+      log_dir=str(workdir) + "_logs",
+      env=env,
+      **kwargs,
+  )
 
 
 def _finish(job, expect=(0, 0)):
@@ -56,7 +64,8 @@ def _finish(job, expect=(0, 0)):
   logs = job.logs()
   assert tuple(codes) == tuple(expect), "\n\n".join(
       f"process {i} exit {c}:\n{text[-3000:]}"
-      for i, (c, text) in enumerate(zip(codes, logs)))
+      for i, (c, text) in enumerate(zip(codes, logs))
+  )
   return logs
 
 
@@ -68,9 +77,12 @@ def _results(workdir):
 def _pause_env(tmp_path, point):
   pause_dir = tmp_path / f"pause_{point.replace('@', '_')}"
   pause_dir.mkdir()
-  env = {**os.environ, "MASKCON_DEBUG_PAUSE_AT": point,
-         "MASKCON_DEBUG_PAUSE_DIR": str(pause_dir),
-         "MASKCON_DEBUG_PAUSE_SECONDS": str(TIMEOUT)}
+  env = {
+      **os.environ,
+      "MASKCON_DEBUG_PAUSE_AT": point,
+      "MASKCON_DEBUG_PAUSE_DIR": str(pause_dir),
+      "MASKCON_DEBUG_PAUSE_SECONDS": str(TIMEOUT),
+  }
   return env, pause_dir
 
 
@@ -80,8 +92,10 @@ def _wait_for(path, job, seconds=TIMEOUT):
     codes = [p.poll() for p in job.processes]
     if any(c is not None for c in codes) or time.monotonic() > deadline:
       job.stop_all()
-      pytest.fail(f"no {path} (exit codes {codes}):\n" +
-                  "\n".join(t[-2000:] for t in job.logs()))
+      pytest.fail(
+          f"no {path} (exit codes {codes}):\n"
+          + "\n".join(t[-2000:] for t in job.logs())
+      )
     time.sleep(0.1)
 
 
@@ -114,8 +128,10 @@ def test_two_processes_train_as_one_does(one_process_run, two_process_run):
       assert abs(two[key] - value) <= 1 / 32 + 1e-9, key
     elif isinstance(value, float) and not key.endswith("seconds_this_run"):
       assert two[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
-  losses = [[float(x) for x in re.findall(r"step \d+/\d+ loss ([\d.]+)", log)]
-            for log in logs]
+  losses = [
+      [float(x) for x in re.findall(r"step \d+/\d+ loss ([\d.]+)", log)]
+      for log in logs
+  ]
   assert losses[0] and losses[0] == losses[1]  # Every process agrees.
   # Process 0 alone writes the event file (and results.json: see below).
   names = os.listdir(workdir)
@@ -129,7 +145,8 @@ def test_two_process_run_evaluates_in_one_process(two_process_run, tmp_path):
   results = evaluate.run_evaluation(str(workdir), "test", figures=False)
   assert results["step"] == TOTAL_STEPS
   assert results["fine_recall@1"] == pytest.approx(
-      _results(workdir)["fine_recall@1"], abs=1e-6)
+      _results(workdir)["fine_recall@1"], abs=1e-6
+  )
   arrays = export.run_export(str(workdir), "test", str(tmp_path / "e.npz"))
   assert len(arrays["features"]) == results["num_queries"]
   exp, state = trainer.load_trained(str(workdir))
@@ -145,8 +162,9 @@ def test_one_process_checkpoint_resumes_in_two(one_process_run, tmp_path):
   assert _results(workdir)["step"] == TOTAL_STEPS + 4
 
 
-def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
-                                                            tmp_path):
+def test_stop_signal_and_kill_then_resume_to_the_same_state(
+    two_process_run, tmp_path
+):
   workdir = tmp_path / "run"
   # SIGTERM to process 1 only, before step 4 (an evaluation step): both
   # processes stop after the same step and one checkpoint of it is written.
@@ -156,8 +174,9 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
   job.kill(1, signal.SIGTERM)
   (pause / "resume").touch()
   logs = _finish(job, expect=(train_cli.EXIT_INTERRUPTED,) * 2)
-  stopped = [re.findall(r"stopped by SIGTERM after step (\d+)", log)
-             for log in logs]
+  stopped = [
+      re.findall(r"stopped by SIGTERM after step (\d+)", log) for log in logs
+  ]
   assert stopped[0] and stopped[0] == stopped[1], logs[1][-2000:]
   step = int(stopped[0][0])
   assert str(step) in os.listdir(workdir / checkpoints.CHECKPOINT_DIR)
@@ -176,8 +195,10 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
   logs = _finish(_launch(workdir, *MONITOR, env=env))
   assert "Debug pause at results_write" in logs[0]
   assert "Debug pause at results_write" not in logs[1]
-  monitor = [re.findall(r"kNN monitor at step 8: fine top-1 ([\d.]+)", log)
-             for log in logs]
+  monitor = [
+      re.findall(r"kNN monitor at step 8: fine top-1 ([\d.]+)", log)
+      for log in logs
+  ]
   assert monitor[0] and monitor[0] == monitor[1]  # Computed together.
   reference, _ = two_process_run
   got, want = _results(workdir), _results(reference)
@@ -186,8 +207,9 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(two_process_run,
       assert got[key] == value, key
   _, state = trainer.load_trained(str(workdir))
   _, reference_state = trainer.load_trained(str(reference))
-  for a, b in zip(jax.tree.leaves(state.params),
-                  jax.tree.leaves(reference_state.params)):
+  for a, b in zip(
+      jax.tree.leaves(state.params), jax.tree.leaves(reference_state.params)
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -196,19 +218,32 @@ def test_streamed_data_trains_from_per_process_shards(tmp_path):
   every batch and of the test split; the evaluation the two processes make
   together is the one a single process makes of the same checkpoint."""
   config = test_embedding.streamed_folder_config(tmp_path)
-  fields = ("dataset", "data_dir", "coarse_map", "in_memory", "batch_size",
-            "queue_size", "num_epochs", "warmup_epochs", "eval_batch_size")
+  fields = (
+      "dataset",
+      "data_dir",
+      "coarse_map",
+      "in_memory",
+      "batch_size",
+      "queue_size",
+      "num_epochs",
+      "warmup_epochs",
+      "eval_batch_size",
+  )
   # A config file: tiny has no in_memory field for a flag to override.
   config_file = tmp_path / "streamed_config.py"
   config_file.write_text(
       "from configs import tiny\n\n\ndef get_config():\n"
-      "  config = tiny.get_config()\n" +
-      "".join(f"  config.{f} = {config[f]!r}\n" for f in fields) +
-      "  return config\n")
+      "  config = tiny.get_config()\n"
+      + "".join(f"  config.{f} = {config[f]!r}\n" for f in fields)
+      + "  return config\n"
+  )
   workdir = tmp_path / "run"
   job = launch_local.start(
       ["--config", str(config_file), "--workdir", str(workdir)],
-      num_processes=2, devices_per_process=2, log_dir=str(workdir) + "_logs")
+      num_processes=2,
+      devices_per_process=2,
+      log_dir=str(workdir) + "_logs",
+  )
   _finish(job)
   got = _results(workdir)
   # 24 training images, global batch 8: 3 steps (4 per process and step).

@@ -31,16 +31,22 @@ def _execute(name, runs, monkeypatch):
   monkeypatch.setenv("MASKCON_NOTEBOOK_WORKDIR", str(runs))
   nb = _read(name)
   client = nbclient.NotebookClient(
-      nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-      resources={"metadata": {"path": str(REPO_ROOT)}})
+      nb,
+      timeout=CELL_TIMEOUT_S,
+      kernel_name="python3",
+      resources={"metadata": {"path": str(REPO_ROOT)}},
+  )
   client.execute()  # Raises CellExecutionError naming the failing cell.
   return nb
 
 
 def _displayed_pngs(nb):
-  return sum("image/png" in output.get("data", {})
-             for cell in nb.cells if cell.cell_type == "code"
-             for output in cell.outputs)
+  return sum(
+      "image/png" in output.get("data", {})
+      for cell in nb.cells
+      if cell.cell_type == "code"
+      for output in cell.outputs
+  )
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -65,8 +71,12 @@ def test_quickstart_runs(tmp_path, monkeypatch):
   for name in FIGURES:
     assert (workdir / "figures" / f"{name}.png").stat().st_size > 0
   assert _displayed_pngs(nb) == len(FIGURES)
-  printed = "".join(output.get("text", "") for cell in nb.cells
-                    if cell.cell_type == "code" for output in cell.outputs)
+  printed = "".join(
+      output.get("text", "")
+      for cell in nb.cells
+      if cell.cell_type == "code"
+      for output in cell.outputs
+  )
   assert "linear_probe_fine_top1" in printed
 
 

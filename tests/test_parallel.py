@@ -13,7 +13,8 @@ from maskcon_jax import train_step as steps
 from maskcon_jax import trainer
 
 pytestmark = pytest.mark.skipif(
-    jax.device_count() < 8, reason="needs 8 (fake) devices; see conftest.py")
+    jax.device_count() < 8, reason="needs 8 (fake) devices; see conftest.py"
+)
 
 
 def _experiment(num_devices, **overrides):
@@ -24,8 +25,9 @@ def _experiment(num_devices, **overrides):
 
 
 def _batch(exp, step=0):
-  data = batches.DeviceBatches(exp.dataset, exp.mesh, exp.config.batch_size,
-                               exp.config.seed)
+  data = batches.DeviceBatches(
+      exp.dataset, exp.mesh, exp.config.batch_size, exp.config.seed
+  )
   return data.batch(step, exp.steps_per_epoch)
 
 
@@ -34,10 +36,12 @@ def _to_numpy(tree):
 
 
 def _assert_trees_close(a, b, atol):
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
-                          jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, atol=atol, rtol=atol,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, x), y in zip(
+      jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+  ):
+    np.testing.assert_allclose(
+        x, y, atol=atol, rtol=atol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def test_global_bn_step_on_8_devices_equals_1_device():
@@ -46,10 +50,17 @@ def test_global_bn_step_on_8_devices_equals_1_device():
     exp = _experiment(n, key_bn="global", query_bn="global")
     assert exp.mesh.size == n
     state, metrics = trainer.make_train_step(exp)(exp.state, _batch(exp))
-    results[n] = _to_numpy((state.params, state.batch_stats,
-                            state.target_batch_stats, state.queue_KxD,
-                            state.queue_labels_K, state.queue_ptr,
-                            metrics["loss"]))
+    results[n] = _to_numpy(
+        (
+            state.params,
+            state.batch_stats,
+            state.target_batch_stats,
+            state.queue_KxD,
+            state.queue_labels_K,
+            state.queue_ptr,
+            metrics["loss"],
+        )
+    )
   _assert_trees_close(results[8], results[1], atol=1e-5)
 
 
@@ -60,19 +71,36 @@ def test_shuffle_bn_on_8_devices_equals_split_bn_with_same_permutation():
   # 8 rows per device: BN over 2 rows would amplify rounding differences.
   views = jax.random.normal(jax.random.key(0), (64, 8, 8, 3))
   perm = jax.random.permutation(jax.random.key(1), 64)
-  keys8, stats8 = jax.jit(lambda v, p: steps.encode_keys(
-      state8.apply_fn, state8.target_params, state8.target_batch_stats, v,
-      bn_mode="shuffle", permutation=p, mesh=exp8.mesh))(views, perm)
+  keys8, stats8 = jax.jit(
+      lambda v, p: steps.encode_keys(
+          state8.apply_fn,
+          state8.target_params,
+          state8.target_batch_stats,
+          v,
+          bn_mode="shuffle",
+          permutation=p,
+          mesh=exp8.mesh,
+      )
+  )(views, perm)
   # split on one device, fed the permuted batch, un-permuted by hand.
-  keys1, stats1 = jax.jit(lambda v: steps.encode_keys(
-      state1.apply_fn, state1.target_params, state1.target_batch_stats, v,
-      bn_mode="split", bn_splits=8))(views[perm])
+  keys1, stats1 = jax.jit(
+      lambda v: steps.encode_keys(
+          state1.apply_fn,
+          state1.target_params,
+          state1.target_batch_stats,
+          v,
+          bn_mode="split",
+          bn_splits=8,
+      )
+  )(views[perm])
   keys1 = keys1[jnp.argsort(perm)]
-  _assert_trees_close(_to_numpy((keys8, stats8)), _to_numpy((keys1, stats1)),
-                      atol=1e-5)
+  _assert_trees_close(
+      _to_numpy((keys8, stats8)), _to_numpy((keys1, stats1)), atol=1e-5
+  )
   # And shuffling really changes the statistics relative to global BN.
   keys_global, _ = steps.encode_keys(
-      state1.apply_fn, state1.target_params, state1.target_batch_stats, views)
+      state1.apply_fn, state1.target_params, state1.target_batch_stats, views
+  )
   assert np.max(np.abs(np.asarray(keys_global) - np.asarray(keys8))) > 1e-3
 
 
@@ -101,8 +129,11 @@ def test_checkpoint_moves_between_device_counts(tmp_path, save_on, restore_on):
   exp_b = _experiment(restore_on)
   restored = checkpoints.restore_state(exp_b, mngr, 1)
   assert restored.queue_KxD.sharding.mesh.size == restore_on
-  _assert_trees_close(_to_numpy((restored.params, restored.queue_KxD)),
-                      _to_numpy((state.params, state.queue_KxD)), atol=0)
+  _assert_trees_close(
+      _to_numpy((restored.params, restored.queue_KxD)),
+      _to_numpy((state.params, state.queue_KxD)),
+      atol=0,
+  )
   # It keeps training on the new device count.
   after, metrics = trainer.make_train_step(exp_b)(restored, _batch(exp_b, 1))
   assert int(after.step) == 2 and np.isfinite(float(metrics["loss"]))

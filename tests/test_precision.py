@@ -46,17 +46,21 @@ def _golden_losses(g):
   cls = jnp.asarray(g["cls"])
   t0, t, w = float(g["t0"]), float(g["t"]), float(g["w"])
   return {
-      "maskcon": lambda q, k: losses.maskcon_loss(q, k, queue, qlab, lab,
-                                                  t0=t0, t=t, w=w),
-      "grafit": lambda q, k: losses.grafit_loss(q, k, queue, qlab, lab,
-                                                t0=t0, w=w),
-      "coins": lambda q, k: losses.coins_loss(q, k, cls, queue, lab, t0=t0,
-                                              w=w),
+      "maskcon": lambda q, k: losses.maskcon_loss(
+          q, k, queue, qlab, lab, t0=t0, t=t, w=w
+      ),
+      "grafit": lambda q, k: losses.grafit_loss(
+          q, k, queue, qlab, lab, t0=t0, w=w
+      ),
+      "coins": lambda q, k: losses.coins_loss(
+          q, k, cls, queue, lab, t0=t0, w=w
+      ),
   }
 
 
-@pytest.mark.parametrize("path", GOLDEN_FILES,
-                         ids=[os.path.basename(p) for p in GOLDEN_FILES])
+@pytest.mark.parametrize(
+    "path", GOLDEN_FILES, ids=[os.path.basename(p) for p in GOLDEN_FILES]
+)
 def test_bfloat16_embeddings_move_golden_losses_little(path):
   """q and k cast to bfloat16 and back: loss and gradient stay close."""
   g = dict(np.load(path))
@@ -66,14 +70,18 @@ def test_bfloat16_embeddings_move_golden_losses_little(path):
     exact = float(loss_fn(losses.l2_normalize(q_raw), k))
     # The float32 path reproduces the official value.
     np.testing.assert_allclose(exact, float(g[f"loss_{mode}"]), rtol=1e-5)
-    rounded = loss_fn(_bf16_round_trip(losses.l2_normalize(q_raw)),
-                      _bf16_round_trip(k))
+    rounded = loss_fn(
+        _bf16_round_trip(losses.l2_normalize(q_raw)), _bf16_round_trip(k)
+    )
     assert rounded.dtype == jnp.float32
     assert abs(float(rounded) - exact) <= LOSS_REL_BOUND * abs(exact), mode
 
     grad = jax.grad(lambda q: loss_fn(losses.l2_normalize(q), k))(q_raw)
-    grad_bf16 = jax.grad(lambda q: loss_fn(
-        _bf16_round_trip(losses.l2_normalize(q)), _bf16_round_trip(k)))(q_raw)
+    grad_bf16 = jax.grad(
+        lambda q: loss_fn(
+            _bf16_round_trip(losses.l2_normalize(q)), _bf16_round_trip(k)
+        )
+    )(q_raw)
     scale = float(jnp.max(jnp.abs(grad)))
     if scale == 0.0:  # coins with w = 1 has no gradient through q.
       assert float(jnp.max(jnp.abs(grad_bf16))) == 0.0
@@ -83,9 +91,16 @@ def test_bfloat16_embeddings_move_golden_losses_little(path):
 
 
 def _tiny_encoder(precision):
-  config = ml_collections.ConfigDict(dict(
-      arch="resnet10", width=4, image_size=8, embed_dim=8, proj_hidden_dim=16,
-      precision=precision))
+  config = ml_collections.ConfigDict(
+      dict(
+          arch="resnet10",
+          width=4,
+          image_size=8,
+          embed_dim=8,
+          proj_hidden_dim=16,
+          precision=precision,
+      )
+  )
   return methods.build_encoder(config, num_coarse=3)
 
 
@@ -102,15 +117,19 @@ def _eqns(jaxpr):
 
 def _compute_dtypes(jaxpr, primitive):
   """Input dtypes of every ``primitive`` equation in ``jaxpr``."""
-  return [tuple(v.aval.dtype for v in eqn.invars)
-          for eqn in _eqns(jaxpr) if eqn.primitive.name == primitive]
+  return [
+      tuple(v.aval.dtype for v in eqn.invars)
+      for eqn in _eqns(jaxpr)
+      if eqn.primitive.name == primitive
+  ]
 
 
 def test_bfloat16_encoder_runs_convs_and_matmuls_in_bfloat16():
   model = _tiny_encoder("bfloat16")
   x = jnp.ones((4, 8, 8, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(0), x)
+      jax.random.key(0), x
+  )
   apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
   closed = jax.make_jaxpr(apply)(variables, x)
   convs = _compute_dtypes(closed.jaxpr, "conv_general_dilated")
@@ -122,14 +141,16 @@ def test_bfloat16_encoder_runs_convs_and_matmuls_in_bfloat16():
   out, updates = jax.jit(apply)(variables, x)
   # Parameters and BN statistics float32; outputs float32.
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  assert all(s.dtype == jnp.float32
-             for s in jax.tree.leaves(updates["batch_stats"]))
+  assert all(
+      s.dtype == jnp.float32 for s in jax.tree.leaves(updates["batch_stats"])
+  )
   assert all(v.dtype == jnp.float32 for v in out.values())
 
   # The backward pass is in bfloat16 too, and the gradients land in float32.
   def loss(params):
-    out, _ = model.apply({**variables, "params": params}, x, train=True,
-                         mutable=["batch_stats"])
+    out, _ = model.apply(
+        {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+    )
     return jnp.sum(out["projection"] ** 2)
 
   grad_jaxpr = jax.make_jaxpr(jax.grad(loss))(variables["params"])
@@ -144,21 +165,41 @@ def test_bfloat16_encoder_runs_convs_and_matmuls_in_bfloat16():
 def _state_and_step(precision, batch_size=8, queue_size=40):
   """A tiny state, its jitted step and a batch (cached: compiling is slow)."""
   model = _tiny_encoder(precision)
-  tx = optax.chain(optax.add_decayed_weights(5e-4),
-                   optax.sgd(0.02, momentum=0.9))
+  tx = optax.chain(
+      optax.add_decayed_weights(5e-4), optax.sgd(0.02, momentum=0.9)
+  )
   state = train_state_lib.create_train_state(
-      jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3),
-      queue_size=queue_size, embed_dim=8, num_coarse=3)
-  step = jax.jit(functools.partial(
-      steps.train_step, method=methods.get("maskcon"), options={},
-      settings=steps.StepSettings(t0=0.1, t=0.05, w=0.5, ema_momentum=0.99,
-                                  image_size=8, mean=(0.5,) * 3,
-                                  std=(0.25,) * 3)))
+      jax.random.key(0),
+      model=model,
+      tx=tx,
+      image_shape=(8, 8, 3),
+      queue_size=queue_size,
+      embed_dim=8,
+      num_coarse=3,
+  )
+  step = jax.jit(
+      functools.partial(
+          steps.train_step,
+          method=methods.get("maskcon"),
+          options={},
+          settings=steps.StepSettings(
+              t0=0.1,
+              t=0.05,
+              w=0.5,
+              ema_momentum=0.99,
+              image_size=8,
+              mean=(0.5,) * 3,
+              std=(0.25,) * 3,
+          ),
+      )
+  )
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, 8, 8, 3),
-                                             np.uint8)),
-           "coarse_label": jnp.asarray(rng.integers(0, 3, (batch_size,)),
-                                       jnp.int32)}
+  batch = {
+      "image": jnp.asarray(
+          rng.integers(0, 256, (batch_size, 8, 8, 3), np.uint8)
+      ),
+      "coarse_label": jnp.asarray(rng.integers(0, 3, (batch_size,)), jnp.int32),
+  }
   return state, step, batch
 
 
@@ -169,8 +210,14 @@ def test_bfloat16_train_step_end_to_end():
     state, metrics = step(state, batch)
   assert np.isfinite(float(metrics["loss"]))
   assert metrics["loss"].dtype == jnp.float32
-  for tree in (state.params, state.batch_stats, state.target_params,
-               state.target_batch_stats, state.opt_state, state.queue_KxD):
+  for tree in (
+      state.params,
+      state.batch_stats,
+      state.target_params,
+      state.target_batch_stats,
+      state.opt_state,
+      state.queue_KxD,
+  ):
     for leaf in jax.tree.leaves(tree):
       if jnp.issubdtype(leaf.dtype, jnp.floating):
         assert leaf.dtype == jnp.float32
@@ -183,14 +230,23 @@ def test_bfloat16_train_step_end_to_end():
   # The queue logits q @ queue.T and the soft-label similarities k @ queue.T
   # (and the logits' backward) are the products with the (40, 8) queue; no
   # other array has a dimension of 40.
-  queue_dots = [eqn for eqn in _eqns(closed.jaxpr)
-                if eqn.primitive.name == "dot_general"
-                and any(40 in v.aval.shape for v in eqn.invars)]
+  queue_dots = [
+      eqn
+      for eqn in _eqns(closed.jaxpr)
+      if eqn.primitive.name == "dot_general"
+      and any(40 in v.aval.shape for v in eqn.invars)
+  ]
   assert queue_dots
-  assert all(v.aval.dtype == jnp.float32
-             for eqn in queue_dots for v in (*eqn.invars, *eqn.outvars))
-  softmax_ins = [eqn.invars[0].aval.dtype for eqn in _eqns(closed.jaxpr)
-                 if eqn.primitive.name in ("exp", "log")]
+  assert all(
+      v.aval.dtype == jnp.float32
+      for eqn in queue_dots
+      for v in (*eqn.invars, *eqn.outvars)
+  )
+  softmax_ins = [
+      eqn.invars[0].aval.dtype
+      for eqn in _eqns(closed.jaxpr)
+      if eqn.primitive.name in ("exp", "log")
+  ]
   assert softmax_ins and all(d == jnp.float32 for d in softmax_ins)
 
 
@@ -202,4 +258,5 @@ def test_bfloat16_step_tracks_float32_step():
     _, metrics = step(state, batch)
     results[precision] = float(metrics["loss"])
   assert abs(results["bfloat16"] - results["float32"]) <= 0.05 * abs(
-      results["float32"]), results
+      results["float32"]
+  ), results

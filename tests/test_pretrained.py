@@ -52,39 +52,43 @@ def _config(arch, width, image_size, **overrides):
 def _fresh(config, channels=3, num_coarse=2):
   model = methods.build_encoder(config, num_coarse)
   size = config.image_size
-  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size,
-                                                       channels)),
-                         train=False)
+  variables = model.init(
+      jax.random.key(0), jnp.zeros((1, size, size, channels)), train=False
+  )
   return model, variables["params"], variables["batch_stats"]
 
 
 def _load(path, config, channels=3):
   model, params, stats = _fresh(config, channels)
-  params, stats, report = pretrained.init_variables(path, config, params,
-                                                    stats)
+  params, stats, report = pretrained.init_variables(path, config, params, stats)
   return model, params, stats, report
 
 
 def _features(model, params, stats, inputs):
-  out = model.apply({"params": params, "batch_stats": stats},
-                    jnp.asarray(inputs), train=False)
+  out = model.apply(
+      {"params": params, "batch_stats": stats}, jnp.asarray(inputs), train=False
+  )
   return np.asarray(out["features"])
 
 
 def _assert_matches(ours, theirs):
   assert ours.shape == theirs.shape
   np.testing.assert_allclose(
-      ours, theirs, rtol=0, atol=RELATIVE_TOLERANCE * np.abs(theirs).max())
+      ours, theirs, rtol=0, atol=RELATIVE_TOLERANCE * np.abs(theirs).max()
+  )
 
 
 def test_resnet18_npz_matches_torchvision_forward(forward):
   # 72 px: torchvision's 7x7 stride-2 stem and max-pool; odd sizes later on.
   config = _config("resnet18", 4, 72)
   model, params, stats, report = _load(R18, config)
-  _assert_matches(_features(model, params, stats, forward["r18_large_inputs"]),
-                  forward["r18_large_features"])
+  _assert_matches(
+      _features(model, params, stats, forward["r18_large_inputs"]),
+      forward["r18_large_features"],
+  )
   assert "backbone/conv1" in report.loaded and (
-      "backbone/layer4_1/BatchNorm_1" in report.loaded)
+      "backbone/layer4_1/BatchNorm_1" in report.loaded
+  )
   assert report.dropped == ["fc"]
   summary = report.summary()
   assert "loaded backbone/conv1, backbone/bn1, backbone/layer1_0" in summary
@@ -96,38 +100,51 @@ def test_small_images_keep_conv1_fresh_and_load_the_rest(forward):
   model, fresh_params, _ = _fresh(config)
   _, params, stats, report = _load(R18, config)
   # conv1 is the new run's own, as the official small-image model's.
-  np.testing.assert_array_equal(params["backbone"]["conv1"]["kernel"],
-                                fresh_params["backbone"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(
+      params["backbone"]["conv1"]["kernel"],
+      fresh_params["backbone"]["conv1"]["kernel"],
+  )
   assert report.fresh[0].startswith("backbone/conv1 (the 32-px stem)")
   assert "backbone/conv1" not in report.loaded
   # With the official model's replacement conv1, torchvision's features.
   params["backbone"]["conv1"]["kernel"] = np.transpose(
-      forward["r18_small_conv1"], (2, 3, 1, 0))
-  _assert_matches(_features(model, params, stats, forward["r18_small_inputs"]),
-                  forward["r18_small_features"])
+      forward["r18_small_conv1"], (2, 3, 1, 0)
+  )
+  _assert_matches(
+      _features(model, params, stats, forward["r18_small_inputs"]),
+      forward["r18_small_features"],
+  )
 
 
 def test_resnet50_safetensors_matches_torchvision_forward(forward):
   config = _config("resnet50", 2, 72)
   model, params, stats, report = _load(R50, config)
-  _assert_matches(_features(model, params, stats, forward["r50_large_inputs"]),
-                  forward["r50_large_features"])
+  _assert_matches(
+      _features(model, params, stats, forward["r50_large_inputs"]),
+      forward["r50_large_features"],
+  )
   assert "backbone/layer1_0/downsample_conv" in report.loaded
   assert "backbone/layer4_2/Conv_2" in report.loaded
 
 
 def test_safetensors_reader_matches_numpy(tmp_path):
   import ml_dtypes  # pylint: disable=g-import-not-at-top
-  arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
-            "b": np.array([1.5, -2.0], np.float16),
-            "c": np.array([7], np.int64),
-            "d": np.array([0.5, 3.0], ml_dtypes.bfloat16)}
+
+  arrays = {
+      "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+      "b": np.array([1.5, -2.0], np.float16),
+      "c": np.array([7], np.int64),
+      "d": np.array([0.5, 3.0], ml_dtypes.bfloat16),
+  }
   names = {"a": "F32", "b": "F16", "c": "I64", "d": "BF16"}
   header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
   for key, value in arrays.items():
     data = value.tobytes()
-    header[key] = {"dtype": names[key], "shape": list(value.shape),
-                   "data_offsets": [offset, offset + len(data)]}
+    header[key] = {
+        "dtype": names[key],
+        "shape": list(value.shape),
+        "data_offsets": [offset, offset + len(data)],
+    }
     blobs.append(data)
     offset += len(data)
   text = json.dumps(header).encode()
@@ -144,8 +161,9 @@ def test_safetensors_reader_matches_numpy(tmp_path):
   path.write_bytes(b"\x10\x00")
   with pytest.raises(UserError, match="not a valid safetensors file"):
     pretrained.read_safetensors(str(path))
-  bad = json.dumps({"a": {"dtype": "F32", "shape": [4],
-                          "data_offsets": [0, 8]}}).encode()
+  bad = json.dumps(
+      {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}
+  ).encode()
   path.write_bytes(len(bad).to_bytes(8, "little") + bad + b"\0" * 8)
   with pytest.raises(UserError, match=r"tensor 'a' has bytes 0\.\.8"):
     pretrained.read_safetensors(str(path))
@@ -162,18 +180,31 @@ def _save(tmp_path, state_dict, name="sd.npz"):
   return str(path)
 
 
-@pytest.mark.parametrize("case, config_kwargs, pattern", [
-    ("arch", dict(arch="resnet34", width=4, image_size=72),
-     r"holds a torchvision resnet18 \(BasicBlock x 2,2,2,2\), but "
-     r"config.arch='resnet34' is a resnet34 \(BasicBlock x 3,4,6,3\): set "
-     r"config.arch='resnet18'"),
-    ("bottleneck", dict(arch="resnet50", width=4, image_size=72),
-     r"holds a torchvision resnet18 .*config.arch='resnet50'"),
-    ("width", dict(arch="resnet18", width=8, image_size=72),
-     r"has width 4 .* but config.width=8: set config.width=4"),
-])
-def test_architecture_mismatches_are_one_line_errors(case, config_kwargs,
-                                                     pattern):
+@pytest.mark.parametrize(
+    "case, config_kwargs, pattern",
+    [
+        (
+            "arch",
+            dict(arch="resnet34", width=4, image_size=72),
+            r"holds a torchvision resnet18 \(BasicBlock x 2,2,2,2\), but "
+            r"config.arch='resnet34' is a resnet34 \(BasicBlock x 3,4,6,3\): set "
+            r"config.arch='resnet18'",
+        ),
+        (
+            "bottleneck",
+            dict(arch="resnet50", width=4, image_size=72),
+            r"holds a torchvision resnet18 .*config.arch='resnet50'",
+        ),
+        (
+            "width",
+            dict(arch="resnet18", width=8, image_size=72),
+            r"has width 4 .* but config.width=8: set config.width=4",
+        ),
+    ],
+)
+def test_architecture_mismatches_are_one_line_errors(
+    case, config_kwargs, pattern
+):
   del case
   config = _config(**config_kwargs)
   with pytest.raises(ConfigError, match=pattern) as error:
@@ -185,43 +216,63 @@ def test_state_dict_mismatches_are_one_line_errors(tmp_path):
   config = _config("resnet18", 4, 72)
   sd = _state_dict()
 
-  small_stem = dict(sd, **{"conv1.weight": np.zeros((4, 3, 3, 3),
-                                                    np.float32)})
-  with pytest.raises(ConfigError, match=r"has a 3x3 conv1 \(a small-image "
-                     r"stem\), but images above 64 px use torchvision's 7x7"):
+  small_stem = dict(sd, **{"conv1.weight": np.zeros((4, 3, 3, 3), np.float32)})
+  with pytest.raises(
+      ConfigError,
+      match=r"has a 3x3 conv1 \(a small-image "
+      r"stem\), but images above 64 px use torchvision's 7x7",
+  ):
     _load(_save(tmp_path, small_stem), config)
-  missing = {k: v for k, v in sd.items()
-             if k != "layer3.0.downsample.1.running_var"}
-  with pytest.raises(ConfigError, match=r"lacks 1 key\(s\) of a torchvision "
-                     r"resnet18: 'layer3.0.downsample.1.running_var'"):
+  missing = {
+      k: v for k, v in sd.items() if k != "layer3.0.downsample.1.running_var"
+  }
+  with pytest.raises(
+      ConfigError,
+      match=r"lacks 1 key\(s\) of a torchvision "
+      r"resnet18: 'layer3.0.downsample.1.running_var'",
+  ):
     _load(_save(tmp_path, missing), config)
   extra = dict(sd, **{"projector.0.weight": np.zeros((2, 2), np.float32)})
-  with pytest.raises(ConfigError, match=r"has 1 key\(s\) a torchvision "
-                     r"resnet18 does not: 'projector.0.weight'"):
+  with pytest.raises(
+      ConfigError,
+      match=r"has 1 key\(s\) a torchvision "
+      r"resnet18 does not: 'projector.0.weight'",
+  ):
     _load(_save(tmp_path, extra), config)
   wrapped = {f"module.{k}": v for k, v in sd.items()}
   with pytest.raises(ConfigError, match=r"its keys start with 'module.'"):
     _load(_save(tmp_path, wrapped), config)
-  shape = dict(sd, **{"layer2.1.conv2.weight": np.zeros((8, 8, 1, 1),
-                                                        np.float32)})
-  with pytest.raises(ConfigError, match=r"layer2_1/Conv_1/kernel of shape "
-                     r"\(1, 1, 8, 8\), this config needs \(3, 3, 8, 8\)"):
+  shape = dict(
+      sd, **{"layer2.1.conv2.weight": np.zeros((8, 8, 1, 1), np.float32)}
+  )
+  with pytest.raises(
+      ConfigError,
+      match=r"layer2_1/Conv_1/kernel of shape "
+      r"\(1, 1, 8, 8\), this config needs \(3, 3, 8, 8\)",
+  ):
     _load(_save(tmp_path, shape), config)
   # Gray images cannot take an RGB stem (a small-image run would: its conv1
   # stays fresh).
   gray = _config("resnet18", 4, 72, image_channels=1)
-  with pytest.raises(ConfigError, match=r"takes 3-channel images, but this "
-                     r"run's have 1: set config.image_channels=3"):
+  with pytest.raises(
+      ConfigError,
+      match=r"takes 3-channel images, but this "
+      r"run's have 1: set config.image_channels=3",
+  ):
     _load(R18, gray, channels=1)
   _load(R18, _config("resnet18", 4, 32, image_channels=1), channels=1)
   with pytest.raises(ConfigError, match="does not exist"):
     _load(str(tmp_path / "nothing.npz"), config)
-  with pytest.raises(ConfigError, match=r"is a directory but not a run to "
-                     r"start from: .*config.json not found"):
+  with pytest.raises(
+      ConfigError,
+      match=r"is a directory but not a run to "
+      r"start from: .*config.json not found",
+  ):
     _load(str(tmp_path), config)
   (tmp_path / "weights.pt").write_bytes(b"")
-  with pytest.raises(ConfigError, match=r"neither a directory nor a \.npz or "
-                     r"\.safetensors"):
+  with pytest.raises(
+      ConfigError, match=r"neither a directory nor a \.npz or " r"\.safetensors"
+  ):
     _load(str(tmp_path / "weights.pt"), config)
 
 
@@ -231,10 +282,14 @@ def test_config_validation():
   config.init_from = R18
   configuration.validate_config(config)
   for bad in (3, ""):
-    with pytest.raises(ConfigError, match=r"config.init_from=.* must be a "
-                       "run's workdir or a torchvision state dict"):
-      configuration.validate_config(ml_collections.ConfigDict(
-          {**config.to_dict(), "init_from": bad}))
+    with pytest.raises(
+        ConfigError,
+        match=r"config.init_from=.* must be a "
+        "run's workdir or a torchvision state dict",
+    ):
+      configuration.validate_config(
+          ml_collections.ConfigDict({**config.to_dict(), "init_from": bad})
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -260,7 +315,8 @@ def test_from_run_copies_the_query_encoder(source_run):
   for new, old in ((params, source.params), (stats, source.batch_stats)):
     jax.tree.map(np.testing.assert_array_equal, new, old)
   assert "backbone/conv1" in report.loaded and "projector/fc1" in (
-      report.loaded)
+      report.loaded
+  )
   assert report.fresh == [] and report.kind == "run, step 0"
 
   # Another number of coarse classes: the classifier stays fresh, the rest
@@ -268,19 +324,27 @@ def test_from_run_copies_the_query_encoder(source_run):
   config.synthetic.num_coarse = 4
   model, fresh_params, _ = _fresh(config, num_coarse=4)
   params, _, report = pretrained.init_variables(
-      source_run, config, fresh_params,
-      model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
-                 train=False)["batch_stats"])
+      source_run,
+      config,
+      fresh_params,
+      model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)[
+          "batch_stats"
+      ],
+  )
   assert report.fresh == ["classifier"]
-  np.testing.assert_array_equal(params["classifier"]["kernel"],
-                                fresh_params["classifier"]["kernel"])
+  np.testing.assert_array_equal(
+      params["classifier"]["kernel"], fresh_params["classifier"]["kernel"]
+  )
 
 
 def test_from_run_of_another_architecture_is_one_line_error(source_run):
   config = tiny.get_config()
   config.width = 8
-  with pytest.raises(ConfigError, match=r"is a resnet10 width 4 with the 3x3 "
-                     r"stem \(8 px\) run, this config is resnet10 width 8"):
+  with pytest.raises(
+      ConfigError,
+      match=r"is a resnet10 width 4 with the 3x3 "
+      r"stem \(8 px\) run, this config is resnet10 width 8",
+  ):
     _load(source_run, config)
 
 
@@ -290,23 +354,39 @@ def test_init_state_sets_both_encoders_and_keeps_the_rest(source_run):
   exp = trainer.build_experiment(config)
   state = pretrained.init_state(exp.state, config)
   source = pretrained.read_run(source_run)
-  jax.tree.map(np.testing.assert_array_equal,
-               jax.device_get(state.params), source.params)
-  jax.tree.map(np.testing.assert_array_equal,
-               jax.device_get(state.target_params), source.params)
-  jax.tree.map(np.testing.assert_array_equal,
-               jax.device_get(state.target_batch_stats), source.batch_stats)
-  for name in ("opt_state", "queue_KxD", "queue_labels_K", "queue_ptr", "rng",
-               "step"):
-    jax.tree.map(np.testing.assert_array_equal,
-                 jax.device_get(getattr(state, name)),
-                 jax.device_get(getattr(exp.state, name)))
+  jax.tree.map(
+      np.testing.assert_array_equal, jax.device_get(state.params), source.params
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      jax.device_get(state.target_params),
+      source.params,
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      jax.device_get(state.target_batch_stats),
+      source.batch_stats,
+  )
+  for name in (
+      "opt_state",
+      "queue_KxD",
+      "queue_labels_K",
+      "queue_ptr",
+      "rng",
+      "step",
+  ):
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(getattr(state, name)),
+        jax.device_get(getattr(exp.state, name)),
+    )
   leaf = jax.tree.leaves(state.params)[0]
   assert leaf.sharding == jax.tree.leaves(exp.state.params)[0].sharding
 
 
 def test_training_prefills_with_the_loaded_encoder_and_resumes_without_it(
-    source_run, tmp_path, monkeypatch):
+    source_run, tmp_path, monkeypatch
+):
   config = tiny.get_config()
   config.init_from = source_run
   config.stop_after_steps = 2
@@ -320,10 +400,14 @@ def test_training_prefills_with_the_loaded_encoder_and_resumes_without_it(
 
   monkeypatch.setattr(trainer, "_prefill_queue", spy)
   trainer.train_and_evaluate(config, str(workdir))
-  jax.tree.map(np.testing.assert_array_equal, seen["target_params"],
-               pretrained.read_run(source_run).params)
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      seen["target_params"],
+      pretrained.read_run(source_run).params,
+  )
   assert json.loads((workdir / "config.json").read_text())["init_from"] == (
-      source_run)
+      source_run
+  )
   # A resumed run has its weights: init_from is not read again, even gone.
   seen.clear()
   config.init_from = str(tmp_path / "moved_away.npz")
@@ -335,11 +419,22 @@ def test_training_prefills_with_the_loaded_encoder_and_resumes_without_it(
 def test_cli_bad_init_from_is_one_line_error(tmp_path):
   workdir = tmp_path / "run"
   out = subprocess.run(
-      [sys.executable, "-m", "maskcon_jax.train", "--config",
-       "configs/tiny.py", "--workdir", str(workdir),
-       f"--config.init_from={tmp_path / 'missing.safetensors'}"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+      [
+          sys.executable,
+          "-m",
+          "maskcon_jax.train",
+          "--config",
+          "configs/tiny.py",
+          "--workdir",
+          str(workdir),
+          f"--config.init_from={tmp_path / 'missing.safetensors'}",
+      ],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "does not exist" in errors[0], out.stderr[-2000:]

@@ -20,8 +20,11 @@ def _quick_start_commands() -> list[str]:
 def test_ci_runs_the_readme_test_command():
   commands = _quick_start_commands()
   assert len(commands) == 2, commands
-  ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-              if line.strip() and not line.lstrip().startswith("#")]
+  ci_lines = [
+      line
+      for line in (ROOT / ".ci" / "run").read_text().splitlines()
+      if line.strip() and not line.lstrip().startswith("#")
+  ]
   assert ci_lines[-1] == commands[1]
   assert "pytest" in commands[1]
 
@@ -43,18 +46,22 @@ def test_adding_a_method_example_works_as_written(tmp_path):
   """The README's SimCLR example, pasted into a copy of the repository: its
   module, registry entry, config and test file, and nothing else."""
   section = _adding_a_method()
-  files = dict(re.findall(r"`([\w/.]+\.py)`:\n\n```python\n(.*?\n)```",
-                          section, re.S))
-  assert set(files) == {"maskcon_jax/methods/simclr.py", "configs/simclr.py",
-                        "tests/test_simclr.py"}
+  files = dict(
+      re.findall(r"`([\w/.]+\.py)`:\n\n```python\n(.*?\n)```", section, re.S)
+  )
+  assert set(files) == {
+      "maskcon_jax/methods/simclr.py",
+      "configs/simclr.py",
+      "tests/test_simclr.py",
+  }
   registry = section.split("The registry entry", 1)[1]
-  import_line, entry = re.findall(r"```python\n(.*?)\n```", registry,
-                                  re.S)[:2]
+  import_line, entry = re.findall(r"```python\n(.*?)\n```", registry, re.S)[:2]
 
   repo = tmp_path / "repo"
   for name in ("maskcon_jax", "configs"):
-    shutil.copytree(ROOT / name, repo / name,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
+    )
   (repo / "tests").mkdir()
   for name in ("__init__.py", "conftest.py", "data/fixture_env.py"):
     (repo / "tests" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +70,9 @@ def test_adding_a_method_example_works_as_written(tmp_path):
     (repo / path).write_text(text)
   init = repo / "maskcon_jax" / "methods" / "__init__.py"
   source = init.read_text()
-  last_import = re.findall(r"^from maskcon_jax\.methods import \w+\n", source,
-                           re.M)[-1]
+  last_import = re.findall(
+      r"^from maskcon_jax\.methods import \w+\n", source, re.M
+  )[-1]
   source = source.replace(last_import, last_import + import_line + "\n", 1)
   last_entry = '    "saliency": saliency.METHOD,\n'
   assert last_entry in source
@@ -73,8 +81,20 @@ def test_adding_a_method_example_works_as_written(tmp_path):
 
   env = {**os.environ, "PYTHONPATH": str(repo)}
   out = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-       "tests/test_simclr.py"], cwd=repo, env=env, capture_output=True,
-      text=True, timeout=900)
+      [
+          sys.executable,
+          "-m",
+          "pytest",
+          "-q",
+          "-p",
+          "no:cacheprovider",
+          "tests/test_simclr.py",
+      ],
+      cwd=repo,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
   assert "1 passed" in out.stdout

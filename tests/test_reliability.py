@@ -42,9 +42,13 @@ from tests.test_bad_inputs import _snapshot
 # cost. Allowing a non-finite step runs the guarded step (trainer's
 # _make_step_fn), which the non-finite tests need too: they differ only in
 # its data, so all tests here share one compiled train step.
-OVERRIDES = {"log_every_steps": 1, "checkpoint_every_steps": 1,
-             "eval_every_epochs": 2, "num_devices": 1,
-             "max_nonfinite_steps": 1}
+OVERRIDES = {
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 1,
+    "eval_every_epochs": 2,
+    "num_devices": 1,
+    "max_nonfinite_steps": 1,
+}
 TOTAL_STEPS = 8
 # Differs between otherwise identical runs.
 TIMING_KEYS = ("train_seconds_this_run",)
@@ -60,22 +64,31 @@ def _config(**overrides):
 # `python -m maskcon_jax.train`, minus TensorFlow: clu's TensorBoard writer
 # needs it and its import adds ~10 s to each launch, so these runs use the
 # log-only writer (as on an image without TensorFlow).
-_CLI = ("import sys; sys.modules['clu.metric_writers'] = None; "
-        "from absl import app; from maskcon_jax import train; "
-        "app.run(train.main, flags_parser=train._parse_flags)")
+_CLI = (
+    "import sys; sys.modules['clu.metric_writers'] = None; "
+    "from absl import app; from maskcon_jax import train; "
+    "app.run(train.main, flags_parser=train._parse_flags)"
+)
 
 
 def _cli_args(workdir):
-  return [sys.executable, "-c", _CLI,
-          "--config", str(REPO_ROOT / "configs" / "tiny.py"),
-          "--workdir", str(workdir),
-          *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+  return [
+      sys.executable,
+      "-c",
+      _CLI,
+      "--config",
+      str(REPO_ROOT / "configs" / "tiny.py"),
+      "--workdir",
+      str(workdir),
+      *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+  ]
 
 
 def _checkpoint_arrays(workdir, step=None):
   """``(step, {tree path: array})`` of a checkpoint (the newest if None)."""
   mngr = ocp.CheckpointManager(
-      os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+      os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  )
   step = mngr.latest_step() if step is None else step
   restored = mngr.restore(step, args=ocp.args.StandardRestore())
   mngr.close()
@@ -106,8 +119,9 @@ def _assert_same_as_reference(workdir, reference, context=""):
   assert arrays.keys() == ref_arrays.keys(), context
   assert any("queue" in k for k in arrays)
   for key in arrays:
-    np.testing.assert_array_equal(arrays[key], ref_arrays[key],
-                                  err_msg=f"{key} {context}")
+    np.testing.assert_array_equal(
+        arrays[key], ref_arrays[key], err_msg=f"{key} {context}"
+    )
   assert _results(workdir) == reference["results"], context
 
 
@@ -116,8 +130,11 @@ def reference(tmp_path_factory):
   """An uninterrupted run: its workdir, final checkpoint and results."""
   workdir = tmp_path_factory.mktemp("reference")
   trainer.train_and_evaluate(_config(), str(workdir))
-  return {"workdir": workdir, "arrays": _checkpoint_arrays(workdir),
-          "results": _results(workdir)}
+  return {
+      "workdir": workdir,
+      "arrays": _checkpoint_arrays(workdir),
+      "results": _results(workdir),
+  }
 
 
 def _wait_for_step(proc, workdir, step, *, unfinished: bool):
@@ -142,9 +159,14 @@ def _wait_for_step(proc, workdir, step, *, unfinished: bool):
 
 
 def _start(workdir, env=None):
-  return subprocess.Popen(_cli_args(workdir), cwd=REPO_ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env)
+  return subprocess.Popen(
+      _cli_args(workdir),
+      cwd=REPO_ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env=env,
+  )
 
 
 def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
@@ -183,7 +205,8 @@ def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
   assert lines == [
       f"stopped by SIGTERM after step {stopped} of {TOTAL_STEPS}: checkpoint "
       f"{stopped} is in {workdir / 'checkpoints'}; rerun the same command to "
-      "resume."], context
+      "resume."
+  ], context
   if done_before:
     assert f"Resumed from step {done_before}" in stderr, context
   # The killed process left its run lock behind: taken over, with a warning.
@@ -207,9 +230,9 @@ def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
   _assert_same_as_reference(workdir, reference, context)
 
 
-def test_sigint_in_process_stops_after_the_step_and_resumes(reference,
-                                                            tmp_path,
-                                                            monkeypatch):
+def test_sigint_in_process_stops_after_the_step_and_resumes(
+    reference, tmp_path, monkeypatch
+):
   """SIGINT arriving during step 3 stops the run after step 3 with a
   checkpoint; the handlers are restored; a rerun matches the reference."""
   make_step_fn = trainer._make_step_fn
@@ -230,8 +253,9 @@ def test_sigint_in_process_stops_after_the_step_and_resumes(reference,
   before = signal.getsignal(signal.SIGINT)
   workdir = tmp_path / "run"
   with pytest.raises(Interrupted) as stopped:
-    trainer.train_and_evaluate(_config(checkpoint_every_steps=100),
-                               str(workdir))
+    trainer.train_and_evaluate(
+        _config(checkpoint_every_steps=100), str(workdir)
+    )
   assert stopped.value.step == 3 and stopped.value.signal_name == "SIGINT"
   assert signal.getsignal(signal.SIGINT) is before
   assert _steps_on_disk(workdir) == ([3], [])
@@ -265,8 +289,9 @@ def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path, caplog):
   _assert_same_as_reference(workdir, reference)
 
 
-def test_checkpoint_of_other_shapes_is_refused(reference, tmp_path,
-                                               monkeypatch):
+def test_checkpoint_of_other_shapes_is_refused(
+    reference, tmp_path, monkeypatch
+):
   """Without config.json, a checkpoint of another width is recognised by its
   array shapes: a one-line error and nothing written."""
   workdir = tmp_path / "run"
@@ -287,32 +312,47 @@ def test_checkpoint_of_other_shapes_is_refused(reference, tmp_path,
       rf"checkpoint 8 in {re.escape(str(workdir / 'checkpoints'))} does not "
       r"fit this config: \S+ is \(.*\) float32, this config needs \(.*\) "
       r"float32 \(and \d+ more\); use a new --workdir or the config it was "
-      r"written with\.", str(err.value)), str(err.value)
+      r"written with\.",
+      str(err.value),
+  ), str(err.value)
   assert sorted(p.name for p in workdir.iterdir()) == before
 
 
 def _all_finite(arrays):
-  return all(np.all(np.isfinite(a)) for a in arrays.values()
-             if np.issubdtype(a.dtype, np.inexact))
+  return all(
+      np.all(np.isfinite(a))
+      for a in arrays.values()
+      if np.issubdtype(a.dtype, np.inexact)
+  )
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path,
-                                                             capsys):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
   """Default (max_nonfinite_steps=0): the CLI stops with one line naming the
   step and the last good checkpoint, which holds finite weights."""
   workdir = tmp_path / "run"
-  status = train.command_line([
-      "train", "--config", str(REPO_ROOT / "configs" / "tiny.py"),
-      "--workdir", str(workdir), "--config.checkpoint_every_steps=2",
-      "--config.debug_nan_at_step=3", "--config.eval_every_epochs=2",
-      "--config.num_devices=1", "--config.max_nonfinite_steps=0"])
+  status = train.command_line(
+      [
+          "train",
+          "--config",
+          str(REPO_ROOT / "configs" / "tiny.py"),
+          "--workdir",
+          str(workdir),
+          "--config.checkpoint_every_steps=2",
+          "--config.debug_nan_at_step=3",
+          "--config.eval_every_epochs=2",
+          "--config.num_devices=1",
+          "--config.max_nonfinite_steps=0",
+      ]
+  )
   assert status == train.EXIT_ERROR
-  errors = [l for l in capsys.readouterr().err.splitlines()
-            if l.startswith("error:")]
+  errors = [
+      l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")
+  ]
   assert errors == [
       f"error: non-finite loss at step 3; stopped: the last good checkpoint is "
       f"step 2 in {workdir / 'checkpoints'}; lower the learning rate, or set "
-      "config.max_nonfinite_steps to skip such steps."]
+      "config.max_nonfinite_steps to skip such steps."
+  ]
   assert _steps_on_disk(workdir) == ([2], [])
   assert _all_finite(_checkpoint_arrays(workdir)[1])
   assert not (workdir / trainer.RESULTS_FILE).exists()
@@ -325,7 +365,8 @@ def test_nonfinite_steps_are_skipped_up_to_the_limit(tmp_path):
   workdir = tmp_path / "skip"
   results = trainer.train_and_evaluate(
       _config(max_nonfinite_steps=1, debug_nan_at_step=3, stop_after_steps=3),
-      str(workdir))
+      str(workdir),
+  )
   assert results["step"] == 3 and results["nonfinite_steps_skipped"] == 1
   step2, before = _checkpoint_arrays(workdir, 2)
   step3, after = _checkpoint_arrays(workdir, 3)
@@ -339,12 +380,16 @@ def test_nonfinite_steps_are_skipped_up_to_the_limit(tmp_path):
   workdir = tmp_path / "limit"
   with pytest.raises(NonFiniteError) as err:
     trainer.train_and_evaluate(
-        _config(max_nonfinite_steps=2, debug_nan_at_step=3,
-                debug_nan_num_steps=3), str(workdir))
+        _config(
+            max_nonfinite_steps=2, debug_nan_at_step=3, debug_nan_num_steps=3
+        ),
+        str(workdir),
+    )
   assert str(err.value) == (
       "non-finite loss at step 5, more than config.max_nonfinite_steps=2 such "
       f"steps; stopped: the last good checkpoint is step 4 in "
-      f"{workdir / 'checkpoints'}; lower the learning rate.")
+      f"{workdir / 'checkpoints'}; lower the learning rate."
+  )
   assert _steps_on_disk(workdir) == ([3, 4], [])
   assert _all_finite(_checkpoint_arrays(workdir)[1])
 
@@ -354,8 +399,11 @@ def test_nonfinite_steps_are_skipped_up_to_the_limit(tmp_path):
 
 def _pause_env(signals, *points):
   """The environment of a CLI run that pauses at ``points`` (debugpoints)."""
-  return {**os.environ, debugpoints.PAUSE_AT: ",".join(points),
-          debugpoints.PAUSE_DIR: str(signals)}
+  return {
+      **os.environ,
+      debugpoints.PAUSE_AT: ",".join(points),
+      debugpoints.PAUSE_DIR: str(signals),
+  }
 
 
 def _wait_for_file(proc, path, timeout=300):
@@ -368,8 +416,9 @@ def _wait_for_file(proc, path, timeout=300):
     time.sleep(0.02)
 
 
-def test_second_run_is_refused_and_evaluate_reads_a_live_run(reference,
-                                                             tmp_path):
+def test_second_run_is_refused_and_evaluate_reads_a_live_run(
+    reference, tmp_path
+):
   """A run paused inside the save of checkpoint 4: `evaluate` reads the
   newest finished checkpoint; a second training process on the workdir
   stops with one line and writes nothing; the first then finishes bit for
@@ -389,12 +438,17 @@ def test_second_run_is_refused_and_evaluate_reads_a_live_run(reference,
     assert newest >= 3 and results["step"] in (newest, 4)
     deadline = time.time() + 300
     while 4 not in _steps_on_disk(workdir)[0]:  # The save goes on in the
-      assert time.time() < deadline             # background.
+      assert time.time() < deadline  # background.
       time.sleep(0.02)
 
     before = _snapshot(str(workdir))
-    second = subprocess.run(_cli_args(workdir), cwd=REPO_ROOT, text=True,
-                            capture_output=True, timeout=300)
+    second = subprocess.run(
+        _cli_args(workdir),
+        cwd=REPO_ROOT,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert second.returncode == train.EXIT_ERROR, second.stderr[-3000:]
     errors = [l for l in second.stderr.splitlines() if l.startswith("error:")]
     assert len(errors) == 1, second.stderr[-3000:]
@@ -402,7 +456,9 @@ def test_second_run_is_refused_and_evaluate_reads_a_live_run(reference,
         rf"error: --workdir={re.escape(str(workdir))} is in use by another "
         rf"training run \(pid {first.pid} on host \S+, started [\d: -]+, run "
         rf"id {holder.run_id}\); wait for it to end, stop it \(kill "
-        rf"{first.pid}\), or use another --workdir\.", errors[0]), errors[0]
+        rf"{first.pid}\), or use another --workdir\.",
+        errors[0],
+    ), errors[0]
     assert "Traceback" not in second.stderr
     assert _snapshot(str(workdir)) == before
   finally:
@@ -415,8 +471,13 @@ def test_second_run_is_refused_and_evaluate_reads_a_live_run(reference,
 
 def _write_lock(workdir, **fields):
   os.makedirs(workdir, exist_ok=True)
-  record = {"pid": 1, "host": socket.gethostname(),
-            "started": time.time() - 60, "run_id": "0123abcd4567", **fields}
+  record = {
+      "pid": 1,
+      "host": socket.gethostname(),
+      "started": time.time() - 60,
+      "run_id": "0123abcd4567",
+      **fields,
+  }
   (workdir / runlock.LOCK_FILE).write_text(json.dumps(record))
 
 
@@ -431,8 +492,10 @@ def test_stale_and_foreign_locks(tmp_path, caplog):
   with caplog.at_level("WARNING"):
     trainer.train_and_evaluate(_config(stop_after_steps=1), str(workdir))
   warnings = " ".join(r.getMessage() for r in caplog.records)
-  assert (f"Taking over the run lock of {workdir} left by a process that "
-          f"ended without releasing it (pid {dead.pid} on host") in warnings
+  assert (
+      f"Taking over the run lock of {workdir} left by a process that "
+      f"ended without releasing it (pid {dead.pid} on host"
+  ) in warnings
   assert not (workdir / runlock.LOCK_FILE).exists()
 
   _write_lock(workdir, host="elsewhere.example")
@@ -444,15 +507,18 @@ def test_stale_and_foreign_locks(tmp_path, caplog):
       r"host \(pid 1 on host elsewhere\.example, started [\d: -]+, run id "
       r"0123abcd4567\); if that run has ended, rerun with "
       r"--config\.force_unlock=True, else use another --workdir\.",
-      str(err.value)), str(err.value)
+      str(err.value),
+  ), str(err.value)
   assert _snapshot(str(workdir)) == before
 
-  trainer.train_and_evaluate(_config(stop_after_steps=2, force_unlock=True),
-                             str(workdir))
+  trainer.train_and_evaluate(
+      _config(stop_after_steps=2, force_unlock=True), str(workdir)
+  )
   assert _steps_on_disk(workdir)[0] == [1, 2]
   assert not (workdir / runlock.LOCK_FILE).exists()
   assert "force_unlock" not in json.loads(
-      (workdir / trainer.CONFIG_FILE).read_text())
+      (workdir / trainer.CONFIG_FILE).read_text()
+  )
 
 
 def test_lock_is_exclusive_and_leaves_no_trace(tmp_path):
@@ -474,37 +540,45 @@ def test_lock_is_exclusive_and_leaves_no_trace(tmp_path):
 
 def _coarse_map(path, shift):
   # tiny's synthetic data has fine classes 'pattern 0' to 'pattern 7'.
-  path.write_text("".join(f"pattern {f},{(f + shift) % 2}\n"
-                          for f in range(8)))
+  path.write_text("".join(f"pattern {f},{(f + shift) % 2}\n" for f in range(8)))
   return str(path)
 
 
-def test_resume_onto_other_data_is_refused(reference, tmp_path, capsys,
-                                           caplog):
+def test_resume_onto_other_data_is_refused(reference, tmp_path, capsys, caplog):
   """A stopped run refuses, in one line and writing nothing, to resume with
   another subset size or with its coarse map edited in place; a run without
   a fingerprint resumes with a warning; a finished run may be evaluated on
   another test split, and says so."""
   workdir = tmp_path / "run"
   coarse_map = _coarse_map(tmp_path / "map.csv", 0)
-  trainer.train_and_evaluate(_config(stop_after_steps=1,
-                                     coarse_map=coarse_map), str(workdir))
+  trainer.train_and_evaluate(
+      _config(stop_after_steps=1, coarse_map=coarse_map), str(workdir)
+  )
   saved = fingerprint.read(str(workdir))
   assert saved["train_examples"] == 64 and saved["coarse_classes"] == 2
   before = _snapshot(str(workdir))
 
-  status = train.command_line([
-      "train", "--config", str(REPO_ROOT / "configs" / "tiny.py"),
-      "--workdir", str(workdir), f"--config.coarse_map={coarse_map}",
-      "--config.max_train_examples=48",
-      *(f"--config.{k}={v}" for k, v in OVERRIDES.items())])
+  status = train.command_line(
+      [
+          "train",
+          "--config",
+          str(REPO_ROOT / "configs" / "tiny.py"),
+          "--workdir",
+          str(workdir),
+          f"--config.coarse_map={coarse_map}",
+          "--config.max_train_examples=48",
+          *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+      ]
+  )
   assert status == train.EXIT_ERROR
-  errors = [l for l in capsys.readouterr().err.splitlines()
-            if l.startswith("error:")]
+  errors = [
+      l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")
+  ]
   assert errors == [
       f"error: the training data differs from the data the run in {workdir} "
       "started with: train examples 64 -> 48; resume with the original data "
-      "or use a new --workdir."]
+      "or use a new --workdir."
+  ]
   assert _snapshot(str(workdir)) == before
 
   _coarse_map(tmp_path / "map.csv", 1)  # Edited in place: same path.
@@ -513,17 +587,20 @@ def test_resume_onto_other_data_is_refused(reference, tmp_path, capsys,
   assert str(err.value) == (
       f"the training data differs from the data the run in {workdir} started "
       "with: the coarse map differs; the train labels differ; resume with the "
-      "original data or use a new --workdir.")
+      "original data or use a new --workdir."
+  )
   assert _snapshot(str(workdir)) == before
 
   _coarse_map(tmp_path / "map.csv", 0)
   os.remove(workdir / fingerprint.FINGERPRINT_FILE)
   with caplog.at_level("WARNING"):
-    trainer.train_and_evaluate(_config(stop_after_steps=2,
-                                       coarse_map=coarse_map), str(workdir))
-  assert (f"{workdir} has no record of the data its run used (a run from "
-          "before data fingerprints): resuming without checking it." in
-          caplog.text)
+    trainer.train_and_evaluate(
+        _config(stop_after_steps=2, coarse_map=coarse_map), str(workdir)
+    )
+  assert (
+      f"{workdir} has no record of the data its run used (a run from "
+      "before data fingerprints): resuming without checking it." in caplog.text
+  )
   assert fingerprint.read(str(workdir)) == saved
   caplog.clear()
 
@@ -531,11 +608,14 @@ def test_resume_onto_other_data_is_refused(reference, tmp_path, capsys,
   shutil.copytree(reference["workdir"], finished)
   recorded = fingerprint.read(str(finished))
   with caplog.at_level("WARNING"):
-    results = trainer.train_and_evaluate(_config(max_test_examples=16),
-                                         str(finished))
+    results = trainer.train_and_evaluate(
+        _config(max_test_examples=16), str(finished)
+    )
   assert results["step"] == TOTAL_STEPS
-  assert (f"Evaluating the finished run in {finished} on other data than it "
-          "was trained on: test examples 32 -> 16." in caplog.text)
+  assert (
+      f"Evaluating the finished run in {finished} on other data than it "
+      "was trained on: test examples 32 -> 16." in caplog.text
+  )
   assert fingerprint.read(str(finished)) == recorded
 
 
@@ -544,8 +624,7 @@ def test_file_list_fingerprint_follows_the_files_not_the_folder(tmp_path):
   here = fingerprint.files_digest([f"/data/a/{p}" for p in paths])
   moved = fingerprint.files_digest([f"/mnt/b/{p}" for p in reversed(paths)])
   assert here == moved
-  assert here != fingerprint.files_digest(
-      [f"/data/a/{p}" for p in paths[:-1]])
+  assert here != fingerprint.files_digest([f"/data/a/{p}" for p in paths[:-1]])
 
 
 # --- A full disk: one line, the last checkpoint intact, a clean resume.
@@ -579,15 +658,17 @@ def test_full_disk_gives_one_line_and_resumes(reference, tmp_path):
   ckpt = workdir / "checkpoints"
   args = _cli_args(workdir)
   args[2] = _FULL_DISK.format(ckpt=ckpt) + _CLI.replace("; ", "\n")
-  out = subprocess.run(args, cwd=REPO_ROOT, text=True, capture_output=True,
-                       timeout=300)
+  out = subprocess.run(
+      args, cwd=REPO_ROOT, text=True, capture_output=True, timeout=300
+  )
   assert out.returncode == train.EXIT_ERROR, out.stderr[-3000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert errors == [
       f"error: cannot write checkpoints in {ckpt}: No space left on device; "
       "the newest complete checkpoint, step 3, is intact; free some space and "
       "rerun the same command to resume (details in "
-      f"{workdir / workdir_io.DEBUG_LOG})."], out.stderr[-3000:]
+      f"{workdir / workdir_io.DEBUG_LOG})."
+  ], out.stderr[-3000:]
   for noise in ("Traceback", "RESOURCE_EXHAUSTED", "Event loop is closed"):
     assert noise not in out.stderr, out.stderr[-3000:]
   assert "less than the last checkpoint takes" in out.stderr
@@ -620,7 +701,8 @@ def test_full_disk_at_results_json(reference, tmp_path, monkeypatch):
       f"cannot write {workdir / trainer.RESULTS_FILE}.tmp: No space left on "
       "device; the newest complete checkpoint, step 8, is intact; free some "
       "space and rerun the same command to resume (details in "
-      f"{workdir / workdir_io.DEBUG_LOG}).")
+      f"{workdir / workdir_io.DEBUG_LOG})."
+  )
   assert _steps_on_disk(workdir) == ([7, 8], [])
   assert not (workdir / runlock.LOCK_FILE).exists()
 
@@ -640,10 +722,15 @@ def test_sigkill_at_named_points_resumes_bit_exact(reference, tmp_path):
   bit for bit as the uninterrupted reference."""
   seed = int(os.environ.get("MASKCON_KILL_SEED", time.time_ns() % 2**32))
   rng = random.Random(seed)
-  middle = [(rng.choice(("train_step", "checkpoint_save", "checkpoint_saved")),
-             step) for step in range(1, TOTAL_STEPS)]
-  points = ([("lock_taken", None), ("config_written", None)] + middle +
-            [("final_eval", TOTAL_STEPS), ("results_write", None)])
+  middle = [
+      (rng.choice(("train_step", "checkpoint_save", "checkpoint_saved")), step)
+      for step in range(1, TOTAL_STEPS)
+  ]
+  points = (
+      [("lock_taken", None), ("config_written", None)]
+      + middle
+      + [("final_eval", TOTAL_STEPS), ("results_write", None)]
+  )
   workdir, signals = tmp_path / "run", tmp_path / "signals"
   for number, (name, step) in enumerate(points):
     label = name if step is None else f"{name}@{step}"

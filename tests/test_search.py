@@ -32,7 +32,8 @@ def indexed(tmp_path_factory):
   workdir = _untrained_run(tmp_path_factory.mktemp("run"), 1228)
   folder = tmp_path_factory.mktemp("images")
   for i, image in enumerate(
-      input_pipeline.load_dataset(tiny.get_config()).test_images):
+      input_pipeline.load_dataset(tiny.get_config()).test_images
+  ):
     Image.fromarray(image).save(folder / f"{i:02d}.png")
   index = tmp_path_factory.mktemp("index") / "emb.npz"
   embed.run_embed(workdir, str(folder), str(index))
@@ -40,8 +41,9 @@ def indexed(tmp_path_factory):
 
 
 def _brute_force(queries, bank, k):
-  sims = evaluation.l2_normalize_np(queries) @ evaluation.l2_normalize_np(
-      bank).T
+  sims = (
+      evaluation.l2_normalize_np(queries) @ evaluation.l2_normalize_np(bank).T
+  )
   order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
   return order, np.take_along_axis(sims, order, 1)
 
@@ -62,8 +64,9 @@ def test_nearest_matches_brute_force_in_any_chunk_size():
   exclude[3] = -1
   idx, _ = search.nearest(queries, bank, 5, exclude_Q=exclude)
   want_next, _ = _brute_force(queries, bank, 6)
-  np.testing.assert_array_equal(np.delete(idx, 3, 0),
-                                np.delete(want_next[:, 1:], 3, 0))
+  np.testing.assert_array_equal(
+      np.delete(idx, 3, 0), np.delete(want_next[:, 1:], 3, 0)
+  )
   np.testing.assert_array_equal(idx[3], want_idx[3])
   # k beyond the bank: every item, then -1 padding where one was excluded.
   idx, sims = search.nearest(queries[:1], bank[:3], 10, exclude_Q=[0])
@@ -84,8 +87,7 @@ def test_run_search_writes_neighbours_and_grids(indexed, tmp_path):
   out = tmp_path / "results"
   report = search.run_search(indexed["index"], str(query), str(out), k=4)
   assert json.loads((out / "neighbours.json").read_text()) == report
-  assert report["step"] == 0 and report["k"] == 4 and report[
-      "index_size"] == 32
+  assert report["step"] == 0 and report["k"] == 4 and report["index_size"] == 32
   (entry,) = report["queries"]
   assert entry["query"] == str(query)
   found = entry["neighbours"]
@@ -99,18 +101,23 @@ def test_run_search_writes_neighbours_and_grids(indexed, tmp_path):
   want, _ = _brute_force(features[5:6], features, 5)
   assert [n["path"] for n in found] == [paths[j] for j in want[0, 1:]]
   from matplotlib import image  # pylint: disable=g-import-not-at-top
+
   grid = image.imread(out / entry["grid"])
   assert grid.ndim == 3 and grid.shape[1] > grid.shape[0]
   assert grid[..., :3].std() > 0.05
 
-  report = search.run_search(indexed["index"], str(indexed["folder"]),
-                             str(tmp_path / "all"), k=3, include_self=True,
-                             grids=False)
+  report = search.run_search(
+      indexed["index"],
+      str(indexed["folder"]),
+      str(tmp_path / "all"),
+      k=3,
+      include_self=True,
+      grids=False,
+  )
   assert len(report["queries"]) == 32
   for entry in report["queries"]:
     assert entry["neighbours"][0]["path"] == entry["query"]
-    assert entry["neighbours"][0]["similarity"] == pytest.approx(1.0,
-                                                                 abs=1e-5)
+    assert entry["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert "grid" not in entry
   assert not list((tmp_path / "all").glob("*.png"))
 
@@ -118,15 +125,20 @@ def test_run_search_writes_neighbours_and_grids(indexed, tmp_path):
 def test_index_from_another_run_is_refused(indexed, tmp_path):
   other = _untrained_run(tmp_path / "other", 7)
   query = str(indexed["folder"] / "00.png")
-  with pytest.raises(UserError, match=r"comes from another run: it was made "
-                     r"by .* step 0 \(encoder [0-9a-f]{16}\), not by "
-                     r".*other step 0") as error:
-    search.run_search(indexed["index"], query, str(tmp_path / "r"),
-                      workdir=other)
+  with pytest.raises(
+      UserError,
+      match=r"comes from another run: it was made "
+      r"by .* step 0 \(encoder [0-9a-f]{16}\), not by "
+      r".*other step 0",
+  ) as error:
+    search.run_search(
+        indexed["index"], query, str(tmp_path / "r"), workdir=other
+    )
   assert "\n" not in str(error.value)
   with pytest.raises(UserError, match=r"has no checkpoint 5 \(only 0\)"):
-    search.run_search(indexed["index"], query, str(tmp_path / "r"),
-                      checkpoint=5)
+    search.run_search(
+        indexed["index"], query, str(tmp_path / "r"), checkpoint=5
+    )
 
 
 def test_moved_run_and_bad_indexes(indexed, tmp_path):
@@ -137,19 +149,26 @@ def test_moved_run_and_bad_indexes(indexed, tmp_path):
   index = tmp_path / "copy.npz"
   embed.run_embed(str(copy), str(indexed["folder"]), str(index))
   shutil.move(copy, tmp_path / "moved")
-  with pytest.raises(UserError, match=r"which is gone: pass its new place as "
-                     "--workdir"):
+  with pytest.raises(
+      UserError, match=r"which is gone: pass its new place as " "--workdir"
+  ):
     search.run_search(str(index), query, str(tmp_path / "r"))
-  report = search.run_search(str(index), query, str(tmp_path / "r"),
-                             workdir=str(tmp_path / "moved"), grids=False)
+  report = search.run_search(
+      str(index),
+      query,
+      str(tmp_path / "r"),
+      workdir=str(tmp_path / "moved"),
+      grids=False,
+  )
   assert len(report["queries"][0]["neighbours"]) == 10
 
   with pytest.raises(UserError, match="does not exist: write one with"):
     search.run_search(str(tmp_path / "none.npz"), query, str(tmp_path / "r"))
   exported = tmp_path / "export.npz"
   np.savez(exported, features=np.zeros((2, 3)), image_ids=np.arange(2))
-  with pytest.raises(UserError, match=r"an export of a split, which has no "
-                     "image paths"):
+  with pytest.raises(
+      UserError, match=r"an export of a split, which has no " "image paths"
+  ):
     search.run_search(str(exported), query, str(tmp_path / "r"))
   (tmp_path / "junk.npz").write_bytes(b"junk")
   with pytest.raises(UserError, match="cannot read --index"):
@@ -157,26 +176,44 @@ def test_moved_run_and_bad_indexes(indexed, tmp_path):
   with pytest.raises(UserError, match="--k=0 must be a positive integer"):
     search.run_search(indexed["index"], query, str(tmp_path / "r"), k=0)
   with pytest.raises(UserError, match="--query=.* does not exist"):
-    search.run_search(indexed["index"], str(tmp_path / "q.png"),
-                      str(tmp_path / "r"))
+    search.run_search(
+        indexed["index"], str(tmp_path / "q.png"), str(tmp_path / "r")
+    )
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "maskcon_jax.search", *args],
-                        cwd=REPO_ROOT, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run(
+      [sys.executable, "-m", "maskcon_jax.search", *args],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def test_cli(indexed, tmp_path):
-  ok = _cli("--index", indexed["index"], "--query",
-            str(indexed["folder"] / "03.png"), "--k", "3", "--out",
-            str(tmp_path / "out"))
+  ok = _cli(
+      "--index",
+      indexed["index"],
+      "--query",
+      str(indexed["folder"] / "03.png"),
+      "--k",
+      "3",
+      "--out",
+      str(tmp_path / "out"),
+  )
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "03.png: " in ok.stdout and "wrote" in ok.stdout
   assert (tmp_path / "out" / "neighbours.json").exists()
   assert (tmp_path / "out" / "0000_03.png").exists()
-  bad = _cli("--index", str(tmp_path / "missing.npz"), "--query",
-             str(indexed["folder"]), "--out", str(tmp_path / "out"))
+  bad = _cli(
+      "--index",
+      str(tmp_path / "missing.npz"),
+      "--query",
+      str(indexed["folder"]),
+      "--out",
+      str(tmp_path / "out"),
+  )
   assert bad.returncode == 2
   errors = [l for l in bad.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "missing.npz" in errors[0], bad.stderr[-2000:]

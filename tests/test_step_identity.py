@@ -17,13 +17,16 @@ from tests.data import make_step_fixture as fixture
 STORED = json.loads(fixture.FIXTURE.read_text())
 
 pytestmark = [
-    pytest.mark.skipif(jax.device_count() < max(fixture.DEVICE_COUNTS),
-                       reason="needs 8 (fake) devices; see conftest.py"),
+    pytest.mark.skipif(
+        jax.device_count() < max(fixture.DEVICE_COUNTS),
+        reason="needs 8 (fake) devices; see conftest.py",
+    ),
     pytest.mark.skipif(
         STORED["versions"] != fixture.versions(),
         reason=f"the fixture was written with {STORED['versions']}; XLA's "
         "numbers differ between releases (rewrite it with "
-        "tests/data/make_step_fixture.py after checking a release change)"),
+        "tests/data/make_step_fixture.py after checking a release change)",
+    ),
 ]
 
 
@@ -36,7 +39,11 @@ def test_step_is_bit_identical_on_1_and_8_devices(mode):
     assert set(got["state"]) == set(want["state"])
     for group in want["state"]:
       differ = sorted(
-          name for name in set(want["state"][group]) | set(got["state"][group])
-          if want["state"][group].get(name) != got["state"][group].get(name))
-      assert not differ, (f"{mode} on {n} device(s): {group} differs at "
-                          f"{', '.join(differ[:5])}")
+          name
+          for name in set(want["state"][group]) | set(got["state"][group])
+          if want["state"][group].get(name) != got["state"][group].get(name)
+      )
+      assert not differ, (
+          f"{mode} on {n} device(s): {group} differs at "
+          f"{', '.join(differ[:5])}"
+      )

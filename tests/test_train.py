@@ -19,17 +19,31 @@ from tests.conftest import REPO_ROOT
 
 
 def _run_cli(workdir, *overrides, env=None):
-  cmd = [sys.executable, "-m", "maskcon_jax.train",
-         "--config", str(REPO_ROOT / "configs" / "tiny.py"),
-         "--workdir", str(workdir), *overrides]
-  return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
-                        env=env or os.environ.copy(), timeout=600)
+  cmd = [
+      sys.executable,
+      "-m",
+      "maskcon_jax.train",
+      "--config",
+      str(REPO_ROOT / "configs" / "tiny.py"),
+      "--workdir",
+      str(workdir),
+      *overrides,
+  ]
+  return subprocess.run(
+      cmd,
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      env=env or os.environ.copy(),
+      timeout=600,
+  )
 
 
 def _final_state_arrays(workdir):
   """All arrays of the latest checkpoint, as numpy, by tree path."""
   mngr = ocp.CheckpointManager(
-      os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+      os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  )
   step = mngr.latest_step()
   restored = mngr.restore(step, args=ocp.args.StandardRestore())
   mngr.close()
@@ -65,8 +79,12 @@ def test_cli_resume_matches_uninterrupted_run(tmp_path):
   assert results["step"] == 8 and results["complete"]
   assert 0.0 <= results["fine_recall@1"] <= 1.0
   assert "fine_recall@1=" in second.stdout
-  assert json.loads((interrupted / "config.json").read_text())["mode"] == "maskcon"
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(interrupted))
+  assert (
+      json.loads((interrupted / "config.json").read_text())["mode"] == "maskcon"
+  )
+  assert any(
+      f.startswith("events.out.tfevents") for f in os.listdir(interrupted)
+  )
 
   # A finished run only re-evaluates: same step, same numbers. config.json
   # keeps the trained settings; evaluation fields follow the new invocation.
@@ -83,16 +101,22 @@ def test_cli_resume_matches_uninterrupted_run(tmp_path):
   assert recorded["retrieval_ks"] == [1, 2]
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"mode": "simclr"}, "config.mode='simclr' is not supported"),
-    ({"dataset": "imagenet"}, "config.dataset='imagenet' is not supported"),
-    ({"arch": "vgg16"}, "config.arch='vgg16' is not supported"),
-    ({"queue_size": 8}, "config.queue_size=8 is smaller than config.batch_size=16"),
-    ({"w": 1.5}, "config.w=1.5 must lie in [0, 1]"),
-    ({"w": -0.1}, "config.w=-0.1 must lie in [0, 1]"),
-    ({"t0": 0.0}, "config.t0=0.0: temperatures must be > 0"),
-    ({"t": -1.0}, "config.t=-1.0: temperatures must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"mode": "simclr"}, "config.mode='simclr' is not supported"),
+        ({"dataset": "imagenet"}, "config.dataset='imagenet' is not supported"),
+        ({"arch": "vgg16"}, "config.arch='vgg16' is not supported"),
+        (
+            {"queue_size": 8},
+            "config.queue_size=8 is smaller than config.batch_size=16",
+        ),
+        ({"w": 1.5}, "config.w=1.5 must lie in [0, 1]"),
+        ({"w": -0.1}, "config.w=-0.1 must lie in [0, 1]"),
+        ({"t0": 0.0}, "config.t0=0.0: temperatures must be > 0"),
+        ({"t": -1.0}, "config.t=-1.0: temperatures must be > 0"),
+    ],
+)
 def test_bad_config_fails_before_writing(tmp_path, override, message):
   config = tiny.get_config()
   config.update(override)
@@ -123,8 +147,10 @@ def test_cli_prints_one_line_error(tmp_path):
   out = _run_cli(tmp_path / "run", "--config.mode=simclr")
   assert out.returncode == 2
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-  assert errors == ["error: config.mode='simclr' is not supported; use one of: "
-                    f"{', '.join(methods.MODES)}."]
+  assert errors == [
+      "error: config.mode='simclr' is not supported; use one of: "
+      f"{', '.join(methods.MODES)}."
+  ]
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()
 
@@ -140,11 +166,13 @@ def test_online_knn_monitor(tmp_path):
   assert 0.0 <= top1 <= 1.0
   # The monitor's value reached the TensorBoard event files.
   from tensorboard.backend.event_processing import event_accumulator
+
   events = event_accumulator.EventAccumulator(str(tmp_path / "run"))
   events.Reload()
   tags = events.Tags()
   assert "monitor/knn_fine_top1" in tags.get("tensors", []) + tags.get(
-      "scalars", [])
+      "scalars", []
+  )
 
 
 def test_runs_from_before_conv_padding_keep_same_padding(tmp_path):
@@ -152,6 +180,7 @@ def test_runs_from_before_conv_padding_keep_same_padding(tmp_path):
   padding: reloading it keeps that padding, and resuming it with the new
   default is refused in one line until the old value is given."""
   from maskcon_jax import configuration
+
   config = tiny.get_config()
   saved = json.loads(json.dumps(config.to_dict()))
   del saved["conv_padding"]

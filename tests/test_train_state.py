@@ -21,11 +21,12 @@ def test_enqueue_matches_official_golden():
     keys = losses.l2_normalize(jnp.asarray(g["k_raw"]))
     labels = jnp.asarray(g["labels"], jnp.int32)
     queue_labels = jnp.asarray(g["queue_labels"], jnp.int32)
-    q, ql, ptr = ts.enqueue(jnp.asarray(g["queue"]), queue_labels,
-                            jnp.int32(0), keys, labels)
+    q, ql, ptr = ts.enqueue(
+        jnp.asarray(g["queue"]), queue_labels, jnp.int32(0), keys, labels
+    )
     np.testing.assert_allclose(np.asarray(q), g["queue_after"], atol=1e-6)
     assert int(ptr) == int(g["ptr_after"])
-    np.testing.assert_array_equal(np.asarray(ql[:len(labels)]), g["labels"])
+    np.testing.assert_array_equal(np.asarray(ql[: len(labels)]), g["labels"])
 
 
 def test_enqueue_wraps_around_when_queue_is_not_a_multiple_of_batch():
@@ -36,8 +37,9 @@ def test_enqueue_wraps_around_when_queue_is_not_a_multiple_of_batch():
   written = []
   for step in range(4):  # 16 keys into 10 rows: wraps once, mid-batch.
     keys = jnp.full((b, d), float(step + 1)) + jnp.arange(b)[:, None] / 10
-    queue, labels, ptr = ts.enqueue(queue, labels, ptr, keys,
-                                    jnp.arange(b, dtype=jnp.int32) + 10 * step)
+    queue, labels, ptr = ts.enqueue(
+        queue, labels, ptr, keys, jnp.arange(b, dtype=jnp.int32) + 10 * step
+    )
     written.extend(np.asarray(keys))
   assert int(ptr) == 16 % k
   # Row r holds the last key written to it: key index i with i % k == r.
@@ -54,8 +56,13 @@ def test_enqueue_wraps_around_when_queue_is_not_a_multiple_of_batch():
 
 def test_enqueue_jits_with_traced_pointer():
   fn = jax.jit(ts.enqueue)
-  q, l, p = fn(jnp.zeros((6, 2)), jnp.zeros((6,), jnp.int32), jnp.int32(4),
-               jnp.ones((4, 2)), jnp.ones((4,), jnp.int32))
+  q, l, p = fn(
+      jnp.zeros((6, 2)),
+      jnp.zeros((6,), jnp.int32),
+      jnp.int32(4),
+      jnp.ones((4, 2)),
+      jnp.ones((4,), jnp.int32),
+  )
   np.testing.assert_array_equal(np.asarray(q)[:, 0], [1, 1, 0, 0, 1, 1])
   assert int(p) == 2
 
@@ -73,13 +80,16 @@ def _official_lr(step, lr0, warmup_epochs, epochs, iters):
   if step < warmup_epochs * iters:
     return lr0 * step / (warmup_epochs * iters)
   t = step - warmup_epochs * iters
-  return 0.5 * lr0 * (1 + np.cos(np.pi * t / ((epochs - warmup_epochs) * iters)))
+  return (
+      0.5 * lr0 * (1 + np.cos(np.pi * t / ((epochs - warmup_epochs) * iters)))
+  )
 
 
 @pytest.mark.parametrize("warmup", [0, 2, 5])
 def test_learning_rate_schedule_matches_official(warmup):
-  config = ml_collections.ConfigDict(dict(
-      num_epochs=20, warmup_epochs=warmup, learning_rate=0.02))
+  config = ml_collections.ConfigDict(
+      dict(num_epochs=20, warmup_epochs=warmup, learning_rate=0.02)
+  )
   iters = 7
   schedule = ts.learning_rate_schedule(config, iters)
   for step in [0, 1, 3, warmup * iters, warmup * iters + 1, 70, 139, 140]:
@@ -109,5 +119,7 @@ def test_sgd_matches_torch_semantics():
 
 def test_random_queue_rows_are_unit_norm():
   q, l = ts.random_queue(jax.random.key(0), 50, 8, 3)
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(q), axis=1), 1, rtol=1e-5)
+  np.testing.assert_allclose(
+      np.linalg.norm(np.asarray(q), axis=1), 1, rtol=1e-5
+  )
   assert set(np.unique(np.asarray(l))) <= {0, 1, 2}

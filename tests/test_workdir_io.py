@@ -26,16 +26,20 @@ def test_os_error_in_the_chain_of_causes():
 
 
 def test_tensorstore_words_without_an_errno():
-  error = ValueError('PERMISSION_DENIED: Failed writing "/run/checkpoints/'
-                     f'4/x": {os.strerror(errno.EROFS)}')
+  error = ValueError(
+      'PERMISSION_DENIED: Failed writing "/run/checkpoints/'
+      f'4/x": {os.strerror(errno.EROFS)}'
+  )
   found = workdir_io._as_os_error(error)
-  assert (found.errno, found.filename) == (errno.EROFS,
-                                           "/run/checkpoints/4/x")
+  assert (found.errno, found.filename) == (errno.EROFS, "/run/checkpoints/4/x")
 
 
-@pytest.mark.parametrize("error", [
-    ValueError("shapes do not match"),
-    OSError("no errno"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("shapes do not match"),
+        OSError("no errno"),
+    ],
+)
 def test_other_failures_are_not_write_failures(error):
   assert workdir_io._as_os_error(error) is None

@@ -41,8 +41,9 @@ def import_tf() -> Any:
   most of the accelerator memory that JAX needs.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   try:
-    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):
     # Already initialised (e.g. by another library): nothing more to do.
     pass
@@ -53,6 +54,7 @@ def import_tfds() -> Any:
   """Imports tensorflow_datasets (after `import_tf`, for the same reason)."""
   import_tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   return tfds
 
 
@@ -61,19 +63,23 @@ def import_tfds() -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _check_level(parents: tuple[int, ...], num_parents: int, what: str,
-                 child: str) -> None:
+def _check_level(
+    parents: tuple[int, ...], num_parents: int, what: str, child: str
+) -> None:
   """Checks that ``parents`` ids lie in range and every parent has a child."""
   bad = [c for c in parents if not 0 <= c < num_parents]
   if bad:
-    raise ValueError(f'LabelHierarchy {what} ids {sorted(set(bad))} are '
-                     f'outside [0, {num_parents}).')
+    raise ValueError(
+        f"LabelHierarchy {what} ids {sorted(set(bad))} are "
+        f"outside [0, {num_parents})."
+    )
   unused = sorted(set(range(num_parents)) - set(parents))
   if unused:
     # An empty class would never appear in training data and would silently
     # skew per-class metrics, so it is a construction error.
-    raise ValueError(f'LabelHierarchy {what} classes {unused} have no '
-                     f'{child} class.')
+    raise ValueError(
+        f"LabelHierarchy {what} classes {unused} have no " f"{child} class."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,40 +109,56 @@ class LabelHierarchy:
   def __post_init__(self):
     # Normalise lists/numpy ints to plain tuples so instances stay hashable
     # and compare equal regardless of how they were built.
-    object.__setattr__(self, 'fine_to_coarse',
-                       tuple(int(c) for c in self.fine_to_coarse))
-    object.__setattr__(self, 'fine_names',
-                       tuple(str(n) for n in self.fine_names))
-    object.__setattr__(self, 'coarse_names',
-                       tuple(str(n) for n in self.coarse_names))
-    object.__setattr__(self, 'upper_levels', tuple(
-        tuple(int(p) for p in level) for level in self.upper_levels))
-    object.__setattr__(self, 'upper_names', tuple(
-        tuple(str(n) for n in names) for names in self.upper_names))
+    object.__setattr__(
+        self, "fine_to_coarse", tuple(int(c) for c in self.fine_to_coarse)
+    )
+    object.__setattr__(
+        self, "fine_names", tuple(str(n) for n in self.fine_names)
+    )
+    object.__setattr__(
+        self, "coarse_names", tuple(str(n) for n in self.coarse_names)
+    )
+    object.__setattr__(
+        self,
+        "upper_levels",
+        tuple(tuple(int(p) for p in level) for level in self.upper_levels),
+    )
+    object.__setattr__(
+        self,
+        "upper_names",
+        tuple(tuple(str(n) for n in names) for names in self.upper_names),
+    )
     if not self.fine_to_coarse:
-      raise ValueError('LabelHierarchy needs at least one fine class.')
+      raise ValueError("LabelHierarchy needs at least one fine class.")
     if len(self.fine_names) != len(self.fine_to_coarse):
       raise ValueError(
-          f'LabelHierarchy has {len(self.fine_to_coarse)} fine classes in '
-          f'fine_to_coarse but {len(self.fine_names)} fine_names.')
+          f"LabelHierarchy has {len(self.fine_to_coarse)} fine classes in "
+          f"fine_to_coarse but {len(self.fine_names)} fine_names."
+      )
     if not self.coarse_names:
-      raise ValueError('LabelHierarchy needs at least one coarse class.')
-    _check_level(self.fine_to_coarse, self.num_coarse, 'coarse', 'fine')
+      raise ValueError("LabelHierarchy needs at least one coarse class.")
+    _check_level(self.fine_to_coarse, self.num_coarse, "coarse", "fine")
     if len(self.upper_levels) != len(self.upper_names):
-      raise ValueError(f'LabelHierarchy has {len(self.upper_levels)} '
-                       f'upper_levels but {len(self.upper_names)} '
-                       'upper_names.')
+      raise ValueError(
+          f"LabelHierarchy has {len(self.upper_levels)} "
+          f"upper_levels but {len(self.upper_names)} "
+          "upper_names."
+      )
     num_children = self.num_coarse
-    for i, (parents, names) in enumerate(zip(self.upper_levels,
-                                             self.upper_names)):
+    for i, (parents, names) in enumerate(
+        zip(self.upper_levels, self.upper_names)
+    ):
       if len(parents) != num_children:
-        raise ValueError(f'LabelHierarchy upper_levels[{i}] has '
-                         f'{len(parents)} entries; level {i + 1} has '
-                         f'{num_children} classes.')
+        raise ValueError(
+            f"LabelHierarchy upper_levels[{i}] has "
+            f"{len(parents)} entries; level {i + 1} has "
+            f"{num_children} classes."
+        )
       if not names:
-        raise ValueError(f'LabelHierarchy level {i + 2} needs at least one '
-                         'class.')
-      _check_level(parents, len(names), f'level-{i + 2}', 'child')
+        raise ValueError(
+            f"LabelHierarchy level {i + 2} needs at least one " "class."
+        )
+      _check_level(parents, len(names), f"level-{i + 2}", "child")
       num_children = len(names)
 
   @property
@@ -171,8 +193,9 @@ class LabelHierarchy:
     fine = np.asarray(fine_labels)
     if fine.size and (fine.min() < 0 or fine.max() >= self.num_fine):
       raise ValueError(
-          f'Fine labels must lie in [0, {self.num_fine}), got values in '
-          f'[{fine.min()}, {fine.max()}].')
+          f"Fine labels must lie in [0, {self.num_fine}), got values in "
+          f"[{fine.min()}, {fine.max()}]."
+      )
     table = np.asarray(self.fine_to_coarse, dtype=np.int32)
     return table[fine.astype(np.int64)]
 
@@ -184,20 +207,22 @@ class LabelHierarchy:
       self.coarse_of(labels)  # Range check only.
       return labels.astype(np.int32)
     labels = self.coarse_of(labels)
-    for parents in self.upper_levels[:level - 1]:
+    for parents in self.upper_levels[: level - 1]:
       labels = np.asarray(parents, np.int32)[labels]
     return labels
 
   def _check_level_index(self, level: int) -> None:
     if not 0 <= level < self.num_levels:
-      raise ValueError(f'Level {level} is outside [0, {self.num_levels}).')
+      raise ValueError(f"Level {level} is outside [0, {self.num_levels}).")
 
 
 def identity_hierarchy(coarse_names: Sequence[str]) -> LabelHierarchy:
   """One stand-in fine class per coarse class, for data without fine labels."""
-  return LabelHierarchy(fine_to_coarse=tuple(range(len(coarse_names))),
-                        fine_names=tuple(coarse_names),
-                        coarse_names=tuple(coarse_names))
+  return LabelHierarchy(
+      fine_to_coarse=tuple(range(len(coarse_names))),
+      fine_names=tuple(coarse_names),
+      coarse_names=tuple(coarse_names),
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -242,32 +267,40 @@ class Dataset:
   files: dict[str, str] | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, 'mean', tuple(float(m) for m in self.mean))
-    object.__setattr__(self, 'std', tuple(float(s) for s in self.std))
+    object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+    object.__setattr__(self, "std", tuple(float(s) for s in self.std))
     if (self.train_fine is None) != (self.test_fine is None):
-      raise ValueError('train_fine and test_fine must both be arrays or both '
-                       'be None.')
-    for split in ('train', 'test'):
-      images = getattr(self, f'{split}_images')
-      fine = getattr(self, f'{split}_fine')
-      coarse = getattr(self, f'{split}_coarse')
+      raise ValueError(
+          "train_fine and test_fine must both be arrays or both " "be None."
+      )
+    for split in ("train", "test"):
+      images = getattr(self, f"{split}_images")
+      fine = getattr(self, f"{split}_fine")
+      coarse = getattr(self, f"{split}_coarse")
       if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f'{split}_images must be uint8 (N, H, W, C), got '
-                         f'{images.dtype} {images.shape}.')
-      for label_name, labels in (('fine', fine), ('coarse', coarse)):
+        raise ValueError(
+            f"{split}_images must be uint8 (N, H, W, C), got "
+            f"{images.dtype} {images.shape}."
+        )
+      for label_name, labels in (("fine", fine), ("coarse", coarse)):
         if labels is None:
           continue
         if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
           raise ValueError(
-              f'{split}_{label_name} must be int32 of shape '
-              f'{images.shape[:1]}, got {labels.dtype} {labels.shape}.')
+              f"{split}_{label_name} must be int32 of shape "
+              f"{images.shape[:1]}, got {labels.dtype} {labels.shape}."
+          )
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
-      raise ValueError(f'Train images {self.train_images.shape[1:]} and test '
-                       f'images {self.test_images.shape[1:]} differ in shape.')
+      raise ValueError(
+          f"Train images {self.train_images.shape[1:]} and test "
+          f"images {self.test_images.shape[1:]} differ in shape."
+      )
     channels = self.train_images.shape[-1]
     if len(self.mean) != channels or len(self.std) != channels:
-      raise ValueError(f'mean and std need {channels} entries, got '
-                       f'{len(self.mean)} and {len(self.std)}.')
+      raise ValueError(
+          f"mean and std need {channels} entries, got "
+          f"{len(self.mean)} and {len(self.std)}."
+      )
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -299,12 +332,16 @@ class Dataset:
 
 def first_line(error: Exception) -> str:
   """The first line of an error message (TF errors span many)."""
-  text = str(getattr(error, 'message', None) or error).strip()
+  text = str(getattr(error, "message", None) or error).strip()
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def shard_bounds(num_examples: int, process_index: int, process_count: int,
-                 drop_remainder: bool) -> tuple[int, int]:
+def shard_bounds(
+    num_examples: int,
+    process_index: int,
+    process_count: int,
+    drop_remainder: bool,
+) -> tuple[int, int]:
   """``[start, stop)`` of one process's contiguous share of ``num_examples``.
 
   With ``drop_remainder`` every process gets ``num_examples // process_count``
@@ -312,8 +349,9 @@ def shard_bounds(num_examples: int, process_index: int, process_count: int,
   the first ``num_examples % process_count`` processes get one more.
   """
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} is outside '
-                     f'[0, {process_count}).')
+    raise ValueError(
+        f"process_index={process_index} is outside " f"[0, {process_count})."
+    )
   base, extra = divmod(num_examples, process_count)
   if drop_remainder:
     return process_index * base, (process_index + 1) * base
@@ -335,9 +373,15 @@ class ImageSource(abc.ABC):
   description: str
 
   @abc.abstractmethod
-  def examples(self, *, seed: int | None, process_index: int,
-               process_count: int, drop_remainder: bool, skip: int = 0
-               ) -> tuple[Any, Callable[[int, int], Sequence[str]] | None]:
+  def examples(
+      self,
+      *,
+      seed: int | None,
+      process_index: int,
+      process_count: int,
+      drop_remainder: bool,
+      skip: int = 0,
+  ) -> tuple[Any, Callable[[int, int], Sequence[str]] | None]:
     """This process's share of the split.
 
     Args:
@@ -358,7 +402,7 @@ class ImageSource(abc.ABC):
 
   def read_error(self, error: Exception) -> DataError:
     """The DataError for a failure while reading this source."""
-    return DataError(f'Cannot read {self.description} ({first_line(error)}).')
+    return DataError(f"Cannot read {self.description} ({first_line(error)}).")
 
 
 class FileSource(ImageSource):
@@ -369,8 +413,13 @@ class FileSource(ImageSource):
   subset.
   """
 
-  def __init__(self, paths: Sequence[str], coarse: np.ndarray,
-               fine: np.ndarray | None, description: str):
+  def __init__(
+      self,
+      paths: Sequence[str],
+      coarse: np.ndarray,
+      fine: np.ndarray | None,
+      description: str,
+  ):
     """Initialises the source.
 
     Args:
@@ -383,37 +432,45 @@ class FileSource(ImageSource):
     self.coarse = np.asarray(coarse, np.int32)
     self.fine = None if fine is None else np.asarray(fine, np.int32)
     if len(self.coarse) != len(self.paths) or (
-        self.fine is not None and len(self.fine) != len(self.paths)):
-      raise ValueError('paths and labels differ in length.')
+        self.fine is not None and len(self.fine) != len(self.paths)
+    ):
+      raise ValueError("paths and labels differ in length.")
     self.num_examples = len(self.paths)
     self.has_fine_labels = self.fine is not None
     self.description = description
 
-  def examples(self, *, seed, process_index, process_count, drop_remainder,
-               skip=0):
+  def examples(
+      self, *, seed, process_index, process_count, drop_remainder, skip=0
+  ):
     tf = import_tf()
-    order = (np.arange(self.num_examples) if seed is None else
-             np.random.default_rng(seed).permutation(self.num_examples))
-    start, stop = shard_bounds(self.num_examples, process_index,
-                               process_count, drop_remainder)
+    order = (
+        np.arange(self.num_examples)
+        if seed is None
+        else np.random.default_rng(seed).permutation(self.num_examples)
+    )
+    start, stop = shard_bounds(
+        self.num_examples, process_index, process_count, drop_remainder
+    )
     paths = self.paths[order[start:stop]].astype(str)
-    columns = {'path': paths, 'coarse_label': self.coarse[order[start:stop]]}
+    columns = {"path": paths, "coarse_label": self.coarse[order[start:stop]]}
     if self.fine is not None:
-      columns['fine_label'] = self.fine[order[start:stop]]
+      columns["fine_label"] = self.fine[order[start:stop]]
     ds = tf.data.Dataset.from_tensor_slices(columns)
 
     def read(example):
       example = dict(example)
-      example['image'] = tf.io.read_file(example.pop('path'))
+      example["image"] = tf.io.read_file(example.pop("path"))
       return example
 
     ds = ds.skip(skip).map(read, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds, lambda a, b: [str(p) for p in paths[skip + a:skip + b]]
+    return ds, lambda a, b: [str(p) for p in paths[skip + a : skip + b]]
 
   def read_error(self, error):
-    return DataError(f'Cannot read an image of {self.description} '
-                     f'({first_line(error)}): check that the files exist and '
-                     'are intact PNG, JPEG, GIF or BMP images.')
+    return DataError(
+        f"Cannot read an image of {self.description} "
+        f"({first_line(error)}): check that the files exist and "
+        "are intact PNG, JPEG, GIF or BMP images."
+    )
 
 
 class TfdsSource(ImageSource):
@@ -430,12 +487,20 @@ class TfdsSource(ImageSource):
   ``process_count``-th kept example.
   """
 
-  def __init__(self, builder: Any, tfds_name: str, data_dir: str, split: str,
-               label_keys: Sequence[str],
-               label_fn: Callable[[dict[str, Any]], dict[str, Any]], *,
-               num_examples: int, has_fine_labels: bool = True,
-               keep_fn: Callable[[dict[str, Any]], Any] | None = None,
-               shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+  def __init__(
+      self,
+      builder: Any,
+      tfds_name: str,
+      data_dir: str,
+      split: str,
+      label_keys: Sequence[str],
+      label_fn: Callable[[dict[str, Any]], dict[str, Any]],
+      *,
+      num_examples: int,
+      has_fine_labels: bool = True,
+      keep_fn: Callable[[dict[str, Any]], Any] | None = None,
+      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+  ):
     """Initialises the source.
 
     Args:
@@ -460,30 +525,41 @@ class TfdsSource(ImageSource):
     self.num_examples = int(num_examples)
     self.has_fine_labels = has_fine_labels
     self.shuffle_buffer = int(shuffle_buffer)
-    self.description = (f'the TFDS {tfds_name} {split} split in {data_dir}')
+    self.description = f"the TFDS {tfds_name} {split} split in {data_dir}"
 
-  def examples(self, *, seed, process_index, process_count, drop_remainder,
-               skip=0):
+  def examples(
+      self, *, seed, process_index, process_count, drop_remainder, skip=0
+  ):
     tfds = import_tfds()
     tf = import_tf()
     decoders = tfds.decode.PartialDecoding(
-        {'image': True, **{k: True for k in self.label_keys}},
-        decoders={'image': tfds.decode.SkipDecoding()})
+        {"image": True, **{k: True for k in self.label_keys}},
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
     if self.keep_fn is None:
       split = tfds.split_for_jax_process(
-          self.split, process_index=process_index,
-          process_count=process_count, drop_remainder=drop_remainder)
+          self.split,
+          process_index=process_index,
+          process_count=process_count,
+          drop_remainder=drop_remainder,
+      )
     else:
       split = self.split
-    ds = self.builder.as_dataset(split=split, decoders=decoders,
-                                 shuffle_files=seed is not None,
-                                 read_config=read_config)
+    ds = self.builder.as_dataset(
+        split=split,
+        decoders=decoders,
+        shuffle_files=seed is not None,
+        read_config=read_config,
+    )
     if self.keep_fn is not None:
       ds = ds.filter(self.keep_fn).take(self.num_examples)
     if seed is not None:
-      ds = ds.shuffle(min(self.shuffle_buffer, max(self.num_examples, 1)),
-                      seed=seed, reshuffle_each_iteration=False)
+      ds = ds.shuffle(
+          min(self.shuffle_buffer, max(self.num_examples, 1)),
+          seed=seed,
+          reshuffle_each_iteration=False,
+      )
     if self.keep_fn is not None:
       ds = ds.shard(process_count, process_index)
       if drop_remainder:
@@ -493,14 +569,16 @@ class TfdsSource(ImageSource):
     label_fn = self.label_fn
 
     def relabel(example):
-      return {'image': example['image'], **label_fn(example)}
+      return {"image": example["image"], **label_fn(example)}
 
     return ds.map(relabel, num_parallel_calls=tf.data.AUTOTUNE), None
 
   def read_error(self, error):
-    return DataError(f'Cannot read {self.description} ({first_line(error)}): '
-                     f'rebuild it with `tfds build {self.tfds_name} '
-                     f'--data_dir={self.data_dir}`.')
+    return DataError(
+        f"Cannot read {self.description} ({first_line(error)}): "
+        f"rebuild it with `tfds build {self.tfds_name} "
+        f"--data_dir={self.data_dir}`."
+    )
 
 
 class CoarseRemappedSource(ImageSource):
@@ -520,26 +598,34 @@ class CoarseRemappedSource(ImageSource):
       fine_to_coarse: The new coarse id of each fine class.
     """
     if not source.has_fine_labels:
-      raise ValueError(f'{source.description} has no fine labels to derive '
-                       'coarse labels from.')
+      raise ValueError(
+          f"{source.description} has no fine labels to derive "
+          "coarse labels from."
+      )
     self.source = source
     self.fine_to_coarse = tuple(int(c) for c in fine_to_coarse)
     self.num_examples = source.num_examples
     self.has_fine_labels = True
     self.description = source.description
 
-  def examples(self, *, seed, process_index, process_count, drop_remainder,
-               skip=0):
+  def examples(
+      self, *, seed, process_index, process_count, drop_remainder, skip=0
+  ):
     tf = import_tf()
     ds, files = self.source.examples(
-        seed=seed, process_index=process_index, process_count=process_count,
-        drop_remainder=drop_remainder, skip=skip)
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        drop_remainder=drop_remainder,
+        skip=skip,
+    )
     table = tf.constant(np.asarray(self.fine_to_coarse, np.int32))
 
     def remap(example):
       example = dict(example)
-      example['coarse_label'] = tf.gather(
-          table, tf.cast(example['fine_label'], tf.int32))
+      example["coarse_label"] = tf.gather(
+          table, tf.cast(example["fine_label"], tf.int32)
+      )
       return example
 
     return ds.map(remap, num_parallel_calls=tf.data.AUTOTUNE), files
@@ -548,8 +634,13 @@ class CoarseRemappedSource(ImageSource):
     return self.source.read_error(error)
 
 
-def scan_tfds_labels(builder: Any, tfds_name: str, data_dir: str, split: str,
-                     label_keys: Sequence[str]) -> dict[str, np.ndarray]:
+def scan_tfds_labels(
+    builder: Any,
+    tfds_name: str,
+    data_dir: str,
+    split: str,
+    label_keys: Sequence[str],
+) -> dict[str, np.ndarray]:
   """Reads only the label features of a TFDS split, in stored order.
 
   Raises:
@@ -560,18 +651,24 @@ def scan_tfds_labels(builder: Any, tfds_name: str, data_dir: str, split: str,
   decoders = tfds.decode.PartialDecoding({k: True for k in label_keys})
   chunks = {k: [] for k in label_keys}
   try:
-    ds = builder.as_dataset(split=split, decoders=decoders,
-                            read_config=tfds.ReadConfig(try_autocache=False))
+    ds = builder.as_dataset(
+        split=split,
+        decoders=decoders,
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
     for batch in tfds.as_numpy(ds.batch(8192).prefetch(tf.data.AUTOTUNE)):
       for k in label_keys:
         chunks[k].append(np.asarray(batch[k]))
   except tf.errors.OpError as e:
     raise DataError(
-        f'Cannot read the TFDS {tfds_name} {split} split in {data_dir} '
-        f'({first_line(e)}): rebuild it with `tfds build {tfds_name} '
-        f'--data_dir={data_dir}`.') from e
-  return {k: (np.concatenate(v) if v else np.zeros((0,), np.int64))
-          for k, v in chunks.items()}
+        f"Cannot read the TFDS {tfds_name} {split} split in {data_dir} "
+        f"({first_line(e)}): rebuild it with `tfds build {tfds_name} "
+        f"--data_dir={data_dir}`."
+    ) from e
+  return {
+      k: (np.concatenate(v) if v else np.zeros((0,), np.int64))
+      for k, v in chunks.items()
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -593,10 +690,10 @@ def _decode_and_resize(tf: Any, image_size: int) -> Callable[[Any], Any]:
     shape = tf.shape(image)
 
     def resize():
-      resized = tf.image.resize(image, (image_size, image_size),
-                                method='bilinear', antialias=True)
-      return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0),
-                     tf.uint8)
+      resized = tf.image.resize(
+          image, (image_size, image_size), method="bilinear", antialias=True
+      )
+      return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
     same = tf.logical_and(shape[0] == image_size, shape[1] == image_size)
     image = tf.cond(same, lambda: image, resize)
@@ -605,15 +702,16 @@ def _decode_and_resize(tf: Any, image_size: int) -> Callable[[Any], Any]:
   return decode
 
 
-def _batched(ds: Any, image_size: int, batch_size: int,
-             drop_remainder: bool) -> Any:
+def _batched(
+    ds: Any, image_size: int, batch_size: int, drop_remainder: bool
+) -> Any:
   """Decodes, resizes and batches a dataset of `ImageSource` examples."""
   tf = import_tf()
   decode = _decode_and_resize(tf, image_size)
 
   def decode_example(example):
     example = dict(example)
-    example['image'] = decode(example['image'])
+    example["image"] = decode(example["image"])
     return example
 
   ds = ds.map(decode_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -624,27 +722,37 @@ def _batched(ds: Any, image_size: int, batch_size: int,
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _decode_error(source: ImageSource, error: Exception,
-                  files: Sequence[str] | None) -> DataError:
+def _decode_error(
+    source: ImageSource, error: Exception, files: Sequence[str] | None
+) -> DataError:
   """Names the file among ``files`` that broke a batch, if there is one."""
   if files:
     tf = import_tf()
     for path in files:
       try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3,
-                           expand_animations=False)
+        tf.io.decode_image(
+            tf.io.read_file(path), channels=3, expand_animations=False
+        )
       except (tf.errors.OpError, ValueError) as e:
         return DataError(
-            f'Cannot decode image {path!r} of {source.description} '
-            f'({first_line(e)}): delete or replace the file (PNG, JPEG, GIF '
-            'and BMP images are read).')
+            f"Cannot decode image {path!r} of {source.description} "
+            f"({first_line(e)}): delete or replace the file (PNG, JPEG, GIF "
+            "and BMP images are read)."
+        )
   return source.read_error(error)
 
 
-def iterate_batches(source: ImageSource, *, image_size: int, batch_size: int,
-                    seed: int | None, process_index: int, process_count: int,
-                    drop_remainder: bool, skip_batches: int = 0
-                    ) -> Iterator[dict[str, np.ndarray]]:
+def iterate_batches(
+    source: ImageSource,
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int | None,
+    process_index: int,
+    process_count: int,
+    drop_remainder: bool,
+    skip_batches: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields numpy batches of decoded, resized images from ``source``.
 
   The first ``skip_batches`` batches are left out without being decoded.
@@ -655,10 +763,13 @@ def iterate_batches(source: ImageSource, *, image_size: int, batch_size: int,
       skipping would silently change the dataset and the step count.
   """
   tf = import_tf()
-  ds, files = source.examples(seed=seed, process_index=process_index,
-                              process_count=process_count,
-                              drop_remainder=drop_remainder,
-                              skip=skip_batches * batch_size)
+  ds, files = source.examples(
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      drop_remainder=drop_remainder,
+      skip=skip_batches * batch_size,
+  )
   ds = _batched(ds, image_size, batch_size, drop_remainder)
   iterator = ds.as_numpy_iterator()
   position = 0
@@ -671,33 +782,44 @@ def iterate_batches(source: ImageSource, *, image_size: int, batch_size: int,
       batch_files = files(position, position + batch_size) if files else None
       raise _decode_error(source, e, batch_files) from e
     position += batch_size
-    batch['coarse_label'] = batch['coarse_label'].astype(np.int32)
-    if 'fine_label' in batch:
-      batch['fine_label'] = batch['fine_label'].astype(np.int32)
+    batch["coarse_label"] = batch["coarse_label"].astype(np.int32)
+    if "fine_label" in batch:
+      batch["fine_label"] = batch["fine_label"].astype(np.int32)
     yield batch
 
 
-def read_arrays(source: ImageSource, image_size: int
-                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def read_arrays(
+    source: ImageSource, image_size: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
   """Reads a whole source into ``(images, fine or None, coarse)`` arrays."""
   images = np.zeros((source.num_examples, image_size, image_size, 3), np.uint8)
   coarse = np.zeros((source.num_examples,), np.int32)
-  fine = (np.zeros((source.num_examples,), np.int32)
-          if source.has_fine_labels else None)
+  fine = (
+      np.zeros((source.num_examples,), np.int32)
+      if source.has_fine_labels
+      else None
+  )
   count = 0
-  for batch in iterate_batches(source, image_size=image_size,
-                               batch_size=_READ_BATCH, seed=None,
-                               process_index=0, process_count=1,
-                               drop_remainder=False):
-    n = len(batch['coarse_label'])
+  for batch in iterate_batches(
+      source,
+      image_size=image_size,
+      batch_size=_READ_BATCH,
+      seed=None,
+      process_index=0,
+      process_count=1,
+      drop_remainder=False,
+  ):
+    n = len(batch["coarse_label"])
     if count + n > source.num_examples:
-      raise DataError(f'{source.description} holds more than the '
-                      f'{source.num_examples} examples its metadata lists: '
-                      'rebuild or re-extract it.')
-    images[count:count + n] = batch['image']
-    coarse[count:count + n] = batch['coarse_label']
+      raise DataError(
+          f"{source.description} holds more than the "
+          f"{source.num_examples} examples its metadata lists: "
+          "rebuild or re-extract it."
+      )
+    images[count : count + n] = batch["image"]
+    coarse[count : count + n] = batch["coarse_label"]
     if fine is not None:
-      fine[count:count + n] = batch['fine_label']
+      fine[count : count + n] = batch["fine_label"]
     count += n
   if count != source.num_examples:
     # Fewer examples than the metadata says: keep what was read rather than
@@ -749,10 +871,10 @@ class StreamingDataset:
   test_source: ImageSource
 
   def __post_init__(self):
-    object.__setattr__(self, 'mean', tuple(float(m) for m in self.mean))
-    object.__setattr__(self, 'std', tuple(float(s) for s in self.std))
+    object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+    object.__setattr__(self, "std", tuple(float(s) for s in self.std))
     if len(self.mean) != 3 or len(self.std) != 3:
-      raise ValueError('mean and std need 3 entries (RGB).')
+      raise ValueError("mean and std need 3 entries (RGB).")
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -775,9 +897,16 @@ class StreamingDataset:
     """Batches `train_batches` yields per epoch, the same in every process."""
     return (self.num_train // process_count) // batch_size
 
-  def train_batches(self, batch_size: int, *, seed: int, epoch: int,
-                    process_index: int = 0, process_count: int = 1,
-                    start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def train_batches(
+      self,
+      batch_size: int,
+      *,
+      seed: int,
+      epoch: int,
+      process_index: int = 0,
+      process_count: int = 1,
+      start_step: int = 0,
+  ) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of shuffled training batches for one process.
 
     Every process calls this with the same ``seed`` and ``epoch``; each gets a
@@ -800,21 +929,42 @@ class StreamingDataset:
       Batch dicts (see the class docstring).
     """
     return iterate_batches(
-        self.train_source, image_size=self.image_size, batch_size=batch_size,
-        seed=epoch_seed(seed, epoch), process_index=process_index,
-        process_count=process_count, drop_remainder=True,
-        skip_batches=start_step)
+        self.train_source,
+        image_size=self.image_size,
+        batch_size=batch_size,
+        seed=epoch_seed(seed, epoch),
+        process_index=process_index,
+        process_count=process_count,
+        drop_remainder=True,
+        skip_batches=start_step,
+    )
 
-  def test_batches(self, batch_size: int, *, process_index: int = 0,
-                   process_count: int = 1, pad: bool = False
-                   ) -> Iterator[dict[str, np.ndarray]]:
+  def test_batches(
+      self,
+      batch_size: int,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+      pad: bool = False,
+  ) -> Iterator[dict[str, np.ndarray]]:
     """The test split in stored order, once: `split_batches` of "test"."""
-    return self.split_batches('test', batch_size, process_index=process_index,
-                              process_count=process_count, pad=pad)
+    return self.split_batches(
+        "test",
+        batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        pad=pad,
+    )
 
-  def split_batches(self, split: str, batch_size: int, *,
-                    process_index: int = 0, process_count: int = 1,
-                    pad: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  def split_batches(
+      self,
+      split: str,
+      batch_size: int,
+      *,
+      process_index: int = 0,
+      process_count: int = 1,
+      pad: bool = False,
+  ) -> Iterator[dict[str, np.ndarray]]:
     """A split ("train" or "test") in stored order, once, unshuffled.
 
     Args:
@@ -833,29 +983,42 @@ class StreamingDataset:
     Yields:
       Batch dicts (see the class docstring), plus ``'mask'`` when padding.
     """
-    if split not in ('train', 'test'):
+    if split not in ("train", "test"):
       raise ValueError(f'split={split!r} is not "train" or "test".')
-    source = self.test_source if split == 'test' else self.train_source
+    source = self.test_source if split == "test" else self.train_source
     batches = iterate_batches(
-        source, image_size=self.image_size, batch_size=batch_size,
-        seed=None, process_index=process_index, process_count=process_count,
-        drop_remainder=False)
+        source,
+        image_size=self.image_size,
+        batch_size=batch_size,
+        seed=None,
+        process_index=process_index,
+        process_count=process_count,
+        drop_remainder=False,
+    )
     if not pad:
       return batches
-    num_batches = math.ceil(math.ceil(source.num_examples / process_count) /
-                            batch_size)
-    return _padded(batches, batch_size, num_batches, self.image_shape,
-                   self.has_fine_labels)
+    num_batches = math.ceil(
+        math.ceil(source.num_examples / process_count) / batch_size
+    )
+    return _padded(
+        batches, batch_size, num_batches, self.image_shape, self.has_fine_labels
+    )
 
 
-def _padded(batches: Iterator[dict[str, np.ndarray]], batch_size: int,
-            num_batches: int, image_shape: tuple[int, int, int],
-            has_fine: bool) -> Iterator[dict[str, np.ndarray]]:
+def _padded(
+    batches: Iterator[dict[str, np.ndarray]],
+    batch_size: int,
+    num_batches: int,
+    image_shape: tuple[int, int, int],
+    has_fine: bool,
+) -> Iterator[dict[str, np.ndarray]]:
   """Pads ``batches`` to full batches and to ``num_batches`` of them."""
-  empty = {'image': np.zeros((0, *image_shape), np.uint8),
-           'coarse_label': np.zeros((0,), np.int32)}
+  empty = {
+      "image": np.zeros((0, *image_shape), np.uint8),
+      "coarse_label": np.zeros((0,), np.int32),
+  }
   if has_fine:
-    empty['fine_label'] = np.zeros((0,), np.int32)
+    empty["fine_label"] = np.zeros((0,), np.int32)
   yielded = 0
   for batch in batches:
     yield _pad_batch(batch, batch_size)
@@ -864,20 +1027,23 @@ def _padded(batches: Iterator[dict[str, np.ndarray]], batch_size: int,
     yield _pad_batch(empty, batch_size)
 
 
-def _pad_batch(batch: dict[str, np.ndarray],
-               batch_size: int) -> dict[str, np.ndarray]:
-  n = len(batch['coarse_label'])
+def _pad_batch(
+    batch: dict[str, np.ndarray], batch_size: int
+) -> dict[str, np.ndarray]:
+  n = len(batch["coarse_label"])
   out = {}
   for key, value in batch.items():
     pad = np.zeros((batch_size - n, *value.shape[1:]), value.dtype)
     out[key] = np.concatenate([value, pad]) if n < batch_size else value
-  out['mask'] = np.arange(batch_size) < n
+  out["mask"] = np.arange(batch_size) < n
   return out
 
 
-def with_hierarchy(dataset: Dataset | StreamingDataset,
-                   hierarchy: LabelHierarchy,
-                   name: str | None = None) -> Dataset | StreamingDataset:
+def with_hierarchy(
+    dataset: Dataset | StreamingDataset,
+    hierarchy: LabelHierarchy,
+    name: str | None = None,
+) -> Dataset | StreamingDataset:
   """``dataset`` relabelled: coarse labels from ``hierarchy`` and fine labels.
 
   Args:
@@ -894,40 +1060,64 @@ def with_hierarchy(dataset: Dataset | StreamingDataset,
       fine classes.
   """
   if not dataset.has_fine_labels:
-    raise ValueError(f'Dataset {dataset.name!r} has no fine labels.')
+    raise ValueError(f"Dataset {dataset.name!r} has no fine labels.")
   if hierarchy.num_fine != dataset.hierarchy.num_fine:
-    raise ValueError(f'The new hierarchy has {hierarchy.num_fine} fine '
-                     f'classes, dataset {dataset.name!r} '
-                     f'{dataset.hierarchy.num_fine}.')
+    raise ValueError(
+        f"The new hierarchy has {hierarchy.num_fine} fine "
+        f"classes, dataset {dataset.name!r} "
+        f"{dataset.hierarchy.num_fine}."
+    )
   name = dataset.name if name is None else name
   if isinstance(dataset, StreamingDataset):
     return dataclasses.replace(
-        dataset, name=name, hierarchy=hierarchy,
-        train_source=CoarseRemappedSource(dataset.train_source,
-                                          hierarchy.fine_to_coarse),
-        test_source=CoarseRemappedSource(dataset.test_source,
-                                         hierarchy.fine_to_coarse))
+        dataset,
+        name=name,
+        hierarchy=hierarchy,
+        train_source=CoarseRemappedSource(
+            dataset.train_source, hierarchy.fine_to_coarse
+        ),
+        test_source=CoarseRemappedSource(
+            dataset.test_source, hierarchy.fine_to_coarse
+        ),
+    )
   return dataclasses.replace(
-      dataset, name=name, hierarchy=hierarchy,
+      dataset,
+      name=name,
+      hierarchy=hierarchy,
       train_coarse=hierarchy.coarse_of(dataset.train_fine),
-      test_coarse=hierarchy.coarse_of(dataset.test_fine))
+      test_coarse=hierarchy.coarse_of(dataset.test_fine),
+  )
 
 
 def in_memory(dataset: StreamingDataset) -> Dataset:
   """Reads both splits of ``dataset`` into a `Dataset`."""
-  train_images, train_fine, train_coarse = read_arrays(dataset.train_source,
-                                                       dataset.image_size)
-  test_images, test_fine, test_coarse = read_arrays(dataset.test_source,
-                                                    dataset.image_size)
-  return Dataset(name=dataset.name, train_images=train_images,
-                 train_fine=train_fine, train_coarse=train_coarse,
-                 test_images=test_images, test_fine=test_fine,
-                 test_coarse=test_coarse, hierarchy=dataset.hierarchy,
-                 mean=dataset.mean, std=dataset.std, files=_files(dataset))
+  train_images, train_fine, train_coarse = read_arrays(
+      dataset.train_source, dataset.image_size
+  )
+  test_images, test_fine, test_coarse = read_arrays(
+      dataset.test_source, dataset.image_size
+  )
+  return Dataset(
+      name=dataset.name,
+      train_images=train_images,
+      train_fine=train_fine,
+      train_coarse=train_coarse,
+      test_images=test_images,
+      test_fine=test_fine,
+      test_coarse=test_coarse,
+      hierarchy=dataset.hierarchy,
+      mean=dataset.mean,
+      std=dataset.std,
+      files=_files(dataset),
+  )
 
 
 def _files(dataset: StreamingDataset) -> dict[str, str] | None:
   """`Dataset.files` of data read from ``dataset``'s sources."""
-  digests = {split: fingerprint.source_files_digest(
-      getattr(dataset, f'{split}_source')) for split in ('train', 'test')}
+  digests = {
+      split: fingerprint.source_files_digest(
+          getattr(dataset, f"{split}_source")
+      )
+      for split in ("train", "test")
+  }
   return digests if all(digests.values()) else None

@@ -36,8 +36,8 @@ from maskcon_jax.datasets import core
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import DataError
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-FOLDER_SPLITS = ('train', 'test')
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+FOLDER_SPLITS = ("train", "test")
 # How many offending names an error message lists before "...".
 _LIST_LIMIT = 10
 
@@ -49,16 +49,18 @@ def natural_key(name: str) -> tuple[int, int, str]:
 
 def _listing(names: Iterable[str]) -> str:
   names = sorted(names, key=natural_key)
-  shown = ', '.join(repr(n) for n in names[:_LIST_LIMIT])
+  shown = ", ".join(repr(n) for n in names[:_LIST_LIMIT])
   more = len(names) - _LIST_LIMIT
-  return shown + (f' and {more} more' if more > 0 else '')
+  return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _check_files_exist(paths: Sequence[str], what: str, fix: str) -> None:
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
-    raise DataError(f'{len(missing)} of the {len(paths)} images of {what} are '
-                    f'missing (e.g. {missing[0]!r}): {fix}')
+    raise DataError(
+        f"{len(missing)} of the {len(paths)} images of {what} are "
+        f"missing (e.g. {missing[0]!r}): {fix}"
+    )
 
 
 def _truncate(arrays: tuple, limit: int | None) -> tuple:
@@ -72,9 +74,14 @@ def _truncate(arrays: tuple, limit: int | None) -> tuple:
 # ---------------------------------------------------------------------------
 
 
-def load_sop_split(split: int, *, data_dir: str | None, image_size: int,
-                   max_train: int | None, max_test: int | None
-                   ) -> core.StreamingDataset:
+def load_sop_split(
+    split: int,
+    *,
+    data_dir: str | None,
+    image_size: int,
+    max_train: int | None,
+    max_test: int | None,
+) -> core.StreamingDataset:
   """The paper's SOP split 1 or 2, images read from ``data_dir``.
 
   Fine labels are products, coarse labels the 12 super-categories. In split 1
@@ -97,21 +104,25 @@ def load_sop_split(split: int, *, data_dir: str | None, image_size: int,
   Raises:
     DataError: ``data_dir`` is unset or missing, or images are missing.
   """
-  name = f'sop_split{split}'
-  fix = ('set config.data_dir to the extracted Stanford_Online_Products '
-         'folder (the one holding bicycle_final/, cabinet_final/, ...; '
-         'download Stanford_Online_Products.zip from '
-         'cvgl.stanford.edu/projects/lifted_struct).')
+  name = f"sop_split{split}"
+  fix = (
+      "set config.data_dir to the extracted Stanford_Online_Products "
+      "folder (the one holding bicycle_final/, cabinet_final/, ...; "
+      "download Stanford_Online_Products.zip from "
+      "cvgl.stanford.edu/projects/lifted_struct)."
+  )
   if not data_dir:
-    raise DataError(f'{name} reads its images from config.data_dir: {fix}')
+    raise DataError(f"{name} reads its images from config.data_dir: {fix}")
   root = os.path.expanduser(data_dir)
   if not os.path.isdir(root):
-    raise DataError(f'config.data_dir={data_dir!r} does not exist: {fix}')
+    raise DataError(f"config.data_dir={data_dir!r} does not exist: {fix}")
 
   train_paths, train_fine, train_coarse = hierarchies.sop_split_lists(
-      split, 'train')
+      split, "train"
+  )
   test_paths, test_fine, test_coarse = hierarchies.sop_split_lists(
-      split, 'test')
+      split, "test"
+  )
   if split == 1:
     test_fine = test_fine + int(train_fine.max()) + 1
   all_fine = np.concatenate([train_fine, test_fine])
@@ -119,26 +130,37 @@ def load_sop_split(split: int, *, data_dir: str | None, image_size: int,
   num_fine = int(all_fine.max()) + 1
   fine_to_coarse = np.zeros(num_fine, np.int32)
   fine_to_coarse[all_fine] = all_coarse
-  fine_names = [''] * num_fine
+  fine_names = [""] * num_fine
   for f, path in zip(all_fine, train_paths + test_paths):
-    fine_names[f] = path.rsplit('_', 1)[0]
+    fine_names[f] = path.rsplit("_", 1)[0]
   hierarchy = core.LabelHierarchy(
-      fine_to_coarse=fine_to_coarse, fine_names=fine_names,
-      coarse_names=hierarchies.SOP_SUPER_CLASSES)
+      fine_to_coarse=fine_to_coarse,
+      fine_names=fine_names,
+      coarse_names=hierarchies.SOP_SUPER_CLASSES,
+  )
 
   sources = []
   for subset, paths, fine, coarse, limit in (
-      ('train', train_paths, train_fine, train_coarse, max_train),
-      ('test', test_paths, test_fine, test_coarse, max_test)):
+      ("train", train_paths, train_fine, train_coarse, max_train),
+      ("test", test_paths, test_fine, test_coarse, max_test),
+  ):
     paths, fine, coarse = _truncate((paths, fine, coarse), limit)
     paths = [os.path.join(root, p) for p in paths]
-    _check_files_exist(paths, f'the {name} {subset} list', fix)
-    sources.append(core.FileSource(
-        paths, coarse, fine, f'the {name} {subset} images in {root}'))
+    _check_files_exist(paths, f"the {name} {subset} list", fix)
+    sources.append(
+        core.FileSource(
+            paths, coarse, fine, f"the {name} {subset} images in {root}"
+        )
+    )
   return core.StreamingDataset(
-      name=name, hierarchy=hierarchy, mean=hierarchies.IMAGENET_MEAN,
-      std=hierarchies.IMAGENET_STD, image_size=image_size,
-      train_source=sources[0], test_source=sources[1])
+      name=name,
+      hierarchy=hierarchy,
+      mean=hierarchies.IMAGENET_MEAN,
+      std=hierarchies.IMAGENET_STD,
+      image_size=image_size,
+      train_source=sources[0],
+      test_source=sources[1],
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -169,59 +191,79 @@ def read_coarse_map(path: str) -> dict[str, str]:
   """
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
-    raise DataError(f'config.coarse_map={path!r} does not exist: point it at a '
-                    'CSV of fine,coarse rows or a JSON {"fine": "coarse"} '
-                    'file.')
-  if path.lower().endswith('.json'):
+    raise DataError(
+        f"config.coarse_map={path!r} does not exist: point it at a "
+        'CSV of fine,coarse rows or a JSON {"fine": "coarse"} '
+        "file."
+    )
+  if path.lower().endswith(".json"):
     try:
-      with open(path, encoding='utf-8') as f:
+      with open(path, encoding="utf-8") as f:
         mapping = json.load(f)
     except (OSError, ValueError) as e:
-      raise DataError(f'Cannot read coarse map {path!r} as JSON '
-                      f'({core.first_line(e)}): it must hold one object '
-                      '{"fine class": "coarse class", ...}.') from e
+      raise DataError(
+          f"Cannot read coarse map {path!r} as JSON "
+          f"({core.first_line(e)}): it must hold one object "
+          '{"fine class": "coarse class", ...}.'
+      ) from e
     if not isinstance(mapping, dict) or not all(
         isinstance(v, (str, int)) and not isinstance(v, bool)
-        for v in mapping.values()):
-      raise DataError(f'Coarse map {path!r} must hold one JSON object '
-                      '{"fine class": "coarse class", ...} with string or '
-                      'integer values.')
+        for v in mapping.values()
+    ):
+      raise DataError(
+          f"Coarse map {path!r} must hold one JSON object "
+          '{"fine class": "coarse class", ...} with string or '
+          "integer values."
+      )
     mapping = {str(k).strip(): str(v).strip() for k, v in mapping.items()}
     empty = [k for k, v in mapping.items() if not k or not v]
     if empty:
-      raise DataError(f'Coarse map {path!r} has an empty class name (fine '
-                      f'{empty[0]!r}): give every entry a fine and a coarse '
-                      'class.')
+      raise DataError(
+          f"Coarse map {path!r} has an empty class name (fine "
+          f"{empty[0]!r}): give every entry a fine and a coarse "
+          "class."
+      )
     if not mapping:
-      raise DataError(f'Coarse map {path!r} is an empty JSON object: add one '
-                      '"fine": "coarse" entry per fine class.')
+      raise DataError(
+          f"Coarse map {path!r} is an empty JSON object: add one "
+          '"fine": "coarse" entry per fine class.'
+      )
     return mapping
 
   mapping = {}
   for line, row in _csv_rows(path):
     if len(row) != 2:
-      raise DataError(f'{path}:{line} has {len(row)} fields; the coarse map '
-                      'needs fine,coarse rows.')
-    if not mapping and [c.lower() for c in row] == ['fine', 'coarse']:
+      raise DataError(
+          f"{path}:{line} has {len(row)} fields; the coarse map "
+          "needs fine,coarse rows."
+      )
+    if not mapping and [c.lower() for c in row] == ["fine", "coarse"]:
       continue  # Header.
     fine, coarse = row
     if not fine or not coarse:
-      raise DataError(f'{path}:{line} has an empty field; the coarse map needs '
-                      'fine,coarse rows with both classes named.')
+      raise DataError(
+          f"{path}:{line} has an empty field; the coarse map needs "
+          "fine,coarse rows with both classes named."
+      )
     if mapping.get(fine, coarse) != coarse:
-      raise DataError(f'{path}:{line} maps class {fine!r} to {coarse!r}, an '
-                      f'earlier row to {mapping[fine]!r}: keep one.')
+      raise DataError(
+          f"{path}:{line} maps class {fine!r} to {coarse!r}, an "
+          f"earlier row to {mapping[fine]!r}: keep one."
+      )
     mapping[fine] = coarse
   if not mapping:
-    raise DataError(f'Coarse map {path!r} has no fine,coarse rows.')
+    raise DataError(f"Coarse map {path!r} has no fine,coarse rows.")
   return mapping
 
 
-def coarse_map_hierarchy(path: str, fine_names: Sequence[str], *,
-                         dataset: str,
-                         mapping: dict[str, str] | None = None,
-                         folder_root: str | None = None
-                         ) -> core.LabelHierarchy:
+def coarse_map_hierarchy(
+    path: str,
+    fine_names: Sequence[str],
+    *,
+    dataset: str,
+    mapping: dict[str, str] | None = None,
+    folder_root: str | None = None,
+) -> core.LabelHierarchy:
   """The hierarchy a coarse map file gives the fine classes ``fine_names``.
 
   The one reading of ``config.coarse_map``, for ``folder`` and for every
@@ -274,56 +316,70 @@ def coarse_map_hierarchy(path: str, fine_names: Sequence[str], *,
       unknown.append(key)
       continue
     if fine in key_of and coarse_of[fine] != coarse:
-      raise DataError(f'Coarse map {path!r} maps fine class '
-                      f'{fine_names[fine]!r} twice, as {key_of[fine]!r} and '
-                      f'{key!r}, to {coarse_of[fine]!r} and {coarse!r}: keep '
-                      'one.')
+      raise DataError(
+          f"Coarse map {path!r} maps fine class "
+          f"{fine_names[fine]!r} twice, as {key_of[fine]!r} and "
+          f"{key!r}, to {coarse_of[fine]!r} and {coarse!r}: keep "
+          "one."
+      )
     coarse_of[fine] = coarse
     key_of[fine] = key
   if unknown:
     if folder_root is not None:
       raise DataError(
-          f'Coarse map {path!r} names {len(unknown)} classes with no folder '
-          f'in {folder_root}/train or {folder_root}/test: {_listing(unknown)};'
-          ' remove them or fix the names.')
-    indices = (f' or indices 0-{len(fine_names) - 1}' if by_index else '')
+          f"Coarse map {path!r} names {len(unknown)} classes with no folder "
+          f"in {folder_root}/train or {folder_root}/test: {_listing(unknown)};"
+          " remove them or fix the names."
+      )
+    indices = f" or indices 0-{len(fine_names) - 1}" if by_index else ""
     raise DataError(
-        f'Coarse map {path!r} names {len(unknown)} classes that {dataset} '
-        f'does not have: {_listing(unknown)}; use its fine class names '
-        f'({_examples(fine_names)}){indices}.')
+        f"Coarse map {path!r} names {len(unknown)} classes that {dataset} "
+        f"does not have: {_listing(unknown)}; use its fine class names "
+        f"({_examples(fine_names)}){indices}."
+    )
   unmapped = [n for i, n in enumerate(fine_names) if i not in coarse_of]
   if unmapped:
-    what = ('class folders' if folder_root is not None else
-            f'fine classes of {dataset}')
-    raise DataError(f'Coarse map {path!r} leaves {len(unmapped)} {what} '
-                    f'unmapped: {_listing(unmapped)}; add a row for each.')
+    what = (
+        "class folders"
+        if folder_root is not None
+        else f"fine classes of {dataset}"
+    )
+    raise DataError(
+        f"Coarse map {path!r} leaves {len(unmapped)} {what} "
+        f"unmapped: {_listing(unmapped)}; add a row for each."
+    )
   coarse_names = sorted(set(coarse_of.values()), key=natural_key)
   if len(coarse_names) < 2 and folder_root is None:
-    raise DataError(f'Coarse map {path!r} puts all {len(fine_names)} fine '
-                    f'classes of {dataset} in one coarse class '
-                    f'{coarse_names[0]!r}: map them to at least two coarse '
-                    'classes.')
+    raise DataError(
+        f"Coarse map {path!r} puts all {len(fine_names)} fine "
+        f"classes of {dataset} in one coarse class "
+        f"{coarse_names[0]!r}: map them to at least two coarse "
+        "classes."
+    )
   coarse_ids = {c: i for i, c in enumerate(coarse_names)}
   return core.LabelHierarchy(
-      fine_to_coarse=[coarse_ids[coarse_of[i]]
-                      for i in range(len(fine_names))],
-      fine_names=fine_names, coarse_names=coarse_names)
+      fine_to_coarse=[coarse_ids[coarse_of[i]] for i in range(len(fine_names))],
+      fine_names=fine_names,
+      coarse_names=coarse_names,
+  )
 
 
 def _examples(names: Sequence[str], limit: int = 3) -> str:
   """The first few of ``names`` in their own order, for a hint."""
-  shown = ', '.join(repr(n) for n in names[:limit])
-  return shown + (', ...' if len(names) > limit else '')
+  shown = ", ".join(repr(n) for n in names[:limit])
+  return shown + (", ..." if len(names) > limit else "")
 
 
 def _csv_rows(path: str) -> Iterable[tuple[int, list[str]]]:
   """Yields ``(line number, stripped fields)`` of non-empty CSV rows."""
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline="", encoding="utf-8") as f:
       rows = list(csv.reader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise DataError(f'Cannot read CSV {path!r} ({core.first_line(e)}): save '
-                    'it as UTF-8 text with comma-separated fields.') from e
+    raise DataError(
+        f"Cannot read CSV {path!r} ({core.first_line(e)}): save "
+        "it as UTF-8 text with comma-separated fields."
+    ) from e
   for line, row in enumerate(rows, start=1):
     row = [field.strip() for field in row]
     if any(row):
@@ -348,9 +404,14 @@ def _list_split(split_dir: str) -> tuple[dict[str, list[str]], int]:
   return classes, ignored
 
 
-def load_folder(root: str | None, coarse_map: str | None, *, image_size: int,
-                max_train: int | None, max_test: int | None
-                ) -> core.StreamingDataset:
+def load_folder(
+    root: str | None,
+    coarse_map: str | None,
+    *,
+    image_size: int,
+    max_train: int | None,
+    max_test: int | None,
+) -> core.StreamingDataset:
   """Custom data in class folders (``dataset='folder'``).
 
   Layout: ``ROOT/train/<fine class>/*.png`` and ``ROOT/test/<fine class>/...``
@@ -378,55 +439,78 @@ def load_folder(root: str | None, coarse_map: str | None, *, image_size: int,
       unmapped or names a class that has no folder.
   """
   if not root:
-    raise ConfigError("config.dataset='folder' needs config.data_dir: the "
-                      'folder holding train/<class>/ and test/<class>/ image '
-                      'folders.')
+    raise ConfigError(
+        "config.dataset='folder' needs config.data_dir: the "
+        "folder holding train/<class>/ and test/<class>/ image "
+        "folders."
+    )
   if not coarse_map:
-    raise ConfigError("config.dataset='folder' needs config.coarse_map: a CSV "
-                      'of fine,coarse rows or a JSON {"fine": "coarse"} file '
-                      'giving each class folder its coarse class.')
+    raise ConfigError(
+        "config.dataset='folder' needs config.coarse_map: a CSV "
+        'of fine,coarse rows or a JSON {"fine": "coarse"} file '
+        "giving each class folder its coarse class."
+    )
   root = os.path.expanduser(root)
   if not os.path.isdir(root):
-    raise DataError(f'config.data_dir={root!r} does not exist: point it at the '
-                    'folder holding train/<class>/ and test/<class>/.')
+    raise DataError(
+        f"config.data_dir={root!r} does not exist: point it at the "
+        "folder holding train/<class>/ and test/<class>/."
+    )
   listings = {}
   for split in FOLDER_SPLITS:
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
-      raise DataError(f'{split_dir!r} does not exist: put the {split} images '
-                      f'in {split_dir}/<fine class>/ (PNG or JPEG).')
+      raise DataError(
+          f"{split_dir!r} does not exist: put the {split} images "
+          f"in {split_dir}/<fine class>/ (PNG or JPEG)."
+      )
     classes, ignored = _list_split(split_dir)
     if ignored:
-      logging.warning('Ignored %d entries of %s that are not PNG/JPEG files '
-                      'inside a class folder.', ignored, split_dir)
+      logging.warning(
+          "Ignored %d entries of %s that are not PNG/JPEG files "
+          "inside a class folder.",
+          ignored,
+          split_dir,
+      )
     if not any(classes.values()):
-      raise DataError(f'{split_dir!r} holds no images: put them in '
-                      f'{split_dir}/<fine class>/ (PNG or JPEG).')
+      raise DataError(
+          f"{split_dir!r} holds no images: put them in "
+          f"{split_dir}/<fine class>/ (PNG or JPEG)."
+      )
     listings[split] = classes
 
-  fine_names = sorted(set(listings['train']) | set(listings['test']),
-                      key=natural_key)
-  hierarchy = coarse_map_hierarchy(coarse_map, fine_names, dataset='folder',
-                                   folder_root=root)
+  fine_names = sorted(
+      set(listings["train"]) | set(listings["test"]), key=natural_key
+  )
+  hierarchy = coarse_map_hierarchy(
+      coarse_map, fine_names, dataset="folder", folder_root=root
+  )
   fine_to_coarse = hierarchy.fine_to_coarse
 
   fine_ids = {n: i for i, n in enumerate(fine_names)}
   sources = []
   for split, limit in zip(FOLDER_SPLITS, (max_train, max_test)):
     paths, fine = [], []
-    for name, files in sorted(listings[split].items(),
-                              key=lambda kv: natural_key(kv[0])):
+    for name, files in sorted(
+        listings[split].items(), key=lambda kv: natural_key(kv[0])
+    ):
       paths += files
       fine += [fine_ids[name]] * len(files)
     fine = np.asarray(fine, np.int32)
     coarse = np.asarray(fine_to_coarse, np.int32)[fine]
     paths, fine, coarse = _truncate((paths, fine, coarse), limit)
-    sources.append(core.FileSource(paths, coarse, fine,
-                                   f'{os.path.join(root, split)}'))
+    sources.append(
+        core.FileSource(paths, coarse, fine, f"{os.path.join(root, split)}")
+    )
   return core.StreamingDataset(
-      name='folder', hierarchy=hierarchy, mean=hierarchies.IMAGENET_MEAN,
-      std=hierarchies.IMAGENET_STD, image_size=image_size,
-      train_source=sources[0], test_source=sources[1])
+      name="folder",
+      hierarchy=hierarchy,
+      mean=hierarchies.IMAGENET_MEAN,
+      std=hierarchies.IMAGENET_STD,
+      image_size=image_size,
+      train_source=sources[0],
+      test_source=sources[1],
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -438,21 +522,25 @@ def _read_list(path: str) -> tuple[list[str], list[str], list[str] | None]:
   """Reads a ``path,coarse[,fine]`` CSV; paths made absolute."""
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
-    raise DataError(f'CSV {path!r} does not exist: it should list '
-                    'path,coarse[,fine] rows.')
+    raise DataError(
+        f"CSV {path!r} does not exist: it should list "
+        "path,coarse[,fine] rows."
+    )
   base = os.path.dirname(os.path.abspath(path))
   rows = list(_csv_rows(path))
-  if rows and rows[0][1] and rows[0][1][0].lower() == 'path':
+  if rows and rows[0][1] and rows[0][1][0].lower() == "path":
     rows = rows[1:]  # Header.
   if not rows:
-    raise DataError(f'CSV {path!r} has no path,coarse[,fine] rows.')
+    raise DataError(f"CSV {path!r} has no path,coarse[,fine] rows.")
   width = len(rows[0][1])
   paths, coarse, fine = [], [], []
   for line, row in rows:
     if len(row) != width or width not in (2, 3) or not all(row):
-      raise DataError(f'{path}:{line} has {len(row)} fields (or an empty '
-                      f'one); every row needs path,coarse or path,coarse,fine '
-                      f'like the first ({width} fields).')
+      raise DataError(
+          f"{path}:{line} has {len(row)} fields (or an empty "
+          f"one); every row needs path,coarse or path,coarse,fine "
+          f"like the first ({width} fields)."
+      )
     paths.append(os.path.join(base, row[0]))
     coarse.append(row[1])
     if width == 3:
@@ -460,9 +548,14 @@ def _read_list(path: str) -> tuple[list[str], list[str], list[str] | None]:
   return paths, coarse, fine if width == 3 else None
 
 
-def load_csv(train_csv: str | None, test_csv: str | None, *, image_size: int,
-             max_train: int | None, max_test: int | None
-             ) -> core.StreamingDataset:
+def load_csv(
+    train_csv: str | None,
+    test_csv: str | None,
+    *,
+    image_size: int,
+    max_train: int | None,
+    max_test: int | None,
+) -> core.StreamingDataset:
   """Custom data listed in CSV files (``dataset='csv'``).
 
   Each CSV has ``path,coarse`` or ``path,coarse,fine`` rows (an optional
@@ -490,29 +583,38 @@ def load_csv(train_csv: str | None, test_csv: str | None, *, image_size: int,
       fine column, a fine class has two coarse classes, or images are
       missing.
   """
-  for field, value in (('train_csv', train_csv), ('test_csv', test_csv)):
+  for field, value in (("train_csv", train_csv), ("test_csv", test_csv)):
     if not value:
-      raise ConfigError(f"config.dataset='csv' needs config.{field}: a CSV of "
-                        'path,coarse[,fine] rows.')
+      raise ConfigError(
+          f"config.dataset='csv' needs config.{field}: a CSV of "
+          "path,coarse[,fine] rows."
+      )
   lists = [_read_list(train_csv), _read_list(test_csv)]
   has_fine = [fine is not None for _, _, fine in lists]
   if has_fine[0] != has_fine[1]:
-    raise DataError(f'{train_csv!r} and {test_csv!r} must both have a fine '
-                    'column or both lack it.')
-  coarse_names = sorted({c for _, coarse, _ in lists for c in coarse},
-                        key=natural_key)
+    raise DataError(
+        f"{train_csv!r} and {test_csv!r} must both have a fine "
+        "column or both lack it."
+    )
+  coarse_names = sorted(
+      {c for _, coarse, _ in lists for c in coarse}, key=natural_key
+  )
   if has_fine[0]:
     parent = {}
     for (_, coarse, fine), csv_path in zip(lists, (train_csv, test_csv)):
       for f, c in zip(fine, coarse):
         if parent.setdefault(f, c) != c:
-          raise DataError(f'Fine class {f!r} has coarse class {parent[f]!r} '
-                          f'and {c!r} (in {csv_path!r}): give every fine '
-                          'class one coarse class.')
+          raise DataError(
+              f"Fine class {f!r} has coarse class {parent[f]!r} "
+              f"and {c!r} (in {csv_path!r}): give every fine "
+              "class one coarse class."
+          )
     fine_names = sorted(parent, key=natural_key)
     hierarchy = core.LabelHierarchy(
         fine_to_coarse=[coarse_names.index(parent[f]) for f in fine_names],
-        fine_names=fine_names, coarse_names=coarse_names)
+        fine_names=fine_names,
+        coarse_names=coarse_names,
+    )
   else:
     hierarchy = core.identity_hierarchy(coarse_names)
 
@@ -520,17 +622,28 @@ def load_csv(train_csv: str | None, test_csv: str | None, *, image_size: int,
   fine_ids = {f: i for i, f in enumerate(hierarchy.fine_names)}
   sources = []
   for (paths, coarse, fine), csv_path, limit in zip(
-      lists, (train_csv, test_csv), (max_train, max_test)):
+      lists, (train_csv, test_csv), (max_train, max_test)
+  ):
     coarse = np.asarray([coarse_ids[c] for c in coarse], np.int32)
     if fine is not None:
       fine = np.asarray([fine_ids[f] for f in fine], np.int32)
     paths, coarse, fine = _truncate((paths, coarse, fine), limit)
-    _check_files_exist(paths, f'{csv_path!r}',
-                       'fix the paths (relative ones are relative to the '
-                       "CSV's folder).")
-    sources.append(core.FileSource(paths, coarse, fine,
-                                   f'the images listed in {csv_path!r}'))
+    _check_files_exist(
+        paths,
+        f"{csv_path!r}",
+        "fix the paths (relative ones are relative to the " "CSV's folder).",
+    )
+    sources.append(
+        core.FileSource(
+            paths, coarse, fine, f"the images listed in {csv_path!r}"
+        )
+    )
   return core.StreamingDataset(
-      name='csv', hierarchy=hierarchy, mean=hierarchies.IMAGENET_MEAN,
-      std=hierarchies.IMAGENET_STD, image_size=image_size,
-      train_source=sources[0], test_source=sources[1])
+      name="csv",
+      hierarchy=hierarchy,
+      mean=hierarchies.IMAGENET_MEAN,
+      std=hierarchies.IMAGENET_STD,
+      image_size=image_size,
+      train_source=sources[0],
+      test_source=sources[1],
+  )

@@ -46,8 +46,10 @@ def get(mode: str) -> base.Method:
   try:
     return METHODS[mode]
   except (KeyError, TypeError):
-    raise ConfigError(f"config.mode={base.show(mode)} is not supported; use "
-                      f"one of: {', '.join(METHODS)}.") from None
+    raise ConfigError(
+        f"config.mode={base.show(mode)} is not supported; use "
+        f"one of: {', '.join(METHODS)}."
+    ) from None
 
 
 def of_config(config) -> tuple[base.Method, ml_collections.FrozenConfigDict]:
@@ -72,31 +74,53 @@ def build_encoder(config, num_coarse: int) -> nn.Module:
   return method.encoder(options, config, num_coarse)
 
 
-def flops_per_image(config, model: nn.Module,
-                    image_shape: tuple[int, int, int]) -> float:
+def flops_per_image(
+    config, model: nn.Module, image_shape: tuple[int, int, int]
+) -> float:
   """Model FLOPs of one training image of ``config.mode``'s step: its
   encoder passes (`Method.forwards_per_image`) times one forward's FLOPs
   (`models.forward_flops`); augmentation, loss and optimizer not counted."""
   method, options = of_config(config)
   return method.forwards_per_image(options) * models.forward_flops(
-      model, image_shape)
+      model, image_shape
+  )
 
 
-def step_settings(config, *, mean: Sequence[float], std: Sequence[float],
-                  schedule: Callable[[jax.Array], jax.Array] | None = None,
-                  mesh=None) -> steps.StepSettings:
+def step_settings(
+    config,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    mesh=None,
+) -> steps.StepSettings:
   """The shared step hyperparameters of ``config``."""
   return steps.StepSettings(
-      t0=config.t0, t=config.t, w=config.w, ema_momentum=config.ema_momentum,
-      image_size=config.image_size, mean=tuple(mean), std=tuple(std),
-      strong_policy=config.strong_policy, weak_policy=config.weak_policy,
-      key_bn=config.key_bn, bn_splits=config.bn_splits,
-      query_bn=config.query_bn, schedule=schedule, mesh=mesh)
+      t0=config.t0,
+      t=config.t,
+      w=config.w,
+      ema_momentum=config.ema_momentum,
+      image_size=config.image_size,
+      mean=tuple(mean),
+      std=tuple(std),
+      strong_policy=config.strong_policy,
+      weak_policy=config.weak_policy,
+      key_bn=config.key_bn,
+      bn_splits=config.bn_splits,
+      query_bn=config.query_bn,
+      schedule=schedule,
+      mesh=mesh,
+  )
 
 
-def step_for_config(config, *, mean: Sequence[float], std: Sequence[float],
-                    schedule: Callable[[jax.Array], jax.Array] | None = None,
-                    mesh=None) -> Callable:
+def step_for_config(
+    config,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    mesh=None,
+) -> Callable:
   """``config``'s train step ``(state, batch) -> (state, metrics)``, not jitted.
 
   Binds the generic step to ``config.mode``'s method, its block and the
@@ -112,9 +136,13 @@ def step_for_config(config, *, mean: Sequence[float], std: Sequence[float],
   """
   method, options = of_config(config)
   return functools.partial(
-      steps.train_step, method=method, options=options,
-      settings=step_settings(config, mean=mean, std=std, schedule=schedule,
-                             mesh=mesh))
+      steps.train_step,
+      method=method,
+      options=options,
+      settings=step_settings(
+          config, mean=mean, std=std, schedule=schedule, mesh=mesh
+      ),
+  )
 
 
 def uses_queue(config) -> bool:
@@ -124,14 +152,20 @@ def uses_queue(config) -> bool:
 
 def blocks() -> dict[str, base.Method]:
   """The methods with a config block, by block name."""
-  return {name: method for name, method in METHODS.items()
-          if method.config_block() is not None}
+  return {
+      name: method
+      for name, method in METHODS.items()
+      if method.config_block() is not None
+  }
 
 
 def legacy_fields() -> dict[str, tuple[str, str]]:
   """Flat field names of older configs: ``{old: (block, field)}``."""
-  return {old: (name, field) for name, method in METHODS.items()
-          for old, field in method.legacy_fields.items()}
+  return {
+      old: (name, field)
+      for name, method in METHODS.items()
+      for old, field in method.legacy_fields.items()
+  }
 
 
 def move_legacy_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +182,11 @@ def move_legacy_fields(record: dict[str, Any]) -> dict[str, Any]:
       continue
     value = moved.pop(old)
     target = moved.get(block)
-    target = dict(target.to_dict() if isinstance(
-        target, ml_collections.ConfigDict) else target or {})
+    target = dict(
+        target.to_dict()
+        if isinstance(target, ml_collections.ConfigDict)
+        else target or {}
+    )
     target.setdefault(field, value)
     moved[block] = target
   return moved

@@ -40,8 +40,11 @@ Array = jax.Array
 
 def is_number(value: Any) -> bool:
   """A finite int or float (bool, NaN and infinities are not numbers here)."""
-  return (not isinstance(value, bool) and isinstance(value, (int, float))
-          and math.isfinite(value))
+  return (
+      not isinstance(value, bool)
+      and isinstance(value, (int, float))
+      and math.isfinite(value)
+  )
 
 
 def is_int(value: Any) -> bool:
@@ -145,19 +148,25 @@ class Method:
     if block is None:
       block = {}
     elif not hasattr(block, "keys"):
-      raise ConfigError(f"config.{self.name}={show(block)} must be a block of "
-                        f"fields: {', '.join(sorted(defaults.keys()))}.")
+      raise ConfigError(
+          f"config.{self.name}={show(block)} must be a block of "
+          f"fields: {', '.join(sorted(defaults.keys()))}."
+      )
     unknown = sorted(set(block.keys()) - set(defaults.keys()))
     if unknown:
       raise ConfigError(
           f"config.{self.name}.{unknown[0]} is not a field of the "
           f"{self.name} block; its fields are: "
-          f"{', '.join(sorted(defaults.keys()))}.")
+          f"{', '.join(sorted(defaults.keys()))}."
+      )
     resolved = defaults.to_dict()
     for field, value in block.items():
       if value is not None:
-        resolved[field] = (value.to_dict() if isinstance(
-            value, ml_collections.ConfigDict) else value)
+        resolved[field] = (
+            value.to_dict()
+            if isinstance(value, ml_collections.ConfigDict)
+            else value
+        )
     return ml_collections.FrozenConfigDict(resolved)
 
   def fail(self, field: str, value: Any, must: str):
@@ -168,18 +177,23 @@ class Method:
     if not isinstance(options[field], bool):
       self.fail(field, options[field], "must be True or False")
 
-  def check_number(self, options, field: str, low: float = 0.0,
-                   strict: bool = False) -> None:
+  def check_number(
+      self, options, field: str, low: float = 0.0, strict: bool = False
+  ) -> None:
     value = options[field]
     if not is_number(value) or value < low or (strict and value == low):
-      self.fail(field, value, f"must be a number {'>' if strict else '>='} "
-                f"{low}")
+      self.fail(
+          field, value, f"must be a number {'>' if strict else '>='} " f"{low}"
+      )
 
   def check_choice(self, options, field: str, choices) -> None:
     value = options[field]
     if not isinstance(value, str) or value not in choices:
-      self.fail(field, value, f"is not supported; use one of: "
-                f"{', '.join(choices)}")
+      self.fail(
+          field,
+          value,
+          f"is not supported; use one of: " f"{', '.join(choices)}",
+      )
 
   def __repr__(self) -> str:
     return f"<method {self.name}>"

@@ -17,18 +17,32 @@ from maskcon_jax.methods import base
 MODES = ("maskcon", "grafit", "coins", "moco")
 
 
-def mode_loss(mode: str, q_BxD, k_BxD, coarse_logits_BxC, queue_KxD,
-              queue_labels_K, labels_B, *, t0: float, t: float, w: float):
+def mode_loss(
+    mode: str,
+    q_BxD,
+    k_BxD,
+    coarse_logits_BxC,
+    queue_KxD,
+    queue_labels_K,
+    labels_B,
+    *,
+    t0: float,
+    t: float,
+    w: float,
+):
   """The loss of ``mode`` (one of `MODES`) on one batch."""
   if mode == "maskcon":
-    return losses.maskcon_loss(q_BxD, k_BxD, queue_KxD, queue_labels_K,
-                               labels_B, t0=t0, t=t, w=w)
+    return losses.maskcon_loss(
+        q_BxD, k_BxD, queue_KxD, queue_labels_K, labels_B, t0=t0, t=t, w=w
+    )
   if mode == "grafit":
-    return losses.grafit_loss(q_BxD, k_BxD, queue_KxD, queue_labels_K,
-                              labels_B, t0=t0, w=w)
+    return losses.grafit_loss(
+        q_BxD, k_BxD, queue_KxD, queue_labels_K, labels_B, t0=t0, w=w
+    )
   if mode == "coins":
-    return losses.coins_loss(q_BxD, k_BxD, coarse_logits_BxC, queue_KxD,
-                             labels_B, t0=t0, w=w)
+    return losses.coins_loss(
+        q_BxD, k_BxD, coarse_logits_BxC, queue_KxD, labels_B, t0=t0, w=w
+    )
   if mode == "moco":
     return losses.moco_loss(q_BxD, k_BxD, queue_KxD, t0=t0)
   raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
@@ -50,18 +64,29 @@ class QueueMethod(base.Method):
 
   def loss(self, ctx, params):
     s = ctx.settings
-    out, batch_stats = ctx.query_forward(params, ctx.state.batch_stats,
-                                         ctx.views[1])
+    out, batch_stats = ctx.query_forward(
+        params, ctx.state.batch_stats, ctx.views[1]
+    )
     q_BxD = losses.l2_normalize(out["projection"])
-    loss = mode_loss(self.name, q_BxD, ctx.k_BxD, out["coarse_logits"],
-                     ctx.state.queue_KxD, ctx.state.queue_labels_K,
-                     ctx.labels_B, t0=s.t0, t=s.t, w=s.w)
+    loss = mode_loss(
+        self.name,
+        q_BxD,
+        ctx.k_BxD,
+        out["coarse_logits"],
+        ctx.state.queue_KxD,
+        ctx.state.queue_labels_K,
+        ctx.labels_B,
+        t0=s.t0,
+        t=s.t,
+        w=s.w,
+    )
     return loss, (batch_stats, q_BxD)
 
   def metrics(self, ctx, aux):
     q_BxD = aux
-    return {"positive_similarity": jnp.mean(jnp.sum(q_BxD * ctx.k_BxD,
-                                                    axis=-1))}
+    return {
+        "positive_similarity": jnp.mean(jnp.sum(q_BxD * ctx.k_BxD, axis=-1))
+    }
 
 
 METHODS = tuple(QueueMethod(name) for name in MODES)

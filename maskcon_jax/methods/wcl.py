@@ -25,17 +25,21 @@ class WCL(base.Method):
 
   name = "wcl"
   salt = 2
-  legacy_fields = {"wcl_same_coarse_nn": "same_coarse_nn",
-                   "wcl_graph_weight": "graph_weight"}
+  legacy_fields = {
+      "wcl_same_coarse_nn": "same_coarse_nn",
+      "wcl_graph_weight": "graph_weight",
+  }
 
   def config_block(self):
-    return ml_collections.ConfigDict({
-        # Restrict each sample's 1-NN to its own coarse class (uses the
-        # coarse labels; the paper is unsupervised).
-        "same_coarse_nn": False,
-        # Weight of the graph loss (the paper adds it with weight 1).
-        "graph_weight": 1.0,
-    })
+    return ml_collections.ConfigDict(
+        {
+            # Restrict each sample's 1-NN to its own coarse class (uses the
+            # coarse labels; the paper is unsupervised).
+            "same_coarse_nn": False,
+            # Weight of the graph loss (the paper adds it with weight 1).
+            "graph_weight": 1.0,
+        }
+    )
 
   def validate(self, options, config):
     del config
@@ -47,8 +51,11 @@ class WCL(base.Method):
 
   def encoder(self, options, config, num_coarse):
     del options
-    return models.Encoder(**models.encoder_fields(config, num_coarse),
-                          head="bn_mlp", second_head=True)
+    return models.Encoder(
+        **models.encoder_fields(config, num_coarse),
+        head="bn_mlp",
+        second_head=True,
+    )
 
   def forwards_per_image(self, options):
     del options
@@ -58,8 +65,11 @@ class WCL(base.Method):
     t0 = ctx.settings.t0
     labels_B = ctx.labels_B
     views1, views2 = ctx.views
-    allowed_BxB = (losses.same_coarse_mask(labels_B, labels_B)
-                   if ctx.options.same_coarse_nn else None)
+    allowed_BxB = (
+        losses.same_coarse_mask(labels_B, labels_B)
+        if ctx.options.same_coarse_nn
+        else None
+    )
     out1, stats = ctx.query_forward(params, ctx.state.batch_stats, views1)
     # The second forward starts from the first one's running statistics, as
     # two consecutive PyTorch forwards do; train-mode outputs don't use them.
@@ -73,8 +83,9 @@ class WCL(base.Method):
     same1_BxB = losses.label_positives(comp1_B)
     same2_BxB = losses.label_positives(comp2_B)
     inst = losses.nt_xent_loss(z1_BxD, z2_BxD, temperature=t0)
-    graph = losses.wcl_graph_loss(g1_BxD, g2_BxD, same1_BxB, same2_BxB,
-                                  temperature=t0)
+    graph = losses.wcl_graph_loss(
+        g1_BxD, g2_BxD, same1_BxB, same2_BxB, temperature=t0
+    )
     b = labels_B.shape[0]
     same_coarse = losses.same_coarse_mask(labels_B, labels_B)
     off_diag = jnp.logical_not(jnp.eye(b, dtype=bool))
@@ -84,11 +95,11 @@ class WCL(base.Method):
         "graph_loss": graph,
         "positive_similarity": jnp.mean(jnp.sum(z1_BxD * z2_BxD, axis=-1)),
         # Components of view 1 and how often their pairs share a coarse label.
-        "num_components": jnp.sum(comp1_B == jnp.arange(b)).astype(
-            jnp.float32),
+        "num_components": jnp.sum(comp1_B == jnp.arange(b)).astype(jnp.float32),
         "component_coarse_purity": (
             jnp.sum(jnp.logical_and(linked, same_coarse))
-            / jnp.maximum(jnp.sum(linked), 1)),
+            / jnp.maximum(jnp.sum(linked), 1)
+        ),
     }
     return inst + ctx.options.graph_weight * graph, (stats, metrics)
 

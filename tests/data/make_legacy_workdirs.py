@@ -50,27 +50,54 @@ EXPECTED = ROOT / "tests" / "data" / "legacy_workdirs.json"
 # Flat (pre-block) overrides of configs/tiny.py; WCL and SelfCon as their
 # configs then set them (a random queue of one batch, never read).
 # A smaller model than tiny.py's and one device keep the checkpoints small.
-COMMON = dict(num_epochs=1, strong_policy="weak", width=2, embed_dim=8,
-              proj_hidden_dim=16, num_devices=1)
+COMMON = dict(
+    num_epochs=1,
+    strong_policy="weak",
+    width=2,
+    embed_dim=8,
+    proj_hidden_dim=16,
+    num_devices=1,
+)
 RUNS = {
-    "wcl": dict(mode="wcl", t0=0.1, query_bn="global", queue_size=16,
-                queue_init="random", wcl_graph_weight=2.0,
-                wcl_same_coarse_nn=True),
-    "selfcon": dict(mode="selfcon", t0=0.1, queue_size=16,
-                    queue_init="random", selfcon_position=1,
-                    selfcon_size="small", selfcon_base_temperature=0.1,
-                    selfcon_label_free=True),
-    "saliency": dict(mode="saliency", alpha=1.5, num_hard_negatives=2,
-                     saliency_strategy="hp", saliency_hp_sigma=0.5,
-                     saliency_grid=2, saliency_fg_rule="official",
-                     saliency_query_ratio=(0.1, 0.3)),
+    "wcl": dict(
+        mode="wcl",
+        t0=0.1,
+        query_bn="global",
+        queue_size=16,
+        queue_init="random",
+        wcl_graph_weight=2.0,
+        wcl_same_coarse_nn=True,
+    ),
+    "selfcon": dict(
+        mode="selfcon",
+        t0=0.1,
+        queue_size=16,
+        queue_init="random",
+        selfcon_position=1,
+        selfcon_size="small",
+        selfcon_base_temperature=0.1,
+        selfcon_label_free=True,
+    ),
+    "saliency": dict(
+        mode="saliency",
+        alpha=1.5,
+        num_hard_negatives=2,
+        saliency_strategy="hp",
+        saliency_hp_sigma=0.5,
+        saliency_grid=2,
+        saliency_fg_rule="official",
+        saliency_query_ratio=(0.1, 0.3),
+    ),
 }
 
 
 def argv(workdir, overrides) -> list[str]:
-  return ["maskcon_jax.train", "--config=configs/tiny.py",
-          f"--workdir={workdir}",
-          *(f"--config.{field}={value}" for field, value in overrides.items())]
+  return [
+      "maskcon_jax.train",
+      "--config=configs/tiny.py",
+      f"--workdir={workdir}",
+      *(f"--config.{field}={value}" for field, value in overrides.items()),
+  ]
 
 
 def _digests(tree) -> dict[str, str]:
@@ -99,29 +126,34 @@ def main() -> int:
       for path in list(workdir.iterdir()):
         if path.name.startswith("events.out.tfevents"):
           path.unlink()
-      features = evaluate.load_and_embed(str(workdir), "test",
-                                         with_bank=False)["embeddings"]
+      features = evaluate.load_and_embed(str(workdir), "test", with_bank=False)[
+          "embeddings"
+      ]
       with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, name)
         shutil.copytree(workdir, copy)
         _train(copy, overrides)
         _, state = trainer.load_trained(copy)
-        results = json.loads((pathlib.Path(copy) /
-                              trainer.RESULTS_FILE).read_text())
+        results = json.loads(
+            (pathlib.Path(copy) / trainer.RESULTS_FILE).read_text()
+        )
       expected[name] = {
           "overrides": overrides,
           "features": np.asarray(features["features"]).tolist(),
-          "resumed": {"step": int(state.step),
-                      "params": _digests(state.params),
-                      "batch_stats": _digests(state.batch_stats),
-                      "results": results},
+          "resumed": {
+              "step": int(state.step),
+              "params": _digests(state.params),
+              "batch_stats": _digests(state.batch_stats),
+              "results": results,
+          },
       }
     with tarfile.open(ARCHIVE, "w:xz") as archive:
       for name in RUNS:
         archive.add(pathlib.Path(out) / name, arcname=name)
   expected["versions"] = {"jax": jax.__version__}
   EXPECTED.write_text(
-      json.dumps(expected, indent=1, sort_keys=True, default=str) + "\n")
+      json.dumps(expected, indent=1, sort_keys=True, default=str) + "\n"
+  )
   print(f"wrote {ARCHIVE} and {EXPECTED}")
   return 0
 

@@ -62,8 +62,13 @@ BATCH_ORDER_SEED = 0
 # The state's arrays that every mode has, and those of the key encoder and
 # queue (which wcl and selfcon need not carry).
 COMMON_GROUPS = ("step", "params", "batch_stats", "opt_state", "rng")
-KEY_GROUPS = ("target_params", "target_batch_stats", "queue_KxD",
-              "queue_labels_K", "queue_ptr")
+KEY_GROUPS = (
+    "target_params",
+    "target_batch_stats",
+    "queue_KxD",
+    "queue_labels_K",
+    "queue_ptr",
+)
 IN_BATCH_MODES = ("wcl", "selfcon")
 
 
@@ -103,23 +108,30 @@ def _digest(array) -> str:
 
 
 def _digests(tree) -> dict[str, str]:
-  return {jax.tree_util.keystr(path): _digest(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(path): _digest(leaf)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def fixed_batches(exp, count: int):
   """``count`` batches of distinct training rows, split over ``exp.mesh``."""
   size = exp.config.batch_size
   order = np.random.default_rng(BATCH_ORDER_SEED).permutation(
-      exp.dataset.num_train)
+      exp.dataset.num_train
+  )
   sharding = NamedSharding(exp.mesh, P("data"))
   batches = []
   for i in range(count):
-    rows = order[i * size:(i + 1) * size]
-    batches.append({
-        "image": jax.device_put(exp.dataset.train_images[rows], sharding),
-        "coarse_label": jax.device_put(
-            exp.dataset.train_coarse[rows].astype(np.int32), sharding)})
+    rows = order[i * size : (i + 1) * size]
+    batches.append(
+        {
+            "image": jax.device_put(exp.dataset.train_images[rows], sharding),
+            "coarse_label": jax.device_put(
+                exp.dataset.train_coarse[rows].astype(np.int32), sharding
+            ),
+        }
+    )
   return batches
 
 
@@ -146,12 +158,14 @@ def run_mode(mode: str, num_devices: int) -> dict:
   metrics = []
   for batch in batches:
     state, step_metrics = step_fn(state, batch)
-    metrics.append({k: _hex(v) for k, v in
-                    sorted(jax.device_get(step_metrics).items())})
+    metrics.append(
+        {k: _hex(v) for k, v in sorted(jax.device_get(step_metrics).items())}
+    )
   return {
       "metrics": metrics,
-      "state": {group: _digests(getattr(state, group))
-                for group in state_groups(mode)},
+      "state": {
+          group: _digests(getattr(state, group)) for group in state_groups(mode)
+      },
   }
 
 
@@ -160,14 +174,18 @@ def versions() -> dict[str, str]:
 
 
 def compute(modes=MODES, device_counts=DEVICE_COUNTS) -> dict:
-  return {f"{mode}/{n}": run_mode(mode, n) for mode in modes
-          for n in device_counts}
+  return {
+      f"{mode}/{n}": run_mode(mode, n) for mode in modes for n in device_counts
+  }
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--check", action="store_true",
-                      help="compare with the stored fixture; write nothing")
+  parser.add_argument(
+      "--check",
+      action="store_true",
+      help="compare with the stored fixture; write nothing",
+  )
   args = parser.parse_args(argv)
   if jax.device_count() < max(DEVICE_COUNTS):
     raise SystemExit(f"needs {max(DEVICE_COUNTS)} devices; unset XLA_FLAGS.")
@@ -178,11 +196,12 @@ def main(argv=None) -> int:
     print("identical" if not bad else f"differ: {', '.join(bad)}")
     return 1 if bad else 0
   payload = {
-      "about": ("Train-step bit-identity fixture; see "
-                "tests/data/make_step_fixture.py."),
+      "about": (
+          "Train-step bit-identity fixture; see "
+          "tests/data/make_step_fixture.py."
+      ),
       "versions": versions(),
-      "machine": {"platform": platform.platform(),
-                  "cpu_count": os.cpu_count()},
+      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
       "num_steps": NUM_STEPS,
       "runs": results,
   }
