@@ -74,9 +74,13 @@ def _pause(label: str) -> None:
   if folder:
     resume = os.path.join(folder, "resume")
     marker = os.path.join(folder, f"paused-{label}")
-    with open(marker + ".tmp", "w") as f:
+    # Every process of a multi-process run may pause at the same point and
+    # folder: each writes its own temporary file, or one process's rename
+    # takes the file from under the other's.
+    tmp = f"{marker}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
       f.write(f"{os.getpid()}\n")
-    os.replace(marker + ".tmp", marker)
+    os.replace(tmp, marker)
   deadline = time.monotonic() + seconds
   while time.monotonic() < deadline:
     if resume and os.path.exists(resume):
