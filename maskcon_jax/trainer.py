@@ -468,7 +468,8 @@ def take_run_lock(workdir: str, *, force: bool = False) -> runlock.RunLock:
   run id to the others; each of them checks that the lock file it sees (if
   the workdir is shared) names that run id, so two launches of one job never
   write into one workdir. Every process raises when process 0 could not take
-  the lock. Only one process is tested; the exchange is a single broadcast.
+  the lock. The exchange is a single broadcast; tests/test_multiprocess.py
+  launches one job twice on one workdir.
 
   Raises:
     WorkdirError: another run holds the lock (one line), or the workdir

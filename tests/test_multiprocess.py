@@ -49,11 +49,11 @@ _RECALLS = re.compile(r"(fine|coarse)_(within_coarse_)?recall@\d+$")
 
 
 def _launch(workdir, *extra, env=None, **kwargs):
+  kwargs.setdefault("log_dir", str(workdir) + "_logs")
   return launch_local.start(
       [*TINY, "--workdir", str(workdir), *extra],
       num_processes=2,
       devices_per_process=2,
-      log_dir=str(workdir) + "_logs",
       env=env,
       **kwargs,
   )
@@ -181,10 +181,31 @@ def test_stop_signal_and_kill_then_resume_to_the_same_state(
   step = int(stopped[0][0])
   assert str(step) in os.listdir(workdir / checkpoints.CHECKPOINT_DIR)
 
-  # SIGKILL of process 1 while both wait before step 6; the job dies.
+  # While both wait before step 6, the same job launched again (a requeue
+  # while the old one runs) is refused by both of its processes in one line,
+  # before writing anything.
   env, pause = _pause_env(tmp_path, "train_step@6")
   job = _launch(workdir, *MONITOR, env=env)
   _wait_for(pause / "paused-train_step@6", job)
+  listing = sorted(os.listdir(workdir))
+  twice = _launch(
+      workdir, *MONITOR, env={**os.environ}, log_dir=str(tmp_path / "twice")
+  )
+  refused = _finish(twice, expect=(train_cli.EXIT_ERROR,) * 2)
+  assert f"--workdir={workdir} is in use by another training run" in (
+      refused[0]
+  ), refused[0][-2000:]
+  assert "process 0 could not take the run lock" in refused[1], refused[1][
+      -2000:
+  ]
+  for log in refused:
+    assert "Traceback" not in log, log[-3000:]
+  assert sorted(os.listdir(workdir)) == listing
+  assert job.processes[0].poll() is None and job.processes[1].poll() is None
+
+  # SIGKILL of process 1 while both still wait there; the job dies. The
+  # resumed run below ends equal to the uninterrupted one: the refused
+  # launch harmed nothing.
   job.kill(1)
   job.stop_all()
 
