@@ -61,6 +61,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import torch_narrow_resnet  # noqa: E402
+
 # Fashion-MNIST fine classes -> the default config's three coarse classes:
 # tops {0, 2, 4, 6}, footwear {5, 7, 9}, other {1, 3, 8}.
 FASHION_MNIST_COARSE = (0, 2, 0, 2, 0, 1, 0, 1, 2, 1)
@@ -129,43 +132,11 @@ def patch_official(official: str, width_divisor: int, *, on_cpu: bool = True):
 
   width = 64 // width_divisor
 
-  class NarrowResNet(resnet.ResNet):
-    """torchvision's ResNet with every width divided (patch 3)."""
-
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
-      if planes == 64:  # layer1 follows the stem, which is `width` wide.
-        self.inplanes = width
-      return super()._make_layer(
-          block, planes // width_divisor, blocks, stride, dilate
-      )
-
-    def __setattr__(self, name, value):
-      # The stem: ResNet.__init__'s conv1/bn1 and the 3x3 conv1 that the
-      # official ModelBase installs for small images, all 64 wide as written.
-      if (
-          name == "conv1"
-          and isinstance(value, nn.Conv2d)
-          and (value.out_channels != width)
-      ):
-        value = nn.Conv2d(
-            value.in_channels,
-            width,
-            kernel_size=value.kernel_size,
-            stride=value.stride,
-            padding=value.padding,
-            bias=value.bias is not None,
-        )
-      if (
-          name == "bn1"
-          and isinstance(value, nn.BatchNorm2d)
-          and (value.num_features != width)
-      ):
-        value = nn.BatchNorm2d(width)
-      super().__setattr__(name, value)
-
   def narrow_resnet18(pretrained=False, **kwargs):
     del pretrained, kwargs  # Both sides train from scratch.
-    return NarrowResNet(resnet.BasicBlock, [2, 2, 2, 2])
+    return torch_narrow_resnet.narrow_resnet(
+        resnet.BasicBlock, [2, 2, 2, 2], width_divisor
+    )
 
   resnet.resnet18 = narrow_resnet18
 
