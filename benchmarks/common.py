@@ -131,9 +131,7 @@ class Table:
   def row(self, *values) -> str:
     """One line of cells, the values in column order."""
     if len(values) != len(self.columns):
-      raise ValueError(
-          f"{len(values)} values for {len(self.columns)} " "columns"
-      )
+      raise ValueError(f"{len(values)} values for {len(self.columns)} columns")
     return " ".join(
         format(fmt(value, spec), align)
         for value, (_, align, spec) in zip(values, self.columns)

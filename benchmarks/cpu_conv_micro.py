@@ -134,7 +134,7 @@ def main(argv=None):
   parser.add_argument(
       "--omp_wait_policy",
       default="PASSIVE",
-      help="OMP_WAIT_POLICY for torch; '' keeps the " "environment's",
+      help="OMP_WAIT_POLICY for torch; '' keeps the environment's",
   )
   common.add_output_flags(
       parser, smoke_help="two small layers, batch 2, for CI"

@@ -236,7 +236,7 @@ def _restore_latest_once(exp, workdir: str) -> Restored:
 
     def unreadable(step, error):
       logging.warning(
-          "Checkpoint %d in %s cannot be read (%s); trying an " "older one.",
+          "Checkpoint %d in %s cannot be read (%s); trying an older one.",
           step,
           ckpt_dir,
           errors.first_line(error, with_type=True),
@@ -301,7 +301,7 @@ def set_aside(workdir: str, steps_: list[int]) -> None:
       target += f".{time.strftime('%Y%m%d-%H%M%S')}"
     os.replace(source, target)
     logging.warning(
-        "Moved unreadable checkpoint %d to %s; resuming from an " "older one.",
+        "Moved unreadable checkpoint %d to %s; resuming from an older one.",
         step,
         target,
     )

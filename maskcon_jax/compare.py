@@ -997,7 +997,7 @@ def define_flags(
   flags.DEFINE_string(
       "workdir",
       None,
-      "Directory for the runs and the " "comparison files.",
+      "Directory for the runs and the comparison files.",
       flag_values=flag_values,
   )
   flags.DEFINE_list(
@@ -1013,7 +1013,7 @@ def define_flags(
   flags.DEFINE_list(
       "seeds",
       None,
-      "Comma-separated training seeds; the " "config's seed if unset.",
+      "Comma-separated training seeds; the config's seed if unset.",
       flag_values=flag_values,
   )
   flags.DEFINE_string(

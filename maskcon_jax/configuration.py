@@ -256,7 +256,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for old, (name, field) in methods.legacy_fields().items():
     if old in config:
       raise ConfigError(
-          f"config.{old} is now config.{name}.{field}; rename " "it."
+          f"config.{old} is now config.{name}.{field}; rename it."
       )
   method = methods.get(config.mode)
   _choice(config, "dataset", DATASETS)
@@ -358,7 +358,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   force_unlock = config.get("force_unlock")
   if force_unlock is not None and not isinstance(force_unlock, bool):
     raise ConfigError(
-        f"config.force_unlock={_show(force_unlock)} must be " "True or False."
+        f"config.force_unlock={_show(force_unlock)} must be True or False."
     )
   _optional_int(
       config,

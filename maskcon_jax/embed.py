@@ -485,7 +485,7 @@ def write_npz(out: str, arrays: dict[str, Any]) -> None:
     os.replace(tmp, out)
   except OSError as e:
     raise UserError(
-        f"cannot write --out={out}: {e.strerror}; choose a " "writable path."
+        f"cannot write --out={out}: {e.strerror}; choose a writable path."
     ) from e
 
 
@@ -559,7 +559,7 @@ def define_flags() -> None:
   flags.DEFINE_integer(
       "checkpoint",
       None,
-      "The checkpoint step to embed with; the latest if " "unset.",
+      "The checkpoint step to embed with; the latest if unset.",
   )
   flags.DEFINE_boolean(
       "skip_bad",

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import maskcon_jax  # noqa: E402
 from maskcon_jax import embedding  # noqa: E402
 from maskcon_jax import evaluation  # noqa: E402
+from maskcon_jax import train_state as train_state_lib  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
 from maskcon_jax import workdir_io  # noqa: E402
 from maskcon_jax.errors import UserError  # noqa: E402
@@ -64,7 +65,7 @@ def load_and_embed(
   """
   embedding.check_split(split)
   exp, state = trainer.load_trained(workdir, checkpoint)
-  variables = trainer.query_variables(state)
+  variables = train_state_lib.query_variables(state)
   embedded = exp.embedder.split(variables, exp.dataset, split)
   bank = None
   if with_bank and split != "train":
@@ -221,7 +222,7 @@ def define_flags() -> None:
   flags.DEFINE_boolean(
       "figures",
       True,
-      "Write PNG figures to WORKDIR/figures/ " "and log them to TensorBoard.",
+      "Write PNG figures to WORKDIR/figures/ and log them to TensorBoard.",
   )
   flags.mark_flags_as_required(["workdir"])
 

@@ -284,8 +284,7 @@ def retrieval_grid(
           names[fine[j]], fontsize=7, color=_MATCH if match else _MISMATCH
       )
   fig.suptitle(
-      title
-      or f"Top-{k} retrieval (green = same fine class, " "red = different)",
+      title or f"Top-{k} retrieval (green = same fine class, red = different)",
       fontsize=11,
       y=1 - 0.12 / height,
   )

@@ -29,7 +29,10 @@ import json
 import os
 from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
+
+from maskcon_jax.errors import DataError
 
 FINGERPRINT_FILE = "data_fingerprint.json"
 VERSION = 1
@@ -181,3 +184,53 @@ def read(workdir: str) -> dict[str, Any] | None:
   except (OSError, ValueError):
     return None
   return saved if isinstance(saved, dict) else None
+
+
+def check_same_data(
+    workdir: str,
+    saved: dict[str, Any] | None,
+    current: dict[str, Any],
+    *,
+    finished: bool,
+) -> None:
+  """Refuses to resume ``workdir``'s run on other training data.
+
+  ``saved`` is the run's fingerprint (`read`) (None for runs from before them: they
+  resume with a warning, and the fingerprint is recorded from then on). A
+  finished run is only re-evaluated, so other data is allowed there, with a
+  warning naming it; a resumed run on another test split is warned about too.
+
+  Raises:
+    DataError: the training data differs; the line says how.
+  """
+  if saved is None:
+    logging.warning(
+        "%s has no record of the data its run used (a run from "
+        "before data fingerprints): %s without checking it.",
+        workdir,
+        "re-evaluating" if finished else "resuming",
+    )
+    return
+  train, test = differences(saved, current)
+  if finished:
+    if train or test:
+      logging.warning(
+          "Evaluating the finished run in %s on other data than it "
+          "was trained on: %s.",
+          workdir,
+          "; ".join(train + test),
+      )
+    return
+  if train:
+    raise DataError(
+        f"the training data differs from the data the run in {workdir} "
+        f"started with: {'; '.join(train)}; resume with the original data or "
+        "use a new --workdir."
+    )
+  if test:
+    logging.warning(
+        "The test split differs from the one the run in %s was "
+        "evaluated on so far: %s.",
+        workdir,
+        "; ".join(test),
+    )

@@ -178,7 +178,7 @@ _TIMEOUT = flags.DEFINE_float("timeout", 3600, "Seconds before all stop.")
 _LOG_DIR = flags.DEFINE_string(
     "logs",
     None,
-    "Where process_<i>.log go (a new temporary " "folder if unset).",
+    "Where process_<i>.log go (a new temporary folder if unset).",
 )
 
 

@@ -26,6 +26,13 @@ extra keys, shapes) is a one-line `ConfigError` saying what differs.
 
 `read_run` restores a workdir's weights without its dataset (the shapes come
 from the checkpoint's metadata); `maskcon_jax.embed` uses it too.
+
+It is over 600 lines (about 900) because both ways of starting from other
+weights share the copying rules (which modules are taken, which stay fresh,
+the report of what happened): another run's checkpoint, and torchvision
+state dicts, whose reading (npz, safetensors without the package) and
+renaming onto our modules for both block types and both stems is most of
+the module.
 """
 
 from __future__ import annotations
@@ -140,7 +147,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
       mngr.close()
   if not steps:
     raise UserError(
-        f"no checkpoint in {ckpt_dir}: train first with " "maskcon_jax.train."
+        f"no checkpoint in {ckpt_dir}: train first with maskcon_jax.train."
     )
   return steps
 

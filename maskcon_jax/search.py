@@ -365,7 +365,7 @@ def run_search(
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(
-        f"cannot create --out={out}: {e.strerror}; choose a " "writable folder."
+        f"cannot create --out={out}: {e.strerror}; choose a writable folder."
     ) from e
   query_images = (
       _read_for_display(encoder, embedded["paths"])
@@ -435,7 +435,7 @@ def define_flags() -> None:
       "(recursive) or a CSV list of image paths.",
   )
   flags.DEFINE_string(
-      "out", None, "The folder for neighbours.json and the " "PNG grids."
+      "out", None, "The folder for neighbours.json and the PNG grids."
   )
   flags.DEFINE_integer("k", 10, "Neighbours per query.")
   flags.DEFINE_string(
@@ -445,23 +445,23 @@ def define_flags() -> None:
       "moved (default: the workdir the index records).",
   )
   flags.DEFINE_integer(
-      "checkpoint", None, "The checkpoint step (default: " "the index's)."
+      "checkpoint", None, "The checkpoint step (default: the index's)."
   )
   flags.DEFINE_boolean(
       "skip_bad",
       False,
-      "Skip query files that can't be " "decoded instead of stopping.",
+      "Skip query files that can't be decoded instead of stopping.",
   )
   flags.DEFINE_boolean(
       "include_self",
       False,
-      "Keep a query's own index " "entry among its neighbours.",
+      "Keep a query's own index entry among its neighbours.",
   )
   flags.DEFINE_boolean("grids", True, "Write one PNG per query.")
   flags.DEFINE_float(
       "memory_mb",
       DEFAULT_MEMORY_MB,
-      "Bound on the search's " "per-chunk similarity matrices, in MB.",
+      "Bound on the search's per-chunk similarity matrices, in MB.",
   )
   flags.mark_flags_as_required(["index", "query", "out"])
 

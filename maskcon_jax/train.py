@@ -187,7 +187,7 @@ def define_flags(
   workdir = flags.DEFINE_string(
       "workdir",
       None,
-      "Directory for checkpoints, TensorBoard events and " "results.json.",
+      "Directory for checkpoints, TensorBoard events and results.json.",
       flag_values=flag_values,
   )
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)

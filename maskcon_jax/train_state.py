@@ -193,3 +193,16 @@ def create_train_state(
       apply_fn=model.apply,
       tx=tx,
   )
+
+
+def query_variables(state) -> dict[str, Any]:
+  """The query encoder's ``{"params", "batch_stats"}`` of ``state``."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def key_variables(state) -> dict[str, Any]:
+  """The EMA key encoder's ``{"params", "batch_stats"}`` of ``state``."""
+  return {
+      "params": state.target_params,
+      "batch_stats": state.target_batch_stats,
+  }

@@ -1,22 +1,24 @@
 """``train_and_evaluate``: the training loop, evaluation and checkpoints.
 
 Here: the mesh, the experiment built from a config (data, model, optimizer,
-state), the train and queue pre-fill steps, the monitors and evaluation, the
-run lock, the guard against non-finite steps, the metric writers, the loop
-itself (`train_and_evaluate`) and `evaluate_untrained`. The loop's parts
-live in their own modules:
+state), the train and queue pre-fill steps, the run lock across processes,
+the metric writers, the loop itself (`train_and_evaluate`) and
+`evaluate_untrained`. The loop's parts live in their own modules:
 
 * `batches`: the training batches of every step, in an order that is a
   function of (seed, step) alone, so a resumed run replays exactly;
 * `checkpoints`: the checkpoint folder, restoring the newest readable
   checkpoint, setting damaged ones aside;
 * `signals`: SIGTERM and Ctrl-C stop the run after the current step;
-* `workdir_io`: atomic JSON writes and failed writes as one-line errors.
+* `workdir_io`: atomic JSON writes and failed writes as one-line errors;
+* `monitors`: the evaluation, the online k-NN monitor and the soft-target
+  diagnostics;
+* `nonfinite`: detecting non-finite steps, skipping or poisoning them;
+* `fingerprint`: resuming only onto the data a run started with.
 
-It is over 600 lines (about 900) because it keeps everything a run builds
+It is over 600 lines (about 850) because it keeps everything a run builds
 and calls besides those parts; the loop alone (`_train_and_evaluate`) is
-some 240 lines of closures over one run's bookkeeping. The monitors are the
-next candidates to move out.
+some 290 lines of closures over one run's bookkeeping.
 """
 
 from __future__ import annotations
@@ -43,18 +45,19 @@ from maskcon_jax import checkpoints
 from maskcon_jax import configuration
 from maskcon_jax import debugpoints
 from maskcon_jax import embedding
-from maskcon_jax import evaluation
 from maskcon_jax import fingerprint
 from maskcon_jax import input_pipeline
 from maskcon_jax import methods
 from maskcon_jax import models
+from maskcon_jax import monitors
+from maskcon_jax import nonfinite as nonfinite_lib
 from maskcon_jax import pretrained
 from maskcon_jax import runlock
 from maskcon_jax import signals
 from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
 from maskcon_jax import workdir_io
-from maskcon_jax.errors import DataError, Interrupted
+from maskcon_jax.errors import Interrupted
 from maskcon_jax.errors import NonFiniteError
 from maskcon_jax.errors import UserError, WorkdirError
 
@@ -72,119 +75,6 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(
       np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
   )
-
-
-def query_variables(state) -> dict[str, Any]:
-  """The query encoder's ``{"params", "batch_stats"}`` of ``state``."""
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def key_variables(state) -> dict[str, Any]:
-  """The EMA key encoder's ``{"params", "batch_stats"}`` of ``state``."""
-  return {
-      "params": state.target_params,
-      "batch_stats": state.target_batch_stats,
-  }
-
-
-def knn_monitor(
-    state, dataset, config, embedder: embedding.Embedder
-) -> float | None:
-  """Cheap online k-NN: fine top-1 of a test subset against a train subset.
-
-  The first ``knn_monitor_size`` items of each split (in-memory data with
-  fine labels only), cosine similarity of backbone features, k = 20 with
-  InstDisc's weighted vote. Meant for watching a run, not for reporting.
-  """
-  if (
-      isinstance(dataset, input_pipeline.StreamingDataset)
-      or not dataset.has_fine_labels
-  ):
-    return None
-  size = config.get("knn_monitor_size") or 2000
-  variables = query_variables(state)
-  bank = embedder.arrays(variables, dataset.train_images[:size])["features"]
-  queries = embedder.arrays(variables, dataset.test_images[:size])["features"]
-  return evaluation.knn_classify(
-      bank,
-      dataset.train_fine[:size],
-      queries,
-      dataset.test_fine[:size],
-      num_classes=dataset.hierarchy.num_fine,
-  )
-
-
-# Training items whose keys stand for the queries of `target_diagnostics`.
-TARGET_DIAGNOSTIC_QUERIES = 512
-
-
-def target_diagnostics(
-    state, dataset, config, embedder: embedding.Embedder
-) -> dict[str, float]:
-  """Where MaskCon's soft target points, for the current key encoder.
-
-  The key encoder embeds (test views, BN in eval mode) up to
-  ``config.queue_size`` training items as a stand-in queue and the next
-  `TARGET_DIAGNOSTIC_QUERIES` as queries; `evaluation.
-  soft_target_diagnostics` at ``config.t`` reports the share of the
-  neighbour target on the query's own fine class, against the share a
-  uniform same-coarse target (grafit) gives, and both entropies. Unlike the
-  training queue, every key comes from the current encoder. For every queue
-  mode (what MaskCon's target would be with that mode's encoder); empty for
-  the in-batch modes and for data without in-memory fine labels.
-  """
-  if (
-      config.mode not in methods.QUEUE_MODES
-      or isinstance(dataset, input_pipeline.StreamingDataset)
-      or not dataset.has_fine_labels
-      or dataset.num_train < 4
-  ):
-    return {}
-  num_queries = min(TARGET_DIAGNOSTIC_QUERIES, dataset.num_train // 2)
-  num_queue = min(config.queue_size, dataset.num_train - num_queries)
-  items = slice(0, num_queue + num_queries)
-  projections = evaluation.l2_normalize_np(
-      embedder.arrays(key_variables(state), dataset.train_images[items])[
-          "projection"
-      ]
-  )
-  fine, coarse = dataset.train_fine[items], dataset.train_coarse[items]
-  queue, queries = slice(0, num_queue), slice(num_queue, None)
-  return evaluation.soft_target_diagnostics(
-      projections[queries],
-      fine[queries],
-      coarse[queries],
-      projections[queue],
-      fine[queue],
-      coarse[queue],
-      t=config.t,
-  )
-
-
-def evaluate(
-    state, dataset, config, embedder: embedding.Embedder
-) -> dict[str, float]:
-  """Fine and coarse Recall@K on the test split's backbone features, and
-  fine Recall@K within each coarse class, plus `target_diagnostics`.
-
-  Data without fine labels reports coarse retrieval only.
-  """
-  emb = embedder.split(query_variables(state), dataset, "test")
-  ks = tuple(config.retrieval_ks)
-  metrics = {}
-  levels = [("coarse", emb["coarse"])]
-  if emb["fine"] is not None:
-    levels.insert(0, ("fine", emb["fine"]))
-  for level, labels in levels:
-    recalls = evaluation.recall_at_k(emb["features"], labels, ks)
-    metrics.update({f"{level}_recall@{k}": v for k, v in recalls.items()})
-  if emb["fine"] is not None:
-    within = evaluation.within_group_recall_at_k(
-        emb["features"], emb["fine"], emb["coarse"], (1,)
-    )
-    metrics["fine_within_coarse_recall@1"] = within[1]
-  metrics.update(target_diagnostics(state, dataset, config, embedder))
-  return metrics
 
 
 def state_initializer(config, model, tx, dataset):
@@ -451,8 +341,9 @@ def load_trained(
 
 
 # ---------------------------------------------------------------------------
-# Reliability: the run lock, non-finite steps, resuming onto the same data.
-# Damaged checkpoints, stop signals and failed writes: `checkpoints`,
+# Reliability: the run lock across processes. Non-finite steps, other data,
+# damaged checkpoints, stop signals and failed writes: `nonfinite`,
+# `fingerprint`, `checkpoints`,
 # `signals` and `workdir_io`.
 # ---------------------------------------------------------------------------
 
@@ -513,128 +404,10 @@ def take_run_lock(workdir: str, *, force: bool = False) -> runlock.RunLock:
   return lock
 
 
-def _all_finite(tree) -> jax.Array:
-  """Whether every floating-point value in ``tree`` is finite."""
-  checks = [
-      jnp.all(jnp.isfinite(leaf))
-      for leaf in jax.tree.leaves(tree)
-      if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
-
-
-_state_is_finite = jax.jit(_all_finite)
-
-
-def _metrics_finite(metrics: dict[str, Any]) -> bool:
-  """The host-side twin of ``_all_finite`` for one step's fetched metrics."""
-  return all(
-      np.all(np.isfinite(v))
-      for v in metrics.values()
-      if np.issubdtype(np.asarray(v).dtype, np.inexact)
-  )
-
-
 def _make_step_fn(exp: Experiment):
-  """The train step, wrapped where non-finite steps are skipped or poisoned.
-
-  Without ``max_nonfinite_steps`` or ``debug_nan_at_step`` this is
-  `make_train_step` itself. Otherwise one jitted wrapper runs it and then
-
-  * poisons the weights and loss of steps ``debug_nan_at_step`` ..
-    ``debug_nan_at_step + debug_nan_num_steps - 1`` (as a diverging run
-    would), and
-  * if ``max_nonfinite_steps > 0``, returns the input state with only its
-    step advanced when any floating-point metric is not finite.
-
-  The step donates its input state, so the wrapper (jitted as a whole) is the
-  only place the old state is still available for the select. The settings
-  enter as data, so every combination shares one compiled program.
-  """
-  config = exp.config
-  step_fn = make_train_step(exp)
-  skip = bool(config.get("max_nonfinite_steps"))
-  poison_at = config.get("debug_nan_at_step")
-  if not skip and poison_at is None:
-    return step_fn
-  first, end = 0, 0  # An empty range of poisoned steps.
-  if poison_at is not None:
-    first, end = poison_at, poison_at + (config.get("debug_nan_num_steps") or 1)
-  controls = jnp.asarray([first, end, int(skip)], jnp.int32)
-
-  def guarded(state, batch, controls):
-    new_state, metrics = step_fn(state, batch)
-    number = state.step + 1
-    poisoned = (number >= controls[0]) & (number < controls[1])
-    scale = jnp.where(poisoned, jnp.nan, 1.0)
-    new_state = new_state.replace(
-        params=jax.tree.map(
-            lambda p: p * scale.astype(p.dtype), new_state.params
-        )
-    )
-    metrics = {
-        **metrics,
-        "loss": metrics["loss"] * scale.astype(metrics["loss"].dtype),
-    }
-    keep = _all_finite(metrics) | (controls[2] == 0)
-    unchanged = state.replace(step=state.step + 1)
-    new_state = jax.tree.map(
-        lambda new, old: jnp.where(keep, new, old), new_state, unchanged
-    )
-    return new_state, metrics
-
-  guarded = jax.jit(guarded, donate_argnums=0)
-  return lambda state, batch: guarded(state, batch, controls)
-
-
-def _check_same_data(
-    workdir: str,
-    saved: dict[str, Any] | None,
-    current: dict[str, Any],
-    *,
-    finished: bool,
-) -> None:
-  """Refuses to resume ``workdir``'s run on other training data.
-
-  ``saved`` is the run's `fingerprint` (None for runs from before them: they
-  resume with a warning, and the fingerprint is recorded from then on). A
-  finished run is only re-evaluated, so other data is allowed there, with a
-  warning naming it; a resumed run on another test split is warned about too.
-
-  Raises:
-    DataError: the training data differs; the line says how.
-  """
-  if saved is None:
-    logging.warning(
-        "%s has no record of the data its run used (a run from "
-        "before data fingerprints): %s without checking it.",
-        workdir,
-        "re-evaluating" if finished else "resuming",
-    )
-    return
-  train, test = fingerprint.differences(saved, current)
-  if finished:
-    if train or test:
-      logging.warning(
-          "Evaluating the finished run in %s on other data than it "
-          "was trained on: %s.",
-          workdir,
-          "; ".join(train + test),
-      )
-    return
-  if train:
-    raise DataError(
-        f"the training data differs from the data the run in {workdir} "
-        f"started with: {'; '.join(train)}; resume with the original data or "
-        "use a new --workdir."
-    )
-  if test:
-    logging.warning(
-        "The test split differs from the one the run in %s was "
-        "evaluated on so far: %s.",
-        workdir,
-        "; ".join(test),
-    )
+  """The train step, guarded against non-finite steps as the config asks
+  (`nonfinite.guard_step`)."""
+  return nonfinite_lib.guard_step(make_train_step(exp), exp.config)
 
 
 def train_and_evaluate(
@@ -691,7 +464,7 @@ def _train_and_evaluate(
   restored = checkpoints.restore_latest(exp, workdir)
   data_print = fingerprint.of_dataset(exp.dataset)
   if restored.step is not None:
-    _check_same_data(
+    fingerprint.check_same_data(
         workdir,
         fingerprint.read(workdir),
         data_print,
@@ -810,7 +583,7 @@ def _train_and_evaluate(
     values = jax.device_get([m for _, m in pending])
     pending = []
     for number, metrics in zip(numbers, values):
-      if _metrics_finite(metrics):
+      if nonfinite_lib.metrics_finite(metrics):
         fetched.append(metrics)
         continue
       nonfinite += 1
@@ -859,7 +632,7 @@ def _train_and_evaluate(
     # background); the handler around the loop turns it into one line.
     nonlocal last_saved, space_warned
     check_pending()
-    if not bool(_state_is_finite(state)):
+    if not bool(nonfinite_lib.state_is_finite(state)):
       raise nonfinite_error(step, "non-finite weights")
     if not space_warned:
       warning = workdir_io.space_warning(ckpt_dir)
@@ -893,14 +666,14 @@ def _train_and_evaluate(
         if done % config.checkpoint_every_steps == 0 or done == last_step:
           save(done, state)
         if done % eval_every == 0 and done != total_steps and not stop.stopping:
-          eval_metrics = evaluate(state, dataset, config, exp.embedder)
+          eval_metrics = monitors.evaluate(state, dataset, config, exp.embedder)
           writer.write_scalars(
               done, {f"eval/{k}": v for k, v in eval_metrics.items()}
           )
           logging.info("eval at step %d: %s", done, _summary_line(eval_metrics))
         knn_every = config.get("knn_monitor_every_steps")
         if knn_every and done % knn_every == 0 and not stop.stopping:
-          top1 = knn_monitor(state, dataset, config, exp.embedder)
+          top1 = monitors.knn_monitor(state, dataset, config, exp.embedder)
           if top1 is not None:
             writer.write_scalars(done, {"monitor/knn_fine_top1": top1})
             logging.info("kNN monitor at step %d: fine top-1 %.4f", done, top1)
@@ -929,7 +702,7 @@ def _train_and_evaluate(
 
   if final_step == total_steps or final_step == last_step:
     debugpoints.reached("final_eval", final_step)
-    eval_metrics = evaluate(state, dataset, config, exp.embedder)
+    eval_metrics = monitors.evaluate(state, dataset, config, exp.embedder)
     writer.write_scalars(
         final_step, {f"eval/{k}": v for k, v in eval_metrics.items()}
     )
@@ -1072,7 +845,7 @@ def _evaluate_untrained(
     raise
   mngr.close()
 
-  metrics = evaluate(exp.state, exp.dataset, config, exp.embedder)
+  metrics = monitors.evaluate(exp.state, exp.dataset, config, exp.embedder)
   results = {
       **metrics,
       "step": 0,

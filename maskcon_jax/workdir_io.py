@@ -231,7 +231,7 @@ def read_saved_config(path: str) -> dict[str, Any] | None:
     ) from e
   if not isinstance(saved, dict):
     raise WorkdirError(
-        f"{path} does not hold a config; restore it or use a " "new --workdir."
+        f"{path} does not hold a config; restore it or use a new --workdir."
     )
   return saved
 

@@ -14,6 +14,7 @@ import pytest
 from configs import tiny
 from maskcon_jax import configuration
 from maskcon_jax import input_pipeline
+from maskcon_jax.datasets import builtin
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import DataError
 from tests.test_input_pipeline import IDX_NAMES
@@ -315,7 +316,7 @@ def test_bad_map_fails_before_the_data_is_read(tmp_path, monkeypatch):
   # No Fashion-MNIST anywhere: the map's problem is still the one reported.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds"))
   monkeypatch.setattr(
-      input_pipeline, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no_debian")
+      builtin, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no_debian")
   )
   missing = str(tmp_path / "nowhere.csv")
   _one_line_error(

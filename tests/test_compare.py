@@ -17,6 +17,7 @@ from maskcon_jax import compare
 from maskcon_jax import configuration
 from maskcon_jax import evaluate
 from maskcon_jax import methods
+from maskcon_jax import monitors
 from maskcon_jax import trainer
 from maskcon_jax.errors import UserError
 from tests.conftest import REPO_ROOT
@@ -207,7 +208,7 @@ def test_untrained_row_is_the_initial_state(compared):
   config = _config().copy_and_resolve_references()
   config.seed = 4
   exp = trainer.build_experiment(config)
-  direct = trainer.evaluate(exp.state, exp.dataset, config, exp.embedder)
+  direct = monitors.evaluate(exp.state, exp.dataset, config, exp.embedder)
   results = json.loads((run_dir / "results.json").read_text())
   for key, value in direct.items():
     assert results[key] == pytest.approx(value, abs=1e-6), key
@@ -450,7 +451,7 @@ def test_directory_name(spec, name):
         (
             ["maskcon", "nope"],
             None,
-            "unknown mode 'nope'.*available: maskcon.*" "untrained",
+            "unknown mode 'nope'.*available: maskcon.*untrained",
         ),
         (["grafit:w"], None, "'w' in 'grafit:w' is not FIELD=VALUE"),
         (["grafit:mode=moco"], None, "sets the mode twice"),

@@ -303,13 +303,13 @@ def test_folder_map_errors(image_folder, tmp_path):
 
   partial = {k: v for k, v in _MAP.items() if k not in ("cat", "10")}
   with pytest.raises(
-      DataError, match="2 class folders unmapped: '10', " "'cat'"
+      DataError, match="2 class folders unmapped: '10', 'cat'"
   ) as info:
     load(coarse_map=_write_map(tmp_path / "partial.csv", partial))
   assert "\n" not in str(info.value)
   extra = {**_MAP, "horse": "animal", "bus": "vehicle"}
   with pytest.raises(
-      DataError, match="2 classes with no folder.*'bus', " "'horse'"
+      DataError, match="2 classes with no folder.*'bus', 'horse'"
   ):
     load(coarse_map=_write_map(tmp_path / "extra.json", extra))
   with pytest.raises(ConfigError, match="coarse_map"):
@@ -472,7 +472,7 @@ def test_csv_errors(tmp_path, csv_images):
 
   conflict = _write_csv(data / "conflict.csv", [(csv_images[1], "b", "x")])
   with pytest.raises(
-      DataError, match="Fine class 'x' has coarse class 'b' " "and 'a'"
+      DataError, match="Fine class 'x' has coarse class 'b' and 'a'"
   ):
     load(conflict)
   coarse_only = _write_csv(data / "coarse.csv", [(csv_images[1], "b")])

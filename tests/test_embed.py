@@ -13,6 +13,7 @@ from PIL import Image
 from configs import tiny
 from maskcon_jax import embed
 from maskcon_jax import input_pipeline
+from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step
 from maskcon_jax import trainer
 from maskcon_jax.errors import DataError, UserError
@@ -64,7 +65,7 @@ def test_embed_files_equals_the_librarys_embedding(run, tmp_path):
   exp, state = trainer.load_trained(run["workdir"])
   library = jax.device_get(
       train_step.embed_step(
-          trainer.query_variables(state),
+          train_state_lib.query_variables(state),
           run["images"],
           apply_fn=exp.model.apply,
           image_size=exp.config.image_size,
@@ -126,7 +127,7 @@ def test_wrong_image_arrays_are_one_line_errors(run):
       (np.zeros((2, 8, 8, 1), np.uint8), r"have 1 channels, the run's have 3"),
       (
           np.zeros((2, 8, 8, 3), np.float32),
-          r"are float32, the run embeds " "uint8",
+          r"are float32, the run embeds uint8",
       ),
       (np.zeros((8, 8, 3), np.uint8), r"must be an array \(N, 8, 8, 3\)"),
   ):
@@ -146,9 +147,7 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path):
     )
   (tmp_path / "empty" / "sub").mkdir(parents=True)
   (tmp_path / "empty" / "notes.txt").write_text("no images")
-  with pytest.raises(
-      UserError, match=r"holds no images .* even in " "subfolders"
-  ):
+  with pytest.raises(UserError, match=r"holds no images .* even in subfolders"):
     embed.run_embed(
         run["workdir"], str(tmp_path / "empty"), str(tmp_path / "x.npz")
     )
@@ -186,9 +185,7 @@ def test_undecodable_files_stop_the_run_or_are_skipped(run, tmp_path):
       list(arrays["skipped"])
   )
   listing.write_text(f"{broken}\n")
-  with pytest.raises(
-      DataError, match="none of the 1 images could be " "decoded"
-  ):
+  with pytest.raises(DataError, match="none of the 1 images could be decoded"):
     embed.run_embed(
         run["workdir"], str(listing), str(tmp_path / "x.npz"), skip_bad=True
     )

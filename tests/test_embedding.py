@@ -20,6 +20,7 @@ from maskcon_jax import evaluate
 from maskcon_jax import evaluation
 from maskcon_jax import export
 from maskcon_jax import input_pipeline
+from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step
 from maskcon_jax import trainer
 from maskcon_jax.errors import UserError
@@ -79,7 +80,7 @@ def _in_memory_reference(workdir):
   assert isinstance(exp.dataset, input_pipeline.Dataset)
   out = jax.device_get(
       train_step.embed_step(
-          trainer.query_variables(state),
+          train_state_lib.query_variables(state),
           exp.dataset.test_images,
           apply_fn=exp.model.apply,
           image_size=exp.config.image_size,
@@ -135,7 +136,9 @@ def test_streamed_images_are_read_by_index(streamed_run):
 
 def test_training_split_of_a_streamed_run_embeds_in_stored_order(streamed_run):
   exp, state = trainer.load_trained(streamed_run)
-  out = exp.embedder.split(trainer.query_variables(state), exp.dataset, "train")
+  out = exp.embedder.split(
+      train_state_lib.query_variables(state), exp.dataset, "train"
+  )
   memory, _ = _in_memory_reference(streamed_run)
   np.testing.assert_array_equal(out["fine"], memory.train_fine)
   np.testing.assert_array_equal(out["coarse"], memory.train_coarse)
@@ -159,7 +162,7 @@ def test_embeddings_do_not_depend_on_batching_or_devices(
   )
   assert embedder.batch_size % num_devices == 0
   assert embedder.batch_size >= batch_size
-  variables = jax.device_get(trainer.query_variables(exp.state))
+  variables = jax.device_get(train_state_lib.query_variables(exp.state))
   images = exp.dataset.test_images[:21]
   got = embedder.arrays(variables, images)
   want = jax.device_get(

@@ -80,7 +80,7 @@ def test_readme_loader_runs_with_jax_alone(exported):
       [
           sys.executable,
           "-c",
-          _BLOCK_IMPORTS + code + "\nprint(features.shape, " "features.dtype)",
+          _BLOCK_IMPORTS + code + "\nprint(features.shape, features.dtype)",
       ],
       cwd=exported["out"],
       capture_output=True,

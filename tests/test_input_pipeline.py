@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from maskcon_jax import input_pipeline
+from maskcon_jax.datasets import builtin
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import DataError
 
@@ -70,7 +71,7 @@ def no_default_fashion_mnist(monkeypatch, tmp_path):
   """Hides the default TFDS data_dir and the Debian folder."""
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty_tfds"))
   monkeypatch.setattr(
-      input_pipeline,
+      builtin,
       "DEBIAN_FASHION_MNIST_DIR",
       str(tmp_path / "no_debian_package"),
   )
@@ -382,7 +383,7 @@ def test_debian_folder_is_used_without_data_dir(
   del no_default_fashion_mnist
   written = _fake_fashion_mnist(tmp_path / "debian", gz=True)
   monkeypatch.setattr(
-      input_pipeline, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian")
+      builtin, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian")
   )
   ds = input_pipeline.load_dataset(_config(dataset="fashion_mnist"))
   np.testing.assert_array_equal(ds.test_fine, written[IDX_NAMES[3]])
@@ -425,7 +426,7 @@ def test_real_fashion_mnist_from_debian_package(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def tfds_data_dir(tmp_path_factory):
   """A tiny prepared `fashion_mnist` (13 train / 6 test) and its arrays."""
-  tfds = input_pipeline._import_tfds()  # pylint: disable=protected-access
+  tfds = builtin._import_tfds()  # pylint: disable=protected-access
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   data_dir = tmp_path_factory.mktemp("tfds")
@@ -507,7 +508,7 @@ def test_tfds_copy_without_tfds_installed(
   monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_data_dir))
   written = _fake_fashion_mnist(tmp_path / "debian", gz=True)
   monkeypatch.setattr(
-      input_pipeline, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian")
+      builtin, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian")
   )
   ds = input_pipeline.load_dataset(_config(dataset="fashion_mnist"))
   np.testing.assert_array_equal(ds.train_fine, written[IDX_NAMES[1]])

@@ -150,7 +150,7 @@ def test_moved_run_and_bad_indexes(indexed, tmp_path):
   embed.run_embed(str(copy), str(indexed["folder"]), str(index))
   shutil.move(copy, tmp_path / "moved")
   with pytest.raises(
-      UserError, match=r"which is gone: pass its new place as " "--workdir"
+      UserError, match=r"which is gone: pass its new place as --workdir"
   ):
     search.run_search(str(index), query, str(tmp_path / "r"))
   report = search.run_search(
@@ -167,7 +167,7 @@ def test_moved_run_and_bad_indexes(indexed, tmp_path):
   exported = tmp_path / "export.npz"
   np.savez(exported, features=np.zeros((2, 3)), image_ids=np.arange(2))
   with pytest.raises(
-      UserError, match=r"an export of a split, which has no " "image paths"
+      UserError, match=r"an export of a split, which has no image paths"
   ):
     search.run_search(str(exported), query, str(tmp_path / "r"))
   (tmp_path / "junk.npz").write_bytes(b"junk")

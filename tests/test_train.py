@@ -13,6 +13,7 @@ import pytest
 from configs import tiny
 from maskcon_jax import checkpoints
 from maskcon_jax import methods
+from maskcon_jax import monitors
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, UserError
 from tests.conftest import REPO_ROOT
@@ -162,7 +163,7 @@ def test_online_knn_monitor(tmp_path):
   config.stop_after_steps = 4
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   exp, state = trainer.load_trained(str(tmp_path / "run"))
-  top1 = trainer.knn_monitor(state, exp.dataset, exp.config, exp.embedder)
+  top1 = monitors.knn_monitor(state, exp.dataset, exp.config, exp.embedder)
   assert 0.0 <= top1 <= 1.0
   # The monitor's value reached the TensorBoard event files.
   from tensorboard.backend.event_processing import event_accumulator

@@ -12,6 +12,10 @@ Two containers hold a train/test image dataset:
 Both get their examples from an `ImageSource`: either a prepared TFDS split
 (`TfdsSource`) or a list of image files (`FileSource`). TensorFlow is imported
 only when images are actually read.
+
+It is over 600 lines (about 1,100) because the two containers share the
+machinery below them (sources, decoding, sharded and padded batching, the
+label hierarchy); the dataset-specific loaders are in the sibling modules.
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ class LabelHierarchy:
         )
       if not names:
         raise ValueError(
-            f"LabelHierarchy level {i + 2} needs at least one " "class."
+            f"LabelHierarchy level {i + 2} needs at least one class."
         )
       _check_level(parents, len(names), f"level-{i + 2}", "child")
       num_children = len(names)
@@ -271,7 +275,7 @@ class Dataset:
     object.__setattr__(self, "std", tuple(float(s) for s in self.std))
     if (self.train_fine is None) != (self.test_fine is None):
       raise ValueError(
-          "train_fine and test_fine must both be arrays or both " "be None."
+          "train_fine and test_fine must both be arrays or both be None."
       )
     for split in ("train", "test"):
       images = getattr(self, f"{split}_images")

@@ -631,7 +631,7 @@ def load_csv(
     _check_files_exist(
         paths,
         f"{csv_path!r}",
-        "fix the paths (relative ones are relative to the " "CSV's folder).",
+        "fix the paths (relative ones are relative to the CSV's folder).",
     )
     sources.append(
         core.FileSource(

@@ -295,7 +295,7 @@ class Saliency(base.Method):
       self.fail(
           "num_hard_negatives",
           hard,
-          "must be an integer >= 0 (0: no " "hard negatives)",
+          "must be an integer >= 0 (0: no hard negatives)",
       )
     self.check_choice(options, "strategy", STRATEGIES)
     self.check_choice(options, "fg_rule", FG_RULES)
@@ -325,7 +325,7 @@ class Saliency(base.Method):
         self.fail(
             field,
             ratio,
-            "must be a pair (low, high) with 0 <= low <= " "high <= 1",
+            "must be a pair (low, high) with 0 <= low <= high <= 1",
         )
 
   def rng_names(self, options):

@@ -56,7 +56,7 @@ class SelfCon(base.Method):
       self.fail(
           "position",
           position,
-          "must be 1, 2 or 3 (the stage the exit " "follows; the paper uses 2)",
+          "must be 1, 2 or 3 (the stage the exit follows; the paper uses 2)",
       )
     self.check_choice(options, "size", SIZES)
     self.check_bool(options, "label_free")
