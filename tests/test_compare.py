@@ -14,6 +14,7 @@ import pytest
 
 from configs import tiny
 from maskcon_jax import compare
+from maskcon_jax import compare_report
 from maskcon_jax import configuration
 from maskcon_jax import evaluate
 from maskcon_jax import methods
@@ -174,18 +175,26 @@ def test_paired_difference_matches_numpy():
   a[3], b[5] = None, float("nan")  # Missing: only the other pairs count.
   common = [s for s in range(2, 8)]
   expected = _numpy_paired([a[s] for s in common], [b[s] for s in common])
-  mean, se, n = compare.paired_difference(a, b)
+  mean, se, n = compare_report.paired_difference(a, b)
   assert n == expected[2] == 4
   assert mean == pytest.approx(expected[0], abs=1e-12)
   assert se == pytest.approx(expected[1], abs=1e-12)
   # Not the unpaired error: the shared per-seed offset cancels.
   offset = {s: 0.1 * s for s in range(5)}
-  paired = compare.paired_difference(
+  paired = compare_report.paired_difference(
       {s: offset[s] + 0.02 + 0.001 * (s % 2) for s in offset}, offset
   )
   assert paired[0] == pytest.approx(0.0204) and paired[1] < 0.001
-  assert compare.paired_difference({1: 0.5}, {1: 0.25}) == (0.25, None, 1)
-  assert compare.paired_difference({1: 0.5}, {2: 0.25}) == (None, None, 0)
+  assert compare_report.paired_difference({1: 0.5}, {1: 0.25}) == (
+      0.25,
+      None,
+      1,
+  )
+  assert compare_report.paired_difference({1: 0.5}, {2: 0.25}) == (
+      None,
+      None,
+      0,
+  )
 
 
 def test_rows_hold_paired_differences_to_the_reference(compared):
@@ -548,7 +557,7 @@ def test_plot_is_zoomed_to_the_data(tmp_path):
       (0.7 + 0.01 * i + rng.normal(0, 0.005, 3)).tolist() for i in range(15)
   ]
   path = tmp_path / "fifteen.png"
-  low, high = compare.plot_comparison(_rows(values), str(path))
+  low, high = compare_report.plot_comparison(_rows(values), str(path))
   flat = np.ravel(values)
   assert 0.5 < low < flat.min() and flat.max() < high <= 1.0
   assert high - low < 0.3  # Not 0..1: differences of a point show.
@@ -558,7 +567,7 @@ def test_plot_is_zoomed_to_the_data(tmp_path):
   assert png.shape[0] > 500  # Taller with more entries: labels stay apart.
 
   # The untrained encoder stays in view, far below the trained ones.
-  low, high = compare.plot_comparison(
+  low, high = compare_report.plot_comparison(
       _rows(values[:2], [0.2, 0.25, 0.22]), str(tmp_path / "untrained.png")
   )
   assert 0.0 < low < 0.2 and 0.72 < high <= 1.0
@@ -572,7 +581,10 @@ def test_plot_is_zoomed_to_the_data(tmp_path):
           "fine_recall@1_std": None,
       }
   )
-  assert compare.plot_comparison(none, str(tmp_path / "none.png")) == (0, 1)
+  assert compare_report.plot_comparison(none, str(tmp_path / "none.png")) == (
+      0,
+      1,
+  )
 
 
 def test_cli_flags_add_the_optional_fields():
@@ -679,7 +691,7 @@ def test_entry_seeds_override_the_shared_seeds():
       }
       for cell, s in seeds.items()
   ]
-  table = compare.markdown_table(rows)
+  table = compare_report.markdown_table(rows)
   assert "| seeds |" in table.splitlines()[0] and "| 3, 5 |" in table
   for bad in ("moco:seeds=5|6", "moco:seeds=x", "moco:seeds=5+5"):
     with pytest.raises(UserError) as error:
