@@ -423,6 +423,7 @@ def test_color_jitter_params_are_random_permutations_in_range():
   assert np.all(factors.max(axis=0) > hi - 0.05)
 
 
+@pytest.mark.slow
 def test_color_jitter_probability_and_params():
   image = _colour_image(11)
 
@@ -522,6 +523,7 @@ def _view_fn(policy, size, channels):
 # Fashion-MNIST downscaled and upscaled, 8x8 digits, CIFAR-sized RGB and a
 # non-square RGB image. The weak policy is a prefix of the strong one, so one
 # shape covers it.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "policy, height, width, channels, size",
     [
@@ -624,6 +626,7 @@ def test_strong_view_applies_colour_jitter_and_grayscale():
   assert 0.13 < grey.mean() < 0.27
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "policy, make_key",
     [
@@ -683,6 +686,7 @@ def test_view_policies_registry():
   assert augment.VIEW_POLICIES["strong"] is augment.strong_view
 
 
+@pytest.mark.slow
 def test_jitted_batch_view_compiles_once():
   traces = []
   mean, std = _stats(3)
@@ -847,6 +851,7 @@ def test_perspective_endpoints_follow_torchvision_get_params(height, width):
       assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected))
 
 
+@pytest.mark.slow
 def test_random_perspective_probability_and_params():
   image = _random_image(21, (16, 16, 3))
 
@@ -917,6 +922,7 @@ def _np_gaussian_kernel(sigma, kernel_size):
   return pdf / pdf.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sigma, kernel_size", [(0.1, 3), (0.8, 5), (2.0, 7), (1.3, 23)]
 )
@@ -1006,6 +1012,7 @@ _DATASET_AUGMENTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", sorted(_DATASET_AUGMENTS))
 def test_dataset_views_under_jit_and_vmap(policy):
   mean, std = augment.NORMALIZATION["cifar10"]
@@ -1049,6 +1056,7 @@ _CIFAR_STRONG_FLAVOURS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", sorted(_CIFAR_STRONG_FLAVOURS))
 def test_cifar_strong_is_weak_then_autoaugment(policy):
   augment_fn, flavour = _CIFAR_STRONG_FLAVOURS[policy]
@@ -1074,6 +1082,7 @@ def test_cifar_strong_is_weak_then_autoaugment(policy):
   assert np.mean(np.any(out != weak, axis=(1, 2, 3))) > 0.3
 
 
+@pytest.mark.slow
 def test_cifar_strong_tv_is_the_torchvision_view_and_differs_from_official():
   # cifar_strong_tv is what cifar_strong was before the official policy:
   # crop + flip + torchvision's AutoAugment with the default arguments.
@@ -1100,6 +1109,7 @@ def test_cifar_strong_tv_is_the_torchvision_view_and_differs_from_official():
   assert 0.1 < differs.mean() < 0.9
 
 
+@pytest.mark.slow
 def test_cifar_strong_grey_image_matches_its_rgb_copy():
   # A 1-channel image gives, channel by channel, the view of its 3-channel
   # copy (fill 128/255 on the single channel; luma of a grey pixel = itself).
@@ -1120,6 +1130,7 @@ def test_cifar_strong_grey_image_matches_its_rgb_copy():
   assert np.mean(np.any(out1 == fill, axis=(1, 2, 3))) > 0.05
 
 
+@pytest.mark.slow
 def test_cars_views_apply_their_transforms_in_the_paper_order():
   # Recomposes each view from the public transforms with the same uniforms.
   image = _random_uint8(31, (40, 36, 3))
@@ -1180,6 +1191,7 @@ def test_cars_views_apply_their_transforms_in_the_paper_order():
     assert match.mean() >= 0.998, name
 
 
+@pytest.mark.slow
 def test_policy_views_matches_view_batch_per_policy():
   mean, std = augment.NORMALIZATION["cifar10"]
   images = _random_uint8(29, (4, 32, 32, 3))

@@ -412,6 +412,7 @@ _DISPATCH_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3])
 def test_apply_op_under_vmap_matches_each_op(channels):
   image = _float(_uint8(8, (12, 12, channels)))
@@ -445,6 +446,7 @@ _NEUTRAL = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3])
 def test_ops_at_neutral_magnitude_are_identity(channels):
   ops = np.asarray([aa.OP_INDEX[name] for name, _ in _NEUTRAL])
@@ -599,6 +601,7 @@ def test_sub_policy_choice_covers_all_25_and_steps_follow_the_policy():
   assert not np.any(run[index == 14, 1])
 
 
+@pytest.mark.slow
 def test_autoaugment_applies_the_drawn_steps():
   image = _float(_uint8(9, (16, 16, 3)))
   keys = jax.random.split(jax.random.PRNGKey(3), 64)
@@ -738,6 +741,7 @@ def _near_border(matrix, height, width, margin=1e-3):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [28, 32])
 @pytest.mark.parametrize("kind", ["rgb", "grey"])
 def test_official_ops_match_pil_reference(size, kind):
@@ -865,6 +869,7 @@ def test_official_shear_is_bicubic_and_torchvision_nearest():
     aa.shear_x(image, 0.3, resample="bilinear")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3])
 def test_affine_transform_bicubic_matches_pil(channels):
   # The general bicubic warp (the shears' row-wise path is checked against
@@ -1041,6 +1046,7 @@ def test_official_step_runs_only_below_its_probability():
     np.testing.assert_array_equal(step_ops, want, err_msg=flavour.name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [28, 32])
 def test_official_translate_offsets_round_half_up(size):
   # Every TranslateX bin, both signs, on an image whose pixel values are
@@ -1088,6 +1094,7 @@ def test_official_geometric_fill_is_grey_128():
     assert np.all(_levels(out[:, :, :3][out[:, :, :3] == fill]) == 128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flavour", [aa.TORCHVISION, aa.OFFICIAL], ids=lambda f: f.name
 )
@@ -1134,6 +1141,7 @@ def test_official_ops_preserve_shape_dtype_and_range():
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_official_autoaugment_grey_matches_repeated_rgb():
   # The whole policy, many draws: a grey image gives the same result as its
   # 3-channel copy, channel by channel, and every channel of the latter is
@@ -1155,6 +1163,7 @@ def test_official_autoaugment_grey_matches_repeated_rgb():
   assert 0.3 < changed.mean() < 1.0
 
 
+@pytest.mark.slow
 def test_official_autoaugment_applies_the_drawn_steps():
   image = _float(_uint8(17, (16, 16, 3)))
   keys = jax.random.split(jax.random.PRNGKey(18), 64)

@@ -529,6 +529,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv,setup,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
@@ -565,6 +566,7 @@ def test_bad_input_gives_one_exact_line_and_leaves_workdir(
   assert _snapshot(run) == before
 
 
+@pytest.mark.slow
 def test_cli_process_exits_with_one_line(tmp_path):
   """The real command line: status 2, one ``error:`` line, no traceback, for
   a value of the wrong type and an unknown field."""
@@ -690,6 +692,7 @@ _FIELDS = {
 NUM_TRAIN, DEVICES = 64, 8
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=400, deadline=None)
 @hypothesis.given(st.fixed_dictionaries({}, optional=_FIELDS))
 def test_config_checks_raise_only_user_errors(changes):

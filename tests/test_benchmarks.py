@@ -35,6 +35,7 @@ def _positive(*values):
   return all(v is not None and np.isfinite(v) and v > 0 for v in values)
 
 
+@pytest.mark.slow
 def test_step_throughput_smoke(tmp_path, capsys):
   # SelfCon: a method mode's step and multi-exit encoder build the same way
   # (the MaskCon step is timed by test_input_throughput_smoke's step row).
@@ -50,6 +51,7 @@ def test_step_throughput_smoke(tmp_path, capsys):
   assert "step_ms" in printed and "# device:" in printed
 
 
+@pytest.mark.slow
 def test_eval_throughput_smoke(tmp_path, capsys):
   rows, printed, data = _run(eval_throughput, tmp_path, capsys)
   assert [r["metric"] for r in rows] == list(eval_throughput.METRICS)
@@ -62,6 +64,7 @@ def test_eval_throughput_smoke(tmp_path, capsys):
   assert "load average" in printed and "rss_peak_mb" in printed
 
 
+@pytest.mark.slow
 def test_input_throughput_smoke(tmp_path, capsys):
   rows, printed, data = _run(
       input_throughput, tmp_path, capsys, "--image_sizes=32"
@@ -84,6 +87,7 @@ def test_input_throughput_smoke(tmp_path, capsys):
   assert "aug/step" in printed and "# device:" in printed
 
 
+@pytest.mark.slow
 def test_input_throughput_224_host_side(tmp_path, capsys):
   """The 224 px row: JPEG decode + resize and the Cars views (no step)."""
   _, _, data = _run(
@@ -132,6 +136,7 @@ def test_cpu_conv_micro_jax_side_without_torch(tmp_path, capsys):
   assert "kernel gradient shifted_matmuls" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2])
 def test_shifted_matmul_kernel_grad_matches_xla(stride):
   import jax  # pylint: disable=g-import-not-at-top

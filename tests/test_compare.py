@@ -62,6 +62,7 @@ def _table_lines(table):
   return [l for l in lines[:end] if l.startswith("| ")]
 
 
+@pytest.mark.slow
 def test_writes_table_plot_and_json(compared):
   workdir, rows = compared
   assert [r["label"] for r in rows] == [
@@ -115,6 +116,7 @@ def test_writes_table_plot_and_json(compared):
   assert png.ndim == 3 and png[..., :3].std() > 0.05
 
 
+@pytest.mark.slow
 def test_rows_are_mean_and_sample_std_of_the_runs(compared):
   workdir, rows = compared
   for row, name in zip(rows, ("maskcon", "grafit_w=1.0", "untrained")):
@@ -197,6 +199,7 @@ def test_paired_difference_matches_numpy():
   )
 
 
+@pytest.mark.slow
 def test_rows_hold_paired_differences_to_the_reference(compared):
   _, rows = compared
   assert [r["reference"] for r in rows] == ["maskcon"] * 3
@@ -211,6 +214,7 @@ def test_rows_hold_paired_differences_to_the_reference(compared):
       assert row[f"{key}_delta_se"] == pytest.approx(se, abs=1e-12), key
 
 
+@pytest.mark.slow
 def test_untrained_row_is_the_initial_state(compared):
   workdir, rows = compared
   run_dir = workdir / "untrained" / "seed_4"
@@ -231,6 +235,7 @@ def test_untrained_row_is_the_initial_state(compared):
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(fresh))
 
 
+@pytest.mark.slow
 def test_untrained_refuses_a_trained_workdir(compared, tmp_path):
   workdir, _ = compared
   run_dir = tmp_path / "trained"
@@ -246,6 +251,7 @@ def test_untrained_refuses_a_trained_workdir(compared, tmp_path):
   assert json.loads((run_dir / "results.json").read_text())["mode"] == "maskcon"
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(compared, monkeypatch):
   workdir, rows = compared
   _no_runs(monkeypatch)
@@ -255,6 +261,7 @@ def test_rerun_skips_finished_runs(compared, monkeypatch):
   )
 
 
+@pytest.mark.slow
 def test_finished_runs_saved_without_the_optional_fields_stay_finished(
     compared, monkeypatch
 ):
@@ -277,6 +284,7 @@ def test_finished_runs_saved_without_the_optional_fields_stay_finished(
   assert compare.run_comparison(config, MODES, str(workdir), SEEDS) == rows
 
 
+@pytest.mark.slow
 def test_reference_names_an_entry(compared, tmp_path, monkeypatch):
   workdir, rows = compared
   copy = tmp_path / "copy"
@@ -607,6 +615,7 @@ def test_cli_flags_add_the_optional_fields():
   assert flag_values.reference == "moco"
 
 
+@pytest.mark.slow
 def test_cli_untrained_with_an_optional_field_and_one_line_errors(tmp_path):
   workdir = tmp_path / "out"
   out = subprocess.run(

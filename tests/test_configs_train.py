@@ -15,6 +15,9 @@ from PIL import Image
 from maskcon_jax import hierarchies
 from maskcon_jax import trainer
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 TFDS_CONFIGS = (
     "cifar100",
     "cifartoy_good",

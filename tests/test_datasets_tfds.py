@@ -52,6 +52,7 @@ def _fixed_examples(labels: dict[str, np.ndarray], size: int = 6):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,size,num_fine,num_coarse,mean",
     [
@@ -459,6 +460,7 @@ def test_prepared_cars196_in_memory(prepared_cars196):
   assert limited.num_train == 4 and limited.num_test == 5
 
 
+@pytest.mark.slow
 def test_prepared_cars196_streams_disjoint_process_shares(prepared_cars196):
   stream = input_pipeline.load_dataset(
       _config(dataset="cars196", data_dir=prepared_cars196, image_size=8)

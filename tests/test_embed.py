@@ -40,6 +40,7 @@ def _paths(folder):
   return sorted(str(p) for p in folder.rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_embed_files_equals_the_librarys_embedding(run, tmp_path):
   out = tmp_path / "emb.npz"
   arrays = embed.run_embed(run["workdir"], str(run["folder"]), str(out))
@@ -81,6 +82,7 @@ def test_embed_files_equals_the_librarys_embedding(run, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_csv_lists_and_single_images(run, tmp_path):
   paths = _paths(run["folder"])
   listing = tmp_path / "list.csv"
@@ -91,6 +93,7 @@ def test_csv_lists_and_single_images(run, tmp_path):
   assert embed.list_images(paths[5]) == [paths[5]]
 
 
+@pytest.mark.slow
 def test_any_size_and_mode_is_read_as_the_dataset_reads_files(run, tmp_path):
   encoder = embed.load_run_encoder(run["workdir"])
   rng = np.random.default_rng(0)
@@ -120,6 +123,7 @@ def test_any_size_and_mode_is_read_as_the_dataset_reads_files(run, tmp_path):
   np.testing.assert_array_equal(gray[..., 0], rgb[..., 0])
 
 
+@pytest.mark.slow
 def test_wrong_image_arrays_are_one_line_errors(run):
   encoder = embed.load_run_encoder(run["workdir"])
   for images, pattern in (
@@ -136,6 +140,7 @@ def test_wrong_image_arrays_are_one_line_errors(run):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(run, tmp_path):
   with pytest.raises(
       UserError,
@@ -161,6 +166,7 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path):
   assert not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.slow
 def test_undecodable_files_stop_the_run_or_are_skipped(run, tmp_path):
   paths = _paths(run["folder"])[:5]
   broken = tmp_path / "broken.png"
@@ -216,6 +222,7 @@ def _cli(*args):
   )
 
 
+@pytest.mark.slow
 def test_cli(run, tmp_path):
   out = tmp_path / "emb.npz"
   ok = _cli(

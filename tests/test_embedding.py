@@ -25,6 +25,9 @@ from maskcon_jax import train_step
 from maskcon_jax import trainer
 from maskcon_jax.errors import UserError
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("tensorflow")
 
 # Fine class -> (coarse class, train images, test images). 19 test images:

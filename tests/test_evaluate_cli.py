@@ -15,6 +15,9 @@ from maskcon_jax import trainer
 from maskcon_jax.errors import UserError
 from tests.conftest import REPO_ROOT
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

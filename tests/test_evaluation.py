@@ -229,6 +229,7 @@ def test_metrics_match_brute_force(seed, tied):
   )
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(2, 12))
 def test_tied_metrics_property(seed, n):
@@ -295,6 +296,7 @@ def test_within_group_query_alone_in_its_group_is_a_miss():
   assert got[1] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_perfect_clusters_every_metric():
   rng = np.random.default_rng(5)
   labels = np.repeat(np.arange(4), 5)
@@ -400,6 +402,7 @@ def test_linear_probe_is_deterministic_and_learns():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_retrieval_report_keys_and_consistency():
   rng = np.random.default_rng(7)
   n = 24

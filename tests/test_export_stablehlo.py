@@ -23,6 +23,9 @@ from maskcon_jax import export
 from maskcon_jax import trainer
 from tests.conftest import REPO_ROOT
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-5
 # Makes `import flax`, `import maskcon_jax`, ... fail in a subprocess, so the
 # loader is shown to need jax (and numpy) only.

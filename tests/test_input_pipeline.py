@@ -389,6 +389,7 @@ def test_debian_folder_is_used_without_data_dir(
   np.testing.assert_array_equal(ds.test_fine, written[IDX_NAMES[3]])
 
 
+@pytest.mark.slow
 def test_real_fashion_mnist_from_debian_package(monkeypatch, tmp_path):
   if not os.path.isdir(input_pipeline.DEBIAN_FASHION_MNIST_DIR):
     pytest.skip(

@@ -26,6 +26,9 @@ from maskcon_jax import train
 from maskcon_jax import trainer
 from tests.data import make_legacy_workdirs as fixture
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 EXPECTED = json.loads(fixture.EXPECTED.read_text())
 NAMES = ("wcl", "selfcon", "saliency")
 # XLA's numbers (the features, the resumed weights) are compared only under

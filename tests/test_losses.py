@@ -144,6 +144,7 @@ def _random_inputs(seed, n=8, d=16, k=40, num_coarse=3):
   return q, key, queue, queue_labels, labels
 
 
+@pytest.mark.slow
 def test_missing_coarse_class_falls_back_to_self_target():
   q, k, queue, queue_labels, labels = _random_inputs(0)
   queue_labels = np.where(queue_labels == 2, 1, queue_labels)  # no class 2

@@ -150,6 +150,7 @@ def test_supcon_temperature_ratio_scales_the_loss():
   )
 
 
+@pytest.mark.slow
 def test_supcon_drops_anchors_without_positives_and_has_finite_grads():
   rng = np.random.default_rng(4)
   z = _unit_rows(rng, 7, 5)
@@ -401,6 +402,7 @@ def _counts(mask, fg):
   return int(np.sum(mask & fg)), int(np.sum(mask & ~fg))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [4, 7])
 @pytest.mark.parametrize("seed", range(4))
 def test_query_mask_hides_balanced_fg_and_bg_counts(grid, seed):
@@ -459,6 +461,7 @@ def test_patch_mask_to_pixels(size, grid):
     assert pixels.sum() == mask.sum() * (size // grid) ** 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["mean", "blur", "hp"])
 def test_masked_views_fill_hidden_patches(strategy):
   rng = np.random.default_rng(1)
@@ -542,6 +545,7 @@ def test_queue_modes_keep_the_plain_encoder():
     )
 
 
+@pytest.mark.slow
 def test_wcl_encoder_has_two_bn_heads():
   model = methods.build_encoder(_model_config(mode="wcl"), 3)
   x = jnp.ones((4, 16, 16, 3))
@@ -554,6 +558,7 @@ def test_wcl_encoder_has_two_bn_heads():
   assert out["projection"].shape == out["projection2"].shape == (4, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["fc", "small", "same"])
 @pytest.mark.parametrize("position", [1, 2, 3])
 def test_selfcon_exits(position, size):
@@ -582,6 +587,7 @@ def test_selfcon_exits(position, size):
     assert blocks == {f"layer{s}_{b}" for s in stages for b in range(per_stage)}
 
 
+@pytest.mark.slow
 def test_selfcon_ensemble_features():
   x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
   plain = methods.build_encoder(_model_config(mode="selfcon"), 3)
@@ -607,6 +613,7 @@ def test_selfcon_ensemble_features():
   )
 
 
+@pytest.mark.slow
 def test_saliency_encoder_returns_feature_map_and_highpasses():
   config = _model_config(mode="saliency", saliency=dict(strategy="hp"))
   model = methods.build_encoder(config, 3)
@@ -710,6 +717,7 @@ def test_method_configs(name, mode):
   assert method.options(config) == method.options({})
 
 
+@pytest.mark.slow
 def test_saliency_step_without_hard_negatives_is_moco_on_the_masked_query():
   """num_hard_negatives=0 (an ablation): the loss is MoCo's InfoNCE on the
   masked query, and the step trains and reports no hard-negative metrics."""

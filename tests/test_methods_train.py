@@ -17,6 +17,9 @@ from maskcon_jax import methods
 from maskcon_jax import train
 from maskcon_jax import trainer
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 # Each entry covers one mode plus options (of its block) its unit tests don't
 # train.
 RUNS = {

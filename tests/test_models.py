@@ -14,6 +14,9 @@ from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax.errors import ConfigError
 
+# Builds and runs full-size encoders: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 def _config(**overrides):
   base = dict(

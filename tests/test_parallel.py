@@ -12,9 +12,12 @@ from maskcon_jax import checkpoints
 from maskcon_jax import train_step as steps
 from maskcon_jax import trainer
 
-pytestmark = pytest.mark.skipif(
-    jax.device_count() < 8, reason="needs 8 (fake) devices; see conftest.py"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        jax.device_count() < 8, reason="needs 8 (fake) devices; see conftest.py"
+    ),
+    pytest.mark.slow,
+]
 
 
 def _experiment(num_devices, **overrides):

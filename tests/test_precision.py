@@ -24,6 +24,9 @@ from maskcon_jax import train_state as train_state_lib
 from maskcon_jax import train_step as steps
 from tests.conftest import GOLDEN_DIR
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 GOLDEN_FILES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.npz")))
 
 # Rounding q and k to bfloat16 (8 significant bits, relative error <= 2^-9)

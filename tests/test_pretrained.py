@@ -78,6 +78,7 @@ def _assert_matches(ours, theirs):
   )
 
 
+@pytest.mark.slow
 def test_resnet18_npz_matches_torchvision_forward(forward):
   # 72 px: torchvision's 7x7 stride-2 stem and max-pool; odd sizes later on.
   config = _config("resnet18", 4, 72)
@@ -95,6 +96,7 @@ def test_resnet18_npz_matches_torchvision_forward(forward):
   assert "fresh: classifier, projector" in summary and "dropped: fc" in summary
 
 
+@pytest.mark.slow
 def test_small_images_keep_conv1_fresh_and_load_the_rest(forward):
   config = _config("resnet18", 4, 32)
   model, fresh_params, _ = _fresh(config)
@@ -116,6 +118,7 @@ def test_small_images_keep_conv1_fresh_and_load_the_rest(forward):
   )
 
 
+@pytest.mark.slow
 def test_resnet50_safetensors_matches_torchvision_forward(forward):
   config = _config("resnet50", 2, 72)
   model, params, stats, report = _load(R50, config)
@@ -180,6 +183,7 @@ def _save(tmp_path, state_dict, name="sd.npz"):
   return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, config_kwargs, pattern",
     [
@@ -212,6 +216,7 @@ def test_architecture_mismatches_are_one_line_errors(
   assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_state_dict_mismatches_are_one_line_errors(tmp_path):
   config = _config("resnet18", 4, 72)
   sd = _state_dict()
@@ -307,6 +312,7 @@ def source_run(tmp_path_factory):
   return str(workdir)
 
 
+@pytest.mark.slow
 def test_from_run_copies_the_query_encoder(source_run):
   source = pretrained.read_run(source_run)
   assert source.step == 0 and source.channels == 3 and source.num_coarse == 2
@@ -337,6 +343,7 @@ def test_from_run_copies_the_query_encoder(source_run):
   )
 
 
+@pytest.mark.slow
 def test_from_run_of_another_architecture_is_one_line_error(source_run):
   config = tiny.get_config()
   config.width = 8
@@ -348,6 +355,7 @@ def test_from_run_of_another_architecture_is_one_line_error(source_run):
     _load(source_run, config)
 
 
+@pytest.mark.slow
 def test_init_state_sets_both_encoders_and_keeps_the_rest(source_run):
   config = tiny.get_config()
   config.init_from = source_run
@@ -384,6 +392,7 @@ def test_init_state_sets_both_encoders_and_keeps_the_rest(source_run):
   assert leaf.sharding == jax.tree.leaves(exp.state.params)[0].sharding
 
 
+@pytest.mark.slow
 def test_training_prefills_with_the_loaded_encoder_and_resumes_without_it(
     source_run, tmp_path, monkeypatch
 ):
@@ -416,6 +425,7 @@ def test_training_prefills_with_the_loaded_encoder_and_resumes_without_it(
   assert results["complete"] and not seen
 
 
+@pytest.mark.slow
 def test_cli_bad_init_from_is_one_line_error(tmp_path):
   workdir = tmp_path / "run"
   out = subprocess.run(

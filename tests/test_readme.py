@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,7 @@ def _adding_a_method() -> str:
   return readme.split("## Adding a method", 1)[1].split("\n## ", 1)[0]
 
 
+@pytest.mark.slow
 def test_adding_a_method_example_works_as_written(tmp_path):
   """The README's SimCLR example, pasted into a copy of the repository: its
   module, registry entry, config and test file, and nothing else."""

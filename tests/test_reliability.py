@@ -169,6 +169,7 @@ def _start(workdir, env=None):
   )
 
 
+@pytest.mark.slow
 def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
   """SIGKILL (once while a checkpoint is being written), SIGTERM, SIGKILL at
   random steps, then a plain rerun: the same final state and results as an
@@ -230,6 +231,7 @@ def test_killed_and_stopped_cli_resumes_bit_exact(reference, tmp_path):
   _assert_same_as_reference(workdir, reference, context)
 
 
+@pytest.mark.slow
 def test_sigint_in_process_stops_after_the_step_and_resumes(
     reference, tmp_path, monkeypatch
 ):
@@ -264,6 +266,7 @@ def test_sigint_in_process_stops_after_the_step_and_resumes(
   _assert_same_as_reference(workdir, reference)
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path, caplog):
   """Garbled files in the newest checkpoint and a leftover unfinished save:
   the run warns, sets the bad one aside, resumes from the one before and
@@ -289,6 +292,7 @@ def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path, caplog):
   _assert_same_as_reference(workdir, reference)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_shapes_is_refused(
     reference, tmp_path, monkeypatch
 ):
@@ -326,6 +330,7 @@ def _all_finite(arrays):
   )
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
   """Default (max_nonfinite_steps=0): the CLI stops with one line naming the
   step and the last good checkpoint, which holds finite weights."""
@@ -358,6 +363,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
   assert not (workdir / trainer.RESULTS_FILE).exists()
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_up_to_the_limit(tmp_path):
   """max_nonfinite_steps=1: step 3 is skipped (weights, optimizer and queue
   unchanged, step counted) and training goes on; with steps 3-5 poisoned and
@@ -416,6 +422,7 @@ def _wait_for_file(proc, path, timeout=300):
     time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_and_evaluate_reads_a_live_run(
     reference, tmp_path
 ):
@@ -481,6 +488,7 @@ def _write_lock(workdir, **fields):
   (workdir / runlock.LOCK_FILE).write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 def test_stale_and_foreign_locks(tmp_path, caplog):
   """A lock whose process died on this host is taken over with a warning; a
   lock from another host is refused in one line, writing nothing, until
@@ -588,6 +596,7 @@ def _coarse_map(path, shift):
   return str(path)
 
 
+@pytest.mark.slow
 def test_resume_onto_other_data_is_refused(reference, tmp_path, capsys, caplog):
   """A stopped run refuses, in one line and writing nothing, to resume with
   another subset size or with its coarse map edited in place; a run without
@@ -693,6 +702,7 @@ shutil.disk_usage = lambda path: usage(path)._replace(free=1)
 """
 
 
+@pytest.mark.slow
 def test_full_disk_gives_one_line_and_resumes(reference, tmp_path):
   """Checkpoint 4 cannot be written: a warning before (too little free
   space), then one line naming the folder, the error, the intact checkpoint
@@ -725,6 +735,7 @@ def test_full_disk_gives_one_line_and_resumes(reference, tmp_path):
   _assert_same_as_reference(workdir, reference)
 
 
+@pytest.mark.slow
 def test_full_disk_at_results_json(reference, tmp_path, monkeypatch):
   """results.json cannot be written: one line naming it; the checkpoints
   stay as they were."""

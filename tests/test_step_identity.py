@@ -27,6 +27,7 @@ pytestmark = [
         "numbers differ between releases (rewrite it with "
         "tests/data/make_step_fixture.py after checking a release change)",
     ),
+    pytest.mark.slow,
 ]
 
 

@@ -18,6 +18,9 @@ from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, UserError
 from tests.conftest import REPO_ROOT
 
+# Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 def _run_cli(workdir, *overrides, env=None):
   cmd = [

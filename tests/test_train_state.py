@@ -15,6 +15,7 @@ from maskcon_jax import train_state as ts
 from tests.conftest import GOLDEN_DIR
 
 
+@pytest.mark.slow
 def test_enqueue_matches_official_golden():
   for path in sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.npz"))):
     g = np.load(path)
