@@ -2,7 +2,7 @@
 
 Fashion-MNIST is a tiny fake written as IDX files into tmp_path, so nothing
 here needs the real data or TensorFlow; the streamed and TFDS cases live in
-tests/test_datasets_tfds.py and tests/test_datasets_files.py.
+tests/test_datasets_tfds_datasets.py and tests/test_datasets_files.py.
 """
 
 import json

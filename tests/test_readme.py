@@ -55,7 +55,7 @@ def test_adding_a_method_example_works_as_written(tmp_path):
   assert set(files) == {
       "maskcon_jax/methods/simclr.py",
       "configs/simclr.py",
-      "tests/test_simclr.py",
+      "tests/test_methods_simclr.py",
   }
   registry = section.split("The registry entry", 1)[1]
   import_line, entry = re.findall(r"```python\n(.*?)\n```", registry, re.S)[:2]
@@ -91,7 +91,7 @@ def test_adding_a_method_example_works_as_written(tmp_path):
           "-q",
           "-p",
           "no:cacheprovider",
-          "tests/test_simclr.py",
+          "tests/test_methods_simclr.py",
       ],
       cwd=repo,
       env=env,

@@ -13,7 +13,6 @@ import pytest
 from configs import tiny
 from maskcon_jax import checkpoints
 from maskcon_jax import methods
-from maskcon_jax import monitors
 from maskcon_jax import trainer
 from maskcon_jax.errors import ConfigError, UserError
 from tests.conftest import REPO_ROOT
@@ -157,26 +156,6 @@ def test_cli_prints_one_line_error(tmp_path):
   ]
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()
-
-
-def test_online_knn_monitor(tmp_path):
-  config = tiny.get_config()
-  config.knn_monitor_every_steps = 4
-  config.knn_monitor_size = 32
-  config.stop_after_steps = 4
-  trainer.train_and_evaluate(config, str(tmp_path / "run"))
-  exp, state = trainer.load_trained(str(tmp_path / "run"))
-  top1 = monitors.knn_monitor(state, exp.dataset, exp.config, exp.embedder)
-  assert 0.0 <= top1 <= 1.0
-  # The monitor's value reached the TensorBoard event files.
-  from tensorboard.backend.event_processing import event_accumulator
-
-  events = event_accumulator.EventAccumulator(str(tmp_path / "run"))
-  events.Reload()
-  tags = events.Tags()
-  assert "monitor/knn_fine_top1" in tags.get("tensors", []) + tags.get(
-      "scalars", []
-  )
 
 
 def test_runs_from_before_conv_padding_keep_same_padding(tmp_path):

@@ -16,7 +16,7 @@ opt_state, ... ; `state_groups`).
 
 The values were written from the code of commit 0cadfb0, before the methods
 moved to ``maskcon_jax/methods`` (issue 13), and must never change without a
-reason: tests/test_step_identity.py recomputes them and requires equality.
+reason: tests/test_train_step.py recomputes them and requires equality.
 (Then configs/wcl.py and selfcon.py also set a one-batch random queue, which
 those methods never read; they no longer carry one, so only the state's
 other arrays are compared for them.) XLA:CPU's results depend on the
