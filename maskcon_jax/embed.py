@@ -131,7 +131,10 @@ class RunEncoder:
 
   @property
   def batch_size(self) -> int:
-    return int(self.config.eval_batch_size)
+    """Images per program call: the run's ``eval_batch_size`` rounded up to
+    a multiple of the devices (`embedding.Embedder`), so reading files in
+    batches of it feeds the program whole batches."""
+    return self.embedder.batch_size
 
   def check_images(self, images: np.ndarray, what: str = "images") -> None:
     """Raises `UserError` unless ``images`` is uint8 ``(N, S, S, C)``."""

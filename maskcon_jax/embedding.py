@@ -32,7 +32,6 @@ import numpy as np
 
 from maskcon_jax import input_pipeline
 from maskcon_jax import train_step as steps
-from maskcon_jax.datasets import core as datasets_core
 from maskcon_jax.errors import UserError
 
 SPLITS = ("test", "train")
@@ -142,8 +141,6 @@ class Embedder:
   def _streamed_split(self, variables, dataset, split: str) -> dict[str, Any]:
     pid, count = jax.process_index(), jax.process_count()
     local_bs = self.batch_size // count
-    num_examples = _source(dataset, split).num_examples
-    start, _ = datasets_core.shard_bounds(num_examples, pid, count, False)
     batches = dataset.split_batches(
         split, local_bs, process_index=pid, process_count=count, pad=True
     )
@@ -151,15 +148,12 @@ class Embedder:
         ["fine_label"] if dataset.has_fine_labels else []
     )
     parts = {k: [] for k in ["features", "projection", "index"] + keys}
-    for b, batch in enumerate(batches):
+    for batch in batches:
       images = jax.make_array_from_process_local_data(
           self._batch_sharding, batch["image"]
       )
-      local = {k: batch[k] for k in keys}
-      # Where each row sits in the split; -1 on padding.
-      local["index"] = np.where(
-          batch["mask"], start + b * local_bs + np.arange(local_bs), -1
-      )
+      # "index": where each row sits in the split; -1 on padding.
+      local = {k: batch[k] for k in keys + ["index"]}
       labels = multihost_utils.process_allgather(local, tiled=True)
       for key, value in self._run(variables, images).items():
         parts[key].append(value)
@@ -205,12 +199,10 @@ def read_images(dataset, split: str, indices: Sequence[int]) -> np.ndarray:
   if not isinstance(dataset, input_pipeline.StreamingDataset):
     return np.asarray(getattr(dataset, f"{split}_images"))[indices]
   wanted = {int(i): None for i in indices}
-  position = 0
   for batch in dataset.split_batches(split, 256):
-    for row in range(len(batch["coarse_label"])):
-      if position + row in wanted:
-        wanted[position + row] = batch["image"][row]
-    position += len(batch["coarse_label"])
+    for row, index in enumerate(batch["index"]):
+      if int(index) in wanted:
+        wanted[int(index)] = batch["image"][row]
   missing = [i for i, image in wanted.items() if image is None]
   if missing:
     raise IndexError(f"{split} split has no images at {missing[:5]}.")

@@ -269,6 +269,13 @@ def test_folder_streaming_shards_and_determinism(image_folder, tmp_path):
   ]
   assert [len(p) for p in padded] == [1, 1, 1]
   assert [int(p[0]["mask"].sum()) for p in padded] == [2, 1, 1]
+  # Each row's position in the split: the shares are contiguous.
+  assert [b["index"].tolist() for b in plain] == [[0, 1, 2], [3]]
+  assert [p[0]["index"].tolist() for p in padded] == [
+      [0, 1, -1],
+      [2, -1, -1],
+      [3, -1, -1],
+  ]
   assert all(p[0]["image"].shape == (3, 8, 8, 3) for p in padded)
   np.testing.assert_array_equal(
       np.concatenate([p[0]["fine_label"][p[0]["mask"]] for p in padded]),
@@ -458,7 +465,8 @@ def test_csv_with_coarse_labels_only(tmp_path, csv_images):
   batch = next(iter(stream.train_batches(2, seed=0, epoch=0)))
   assert set(batch) == {"image", "coarse_label"}
   batch = next(iter(stream.test_batches(4, pad=True)))
-  assert set(batch) == {"image", "coarse_label", "mask"}
+  assert set(batch) == {"image", "coarse_label", "index", "mask"}
+  np.testing.assert_array_equal(batch["index"], [0, 1, -1, -1])
 
 
 def test_csv_errors(tmp_path, csv_images):

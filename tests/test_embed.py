@@ -141,6 +141,29 @@ def test_wrong_image_arrays_are_one_line_errors(run):
 
 
 @pytest.mark.slow
+def test_batch_size_is_the_programs(run, monkeypatch):
+  """An eval batch that is no multiple of the devices is rounded up, and
+  files are read in batches of what the program takes."""
+  monkeypatch.setattr(
+      embed.pretrained,
+      "read_run",
+      _with_eval_batch(embed.pretrained.read_run, jax.device_count() + 1),
+  )
+  encoder = embed.load_run_encoder(run["workdir"])
+  assert encoder.batch_size == 2 * jax.device_count()
+  assert encoder.batch_size == encoder.embedder.batch_size
+
+
+def _with_eval_batch(read_run, size):
+  def read(*args, **kwargs):
+    weights = read_run(*args, **kwargs)
+    weights.config.eval_batch_size = size
+    return weights
+
+  return read
+
+
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(run, tmp_path):
   with pytest.raises(
       UserError,

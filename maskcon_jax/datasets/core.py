@@ -854,7 +854,9 @@ class StreamingDataset:
   * ``'image'``: uint8 ``[B, S, S, 3]`` with ``S = image_size``, decoded and
     resized (aspect ratio not kept), not yet normalised or augmented;
   * ``'coarse_label'``: int32 ``[B]``;
-  * ``'fine_label'``: int32 ``[B]``, only when `has_fine_labels`.
+  * ``'fine_label'``: int32 ``[B]``, only when `has_fine_labels`;
+  * ``'index'`` (`split_batches` and `test_batches` only): int64 ``[B]``,
+    each row's position in the split's stored order, -1 on padding.
 
   Attributes:
     name: The ``config.dataset`` it was loaded as.
@@ -985,7 +987,8 @@ class StreamingDataset:
         jitted multi-process evaluation needs.
 
     Yields:
-      Batch dicts (see the class docstring), plus ``'mask'`` when padding.
+      Batch dicts (see the class docstring) with ``'index'``, each row's
+      position in the split (-1 on padding), plus ``'mask'`` when padding.
     """
     if split not in ("train", "test"):
       raise ValueError(f'split={split!r} is not "train" or "test".')
@@ -999,6 +1002,10 @@ class StreamingDataset:
         process_count=process_count,
         drop_remainder=False,
     )
+    start, _ = shard_bounds(
+        source.num_examples, process_index, process_count, False
+    )
+    batches = _with_index(batches, start)
     if not pad:
       return batches
     num_batches = math.ceil(
@@ -1007,6 +1014,17 @@ class StreamingDataset:
     return _padded(
         batches, batch_size, num_batches, self.image_shape, self.has_fine_labels
     )
+
+
+def _with_index(
+    batches: Iterator[dict[str, np.ndarray]], start: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """Adds each row's position in the split: this process's share begins at
+  ``start`` and its batches follow in stored order."""
+  for batch in batches:
+    n = len(batch["coarse_label"])
+    yield {**batch, "index": start + np.arange(n, dtype=np.int64)}
+    start += n
 
 
 def _padded(
@@ -1020,6 +1038,7 @@ def _padded(
   empty = {
       "image": np.zeros((0, *image_shape), np.uint8),
       "coarse_label": np.zeros((0,), np.int32),
+      "index": np.zeros((0,), np.int64),
   }
   if has_fine:
     empty["fine_label"] = np.zeros((0,), np.int32)
@@ -1037,7 +1056,8 @@ def _pad_batch(
   n = len(batch["coarse_label"])
   out = {}
   for key, value in batch.items():
-    pad = np.zeros((batch_size - n, *value.shape[1:]), value.dtype)
+    fill = -1 if key == "index" else 0  # No position in the split.
+    pad = np.full((batch_size - n, *value.shape[1:]), fill, value.dtype)
     out[key] = np.concatenate([value, pad]) if n < batch_size else value
   out["mask"] = np.arange(batch_size) < n
   return out
