@@ -11,7 +11,10 @@ of `maskcon_jax.methods.METHODS` plus config overrides for that mode only
 (``grafit:w=1.0``, ``maskcon:t=0.1:w=0.8``; a dotted FIELD reaches a nested
 field, e.g. a method's block: ``saliency:saliency.strategy=mean``; the flat
 names of older configs, ``saliency:saliency_strategy=mean``, still work and
-keep their workdir names; each FIELD at most once). ``--config.*`` overrides
+keep their workdir names; each FIELD at most once). Values are Python
+literals where they parse as one; an entry whose value holds a comma (a
+tuple) is double-quoted inside the list:
+``--modes='moco,"saliency:saliency.query_ratio=(0.0,0.1)"'``. ``--config.*`` overrides
 apply to every mode, the method blocks (`configuration.add_defaults`)
 included, as in ``maskcon_jax.train``.
 

@@ -505,6 +505,23 @@ def test_cli_flags_add_the_optional_fields():
   assert flag_values.reference == "moco"
 
 
+def test_a_tuple_value_is_quoted_in_the_modes_list():
+  argv = [
+      "compare",
+      "--config=configs/default.py",
+      "--workdir=/tmp/x",
+      '--modes=moco,"saliency:saliency.query_ratio=(0.0,0.1)"',
+  ]
+  flag_values = flags.FlagValues()
+  compare.define_flags(flag_values, sys_argv=argv)
+  flag_values(argv)
+  moco, saliency = flag_values.modes
+  assert moco == "moco"
+  ((_, mode, overrides),) = compare.expand_mode_spec(saliency)
+  assert mode == "saliency"
+  assert overrides == {"saliency.query_ratio": (0.0, 0.1)}
+
+
 @pytest.mark.slow
 def test_cli_untrained_with_an_optional_field_and_one_line_errors(tmp_path):
   workdir = tmp_path / "out"
