@@ -485,36 +485,33 @@ def test_method_option_the_config_file_leaves_out(spec):
   assert saliency.saliency.grid is None  # The other options: defaults.
 
 
-def test_cli_flags_add_the_optional_fields():
-  # As maskcon_jax.train: --config.FIELD may name a method option the config
-  # file leaves out (configs/default.py has no saliency block).
-  argv = [
-      "compare",
-      "--config=configs/default.py",
-      "--config.saliency.alpha=1.0",
-      "--modes=maskcon,moco",
-      "--workdir=/tmp/x",
-      "--seeds=1,2",
-      "--reference=moco",
-  ]
+def _parsed_flags(*args):
+  """compare's flags parsed from ``args`` (config: configs/default.py)."""
+  argv = ["compare", "--config=configs/default.py", "--workdir=/tmp/x", *args]
   flag_values = flags.FlagValues()
   compare.define_flags(flag_values, sys_argv=argv)
   flag_values(argv)
+  return flag_values
+
+
+def test_cli_flags_add_the_optional_fields():
+  # As maskcon_jax.train: --config.FIELD may name a method option the config
+  # file leaves out (configs/default.py has no saliency block).
+  flag_values = _parsed_flags(
+      "--config.saliency.alpha=1.0",
+      "--modes=maskcon,moco",
+      "--seeds=1,2",
+      "--reference=moco",
+  )
   assert flag_values.config.saliency.alpha == 1.0
   assert flag_values.config.saliency.strategy == "hp"  # Added, default.
   assert flag_values.reference == "moco"
 
 
 def test_a_tuple_value_is_quoted_in_the_modes_list():
-  argv = [
-      "compare",
-      "--config=configs/default.py",
-      "--workdir=/tmp/x",
-      '--modes=moco,"saliency:saliency.query_ratio=(0.0,0.1)"',
-  ]
-  flag_values = flags.FlagValues()
-  compare.define_flags(flag_values, sys_argv=argv)
-  flag_values(argv)
+  flag_values = _parsed_flags(
+      '--modes=moco,"saliency:saliency.query_ratio=(0.0,0.1)"'
+  )
   moco, saliency = flag_values.modes
   assert moco == "moco"
   ((_, mode, overrides),) = compare.expand_mode_spec(saliency)
