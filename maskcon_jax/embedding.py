@@ -184,10 +184,6 @@ def check_split(split: str) -> None:
     )
 
 
-def _source(dataset, split: str):
-  return dataset.test_source if split == "test" else dataset.train_source
-
-
 def read_images(dataset, split: str, indices: Sequence[int]) -> np.ndarray:
   """uint8 images at ``indices`` (stored order) of ``split``, in that order.
 
