@@ -7,14 +7,17 @@ first import here.
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 # Tests train the same tiny programs in several processes (CLI runs); a
 # persistent compilation cache shared by them saves most of the compile time.
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    tempfile.mkdtemp(prefix="maskcon_jax_test_cache_"),
-)
+# The session that makes it (pytest's main process; xdist workers and CLI
+# runs inherit the variable) removes it at the end: up to ~50 MB a run.
+_SESSION_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _SESSION_CACHE_DIR = tempfile.mkdtemp(prefix="maskcon_jax_test_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE_DIR
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # Eight fake CPU devices and the command-line tools' CPU convolutions, as
 # the stored fixtures were computed (CLI processes inherit XLA_FLAGS).
@@ -30,3 +33,9 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "data" / "golden"
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
+
+
+def pytest_unconfigure(config):
+  del config  # The directory is this process's, whatever the config.
+  if _SESSION_CACHE_DIR is not None:
+    shutil.rmtree(_SESSION_CACHE_DIR, ignore_errors=True)
