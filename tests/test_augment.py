@@ -541,6 +541,7 @@ def test_views_shape_range_determinism_and_normalisation(
   fn = _view_fn(policy, size, channels)
 
   @_SETTINGS
+  @hypothesis.example(seed=37806, image_seed=0)  # See "other views" below.
   @hypothesis.given(seed=_SEEDS, image_seed=_SEEDS)
   def check(seed, image_seed):
     image = _random_uint8(image_seed, (height, width, channels))
@@ -551,10 +552,14 @@ def test_views_shape_range_determinism_and_normalisation(
     assert np.all(np.isfinite(raw))
     assert raw.min() >= 0.0 and raw.max() <= 1.0
     np.testing.assert_allclose(view, (raw - mean) / std, atol=1e-5)
-    # Same key, same view; another key, another view.
+    # Same key, same view; other keys, other views. One other key may draw
+    # the same view (an 8x8 image upscaled has few distinct crops: seed
+    # 37806 and its fold_in(1) agree), three in a row practically never.
     np.testing.assert_array_equal(np.asarray(fn(key, image)[1]), view)
-    other = np.asarray(fn(jax.random.fold_in(key, 1), image)[1])
-    assert not np.array_equal(other, view)
+    others = [
+        np.asarray(fn(jax.random.fold_in(key, i), image)[1]) for i in (1, 2, 3)
+    ]
+    assert not all(np.array_equal(other, view) for other in others)
 
   check()
 
