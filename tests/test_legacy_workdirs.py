@@ -25,6 +25,7 @@ from maskcon_jax import methods
 from maskcon_jax import train
 from maskcon_jax import trainer
 from tests.data import make_legacy_workdirs as fixture
+from tests.data import numerics
 
 # Trains or runs whole programs: out of the fast subset (`-m "not slow"`).
 pytestmark = pytest.mark.slow
@@ -32,8 +33,15 @@ pytestmark = pytest.mark.slow
 EXPECTED = json.loads(fixture.EXPECTED.read_text())
 NAMES = ("wcl", "selfcon", "saliency")
 # XLA's numbers (the features, the resumed weights) are compared only under
-# the jax release that wrote them.
+# the jax release that wrote them: bit for bit on a CPU with a record of
+# them (tests/data/numerics.py), and on another within what the two
+# recorded CPUs differed by (features 4.2e-7 at most; results equal).
 SAME_JAX = EXPECTED["versions"]["jax"] == jax.__version__
+RECORDS = EXPECTED["records"]
+OWN_RECORD = next(
+    (r for r in RECORDS if r["cpu"] == numerics.cpu_identity()), None
+)
+FEATURES_ATOL = 1e-5
 
 
 def _extract(tmp_path, name) -> str:
@@ -50,7 +58,7 @@ def _extract(tmp_path, name) -> str:
 def _new_overrides(name) -> dict:
   """The run's overrides as today's command line names them: method fields
   in their block, and no queue fields for a method without a queue."""
-  overrides = methods.move_legacy_fields(EXPECTED[name]["overrides"])
+  overrides = methods.move_legacy_fields(EXPECTED["overrides"][name])
   flat = {}
   for field, value in overrides.items():
     if isinstance(value, dict):
@@ -60,10 +68,6 @@ def _new_overrides(name) -> dict:
     ):
       flat[field] = value
   return flat
-
-
-def _digests(tree):
-  return fixture._digests(tree)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -77,11 +81,17 @@ def test_old_run_evaluates_as_it_did(name, tmp_path):
       assert config[block][key] == value, field
   assert not set(methods.legacy_fields()) & set(config.keys())
   run = evaluate.load_and_embed(workdir, "test", with_bank=False)
-  if SAME_JAX:
+  features = run["embeddings"]["features"]
+  stored = [
+      np.asarray(r["runs"][name]["features"], np.float32) for r in RECORDS
+  ]
+  if SAME_JAX and OWN_RECORD:
     np.testing.assert_array_equal(
-        run["embeddings"]["features"],
-        np.asarray(EXPECTED[name]["features"], np.float32),
+        features, np.asarray(OWN_RECORD["runs"][name]["features"], np.float32)
     )
+  elif SAME_JAX and not any(np.array_equal(features, x) for x in stored):
+    for want in stored:
+      np.testing.assert_allclose(features, want, rtol=0, atol=FEATURES_ATOL)
   state = run["experiment"].state
   # WCL and SelfCon restore without the key encoder and queue they never
   # used.
@@ -101,15 +111,16 @@ def test_old_run_resumes_to_the_same_weights(name, tmp_path, capsys):
       ]
   )
   assert status == 0, capsys.readouterr().err[-2000:]
-  want = EXPECTED[name]["resumed"]
+  want = (OWN_RECORD or RECORDS[0])["runs"][name]["resumed"]
   _, state = trainer.load_trained(workdir)
   assert int(state.step) == want["step"]
   assert (state.queue_KxD is None) == (not methods.get(name).uses_queue)
   results = json.loads((tmp_path / name / trainer.RESULTS_FILE).read_text())
   assert set(results) == set(want["results"])
-  if SAME_JAX:  # Bit for bit what the old code's resumption gave.
-    assert _digests(state.params) == want["params"]
-    assert _digests(state.batch_stats) == want["batch_stats"]
+  if SAME_JAX and OWN_RECORD:  # Bit for bit what the old code's gave.
+    assert numerics.digests(state.params) == want["params"]
+    assert numerics.digests(state.batch_stats) == want["batch_stats"]
+  if SAME_JAX:
     for key, value in want["results"].items():
       if key != "train_seconds_this_run":
         assert results[key] == pytest.approx(value, abs=1e-6), key

@@ -1,6 +1,7 @@
 r"""Writes tests/data/legacy_workdirs.*: runs saved before the config blocks.
 
-  python tests/data/make_legacy_workdirs.py
+  python tests/data/make_legacy_workdirs.py               # rewrites all
+  python tests/data/make_legacy_workdirs.py --add-record  # this CPU's numbers
 
 Written once with the code of commit e3f21ed (0cadfb0's training code),
 before issue 13 moved the method fields into blocks
@@ -19,11 +20,21 @@ overrides, the backbone features of the test split at step 2 (as
 workdir to step 4 gives: the sha256 of every parameter and BatchNorm
 statistic, and the results. tests/test_legacy_workdirs.py resumes and
 evaluates these workdirs with the current code and compares.
+
+Those numbers are XLA:CPU's, whose last bits depend on the CPU
+(tests/data/numerics.py), so the JSON keeps one record of them per CPU: the
+first from the machine that wrote the archive (CPU not recorded), the
+second from an AMD EPYC Zen 4 (family 25 model 17), computed on 2026-12-01
+from the stored archive by ``--add-record`` run with e3f21ed's code (and a
+``tests/data/fixture_env.py`` that set the same environment). They agree to
+4.2e-7 in the features and exactly in the results; the weights after
+resuming differ in the last bits.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
+
 import json
 import os
 import pathlib
@@ -44,6 +55,7 @@ import numpy as np  # noqa: E402
 from maskcon_jax import evaluate  # noqa: E402
 from maskcon_jax import train  # noqa: E402
 from maskcon_jax import trainer  # noqa: E402
+from tests.data import numerics  # noqa: E402
 
 ARCHIVE = ROOT / "tests" / "data" / "legacy_workdirs.tar.xz"
 EXPECTED = ROOT / "tests" / "data" / "legacy_workdirs.json"
@@ -100,24 +112,74 @@ def argv(workdir, overrides) -> list[str]:
   ]
 
 
-def _digests(tree) -> dict[str, str]:
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = np.asarray(jax.device_get(leaf))
-    h = hashlib.sha256(f"{array.dtype.str} {array.shape}".encode())
-    h.update(np.ascontiguousarray(array).tobytes())
-    out[jax.tree_util.keystr(path)] = h.hexdigest()
-  return out
-
-
 def _train(workdir, overrides) -> None:
   status = train.command_line(argv(workdir, overrides))
   if status:
     raise SystemExit(f"training {workdir} failed ({status}).")
 
 
-def main() -> int:
-  expected = {}
+def _computed(workdir: pathlib.Path, overrides: dict) -> dict:
+  """What the code at hand computes from a step-2 ``workdir``: its test
+  features, and what resuming a copy of it to step 4 gives."""
+  features = evaluate.load_and_embed(str(workdir), "test", with_bank=False)[
+      "embeddings"
+  ]
+  with tempfile.TemporaryDirectory() as tmp:
+    copy = os.path.join(tmp, workdir.name)
+    shutil.copytree(workdir, copy)
+    _train(copy, overrides)
+    _, state = trainer.load_trained(copy)
+    results = json.loads(
+        (pathlib.Path(copy) / trainer.RESULTS_FILE).read_text()
+    )
+  return {
+      "features": np.asarray(features["features"]).tolist(),
+      "resumed": {
+          "step": int(state.step),
+          "params": numerics.digests(state.params),
+          "batch_stats": numerics.digests(state.batch_stats),
+          "results": results,
+      },
+  }
+
+
+def record(runs: dict) -> dict:
+  return {"cpu": numerics.cpu_identity(), "runs": runs}
+
+
+def add_record() -> int:
+  """Appends this CPU's record, computed from the stored archive."""
+  expected = json.loads(EXPECTED.read_text())
+  if expected["versions"] != {"jax": jax.__version__}:
+    raise SystemExit(f"the fixture is of {expected['versions']}.")
+  if any(r["cpu"] == numerics.cpu_identity() for r in expected["records"]):
+    raise SystemExit("this CPU has a record already.")
+  runs = {}
+  with tempfile.TemporaryDirectory() as out:
+    with tarfile.open(ARCHIVE) as archive:
+      archive.extractall(out, filter="data")
+    for name in RUNS:
+      runs[name] = _computed(
+          pathlib.Path(out) / name, expected["overrides"][name]
+      )
+  expected["records"].append(record(runs))
+  EXPECTED.write_text(
+      json.dumps(expected, indent=1, sort_keys=True, default=str) + "\n"
+  )
+  print(f"added this CPU's record to {EXPECTED}")
+  return 0
+
+
+def main(argv_=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+      "--add-record",
+      action="store_true",
+      help="append this CPU's record (from the stored archive)",
+  )
+  if parser.parse_args(argv_).add_record:
+    return add_record()
+  runs, all_overrides = {}, {}
   with tempfile.TemporaryDirectory() as out:
     for name, flat in RUNS.items():
       workdir = pathlib.Path(out) / name
@@ -126,31 +188,16 @@ def main() -> int:
       for path in list(workdir.iterdir()):
         if path.name.startswith("events.out.tfevents"):
           path.unlink()
-      features = evaluate.load_and_embed(str(workdir), "test", with_bank=False)[
-          "embeddings"
-      ]
-      with tempfile.TemporaryDirectory() as tmp:
-        copy = os.path.join(tmp, name)
-        shutil.copytree(workdir, copy)
-        _train(copy, overrides)
-        _, state = trainer.load_trained(copy)
-        results = json.loads(
-            (pathlib.Path(copy) / trainer.RESULTS_FILE).read_text()
-        )
-      expected[name] = {
-          "overrides": overrides,
-          "features": np.asarray(features["features"]).tolist(),
-          "resumed": {
-              "step": int(state.step),
-              "params": _digests(state.params),
-              "batch_stats": _digests(state.batch_stats),
-              "results": results,
-          },
-      }
+      all_overrides[name] = overrides
+      runs[name] = _computed(workdir, overrides)
     with tarfile.open(ARCHIVE, "w:xz") as archive:
       for name in RUNS:
         archive.add(pathlib.Path(out) / name, arcname=name)
-  expected["versions"] = {"jax": jax.__version__}
+  expected = {
+      "versions": {"jax": jax.__version__},
+      "overrides": all_overrides,
+      "records": [record(runs)],
+  }
   EXPECTED.write_text(
       json.dumps(expected, indent=1, sort_keys=True, default=str) + "\n"
   )

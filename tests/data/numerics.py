@@ -1,0 +1,66 @@
+"""What the stored-value fixtures key their bits by: the CPU, and digests.
+
+XLA:CPU compiles for the CPU it runs on (vector width, instruction set, the
+kernels its libraries pick at run time), so one program's floats can differ
+in the last bits between machines. Seen between two of this project's x86-64
+VMs: an AMD EPYC Zen 4 and the CPU the first fixtures were written on gave
+first-step losses 1e-5 apart (relative), and tiny's 8-device runs (two
+images per device, per-device BatchNorm) amplify that to tens of percent
+within three steps. So the fixtures keep their bits per CPU (`cpu_identity`),
+and tests compare bits only on a CPU that has a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+
+import jax
+import numpy as np
+
+# Instruction-set flags of /proc/cpuinfo that decide what XLA:CPU emits.
+_ISA_PREFIXES = ("sse4", "avx", "fma", "amx", "f16c")
+
+
+def cpu_identity() -> str:
+  """The CPU's vendor, family, model and vector extensions, one line."""
+  fields = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if not line.strip():
+          break  # The first processor is enough.
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+  except OSError:
+    return f"{platform.machine()} {platform.processor()}".strip()
+  isa = sorted(
+      flag
+      for flag in fields.get("flags", "").split()
+      if flag.startswith(_ISA_PREFIXES)
+  )
+  return (
+      f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')}"
+      f" model {fields.get('model', '?')} ({fields.get('model name', '?')});"
+      f" {' '.join(isa)}"
+  )
+
+
+def _host(array) -> np.ndarray:
+  return np.asarray(jax.device_get(array))
+
+
+def digest(array) -> str:
+  """sha256 of an array's dtype, shape and bytes."""
+  array = _host(array)
+  h = hashlib.sha256(f"{array.dtype.str} {array.shape}".encode())
+  h.update(np.ascontiguousarray(array).tobytes())
+  return h.hexdigest()
+
+
+def _leaves(tree):
+  return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def digests(tree) -> dict[str, str]:
+  return {jax.tree_util.keystr(path): digest(x) for path, x in _leaves(tree)}
