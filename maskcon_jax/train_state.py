@@ -63,8 +63,10 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   (``0.5 * lr * (1 + cos(pi * T / T_max))`` after warm-up).
   """
   total_steps = config.num_epochs * steps_per_epoch
-  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-  warmup_steps = min(warmup_steps, total_steps)
+  # Capped in epochs first: a huge warm-up (1e308 epochs) would overflow to
+  # an infinite step count.
+  warmup_epochs = min(config.warmup_epochs, config.num_epochs)
+  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
   if warmup_steps == 0:
     return optax.cosine_decay_schedule(
         config.learning_rate, max(total_steps, 1)

@@ -695,6 +695,8 @@ NUM_TRAIN, DEVICES = 64, 8
 @pytest.mark.slow
 @hypothesis.settings(max_examples=400, deadline=None)
 @hypothesis.given(st.fixed_dictionaries({}, optional=_FIELDS))
+# Once overflowed to an infinite warm-up step count (an OverflowError).
+@hypothesis.example({"warmup_epochs": 4.49423283715579e307})
 def test_config_checks_raise_only_user_errors(changes):
   # Built from a dict, as load_config builds one from config.json: no type
   # checks on the way in, so any value of any type can arrive.
