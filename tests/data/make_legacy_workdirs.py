@@ -143,31 +143,16 @@ def _computed(workdir: pathlib.Path, overrides: dict) -> dict:
   }
 
 
-def record(runs: dict) -> dict:
-  return {"cpu": numerics.cpu_identity(), "runs": runs}
-
-
-def add_record() -> int:
-  """Appends this CPU's record, computed from the stored archive."""
-  expected = json.loads(EXPECTED.read_text())
-  if expected["versions"] != {"jax": jax.__version__}:
-    raise SystemExit(f"the fixture is of {expected['versions']}.")
-  if any(r["cpu"] == numerics.cpu_identity() for r in expected["records"]):
-    raise SystemExit("this CPU has a record already.")
+def _runs_from_archive() -> dict:
+  """This CPU's runs, computed from the stored archive."""
+  overrides = json.loads(EXPECTED.read_text())["overrides"]
   runs = {}
   with tempfile.TemporaryDirectory() as out:
     with tarfile.open(ARCHIVE) as archive:
       archive.extractall(out, filter="data")
     for name in RUNS:
-      runs[name] = _computed(
-          pathlib.Path(out) / name, expected["overrides"][name]
-      )
-  expected["records"].append(record(runs))
-  EXPECTED.write_text(
-      json.dumps(expected, indent=1, sort_keys=True, default=str) + "\n"
-  )
-  print(f"added this CPU's record to {EXPECTED}")
-  return 0
+      runs[name] = _computed(pathlib.Path(out) / name, overrides[name])
+  return runs
 
 
 def main(argv_=None) -> int:
@@ -178,7 +163,8 @@ def main(argv_=None) -> int:
       help="append this CPU's record (from the stored archive)",
   )
   if parser.parse_args(argv_).add_record:
-    return add_record()
+    numerics.add_record(EXPECTED, {"jax": jax.__version__}, _runs_from_archive)
+    return 0
   runs, all_overrides = {}, {}
   with tempfile.TemporaryDirectory() as out:
     for name, flat in RUNS.items():
@@ -196,11 +182,9 @@ def main(argv_=None) -> int:
   expected = {
       "versions": {"jax": jax.__version__},
       "overrides": all_overrides,
-      "records": [record(runs)],
+      "records": [numerics.record(runs)],
   }
-  EXPECTED.write_text(
-      json.dumps(expected, indent=1, sort_keys=True, default=str) + "\n"
-  )
+  numerics.write_json(EXPECTED, expected)
   print(f"wrote {ARCHIVE} and {EXPECTED}")
   return 0
 

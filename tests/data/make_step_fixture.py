@@ -43,9 +43,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import pathlib
-import platform
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -234,16 +232,6 @@ def check_run(stored: dict, key: str, got: dict) -> tuple[str, list[str]]:
   ]
 
 
-def record(runs: dict) -> dict:
-  """The running machine's record of ``runs``."""
-  return {
-      "cpu": numerics.cpu_identity(),
-      "platform": platform.platform(),
-      "cpu_count": os.cpu_count(),
-      "runs": runs,
-  }
-
-
 def versions() -> dict[str, str]:
   return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
 
@@ -270,6 +258,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if jax.device_count() < max(DEVICE_COUNTS):
     raise SystemExit(f"needs {max(DEVICE_COUNTS)} devices; unset XLA_FLAGS.")
+  if args.add_record:
+    numerics.add_record(FIXTURE, versions(), compute)
+    return 0
   results = compute()
   if args.check:
     stored = json.loads(FIXTURE.read_text())
@@ -277,24 +268,18 @@ def main(argv=None) -> int:
     for key, (how, problems) in sorted(checked.items()):
       print(f"{key} ({how}): {'; '.join(problems) or 'as stored'}")
     return 1 if any(problems for _, problems in checked.values()) else 0
-  if args.add_record:
-    payload = json.loads(FIXTURE.read_text())
-    if payload["versions"] != versions():
-      raise SystemExit(f"the fixture is of {payload['versions']}.")
-    if any(r["cpu"] == numerics.cpu_identity() for r in payload["records"]):
-      raise SystemExit("this CPU has a record already.")
-    payload["records"].append(record(results))
-  else:
-    payload = {
-        "about": (
-            "Train-step bit-identity fixture; see "
-            "tests/data/make_step_fixture.py."
-        ),
-        "versions": versions(),
-        "num_steps": NUM_STEPS,
-        "records": [record(results)],
-    }
-  FIXTURE.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+  numerics.write_json(
+      FIXTURE,
+      {
+          "about": (
+              "Train-step bit-identity fixture; see "
+              "tests/data/make_step_fixture.py."
+          ),
+          "versions": versions(),
+          "num_steps": NUM_STEPS,
+          "records": [numerics.record(results)],
+      },
+  )
   print(f"wrote {FIXTURE}")
   return 0
 

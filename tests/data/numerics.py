@@ -13,7 +13,11 @@ and tests compare bits only on a CPU that has a record.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import pathlib
 import platform
+from typing import Callable
 
 import jax
 import numpy as np
@@ -64,3 +68,35 @@ def _leaves(tree):
 
 def digests(tree) -> dict[str, str]:
   return {jax.tree_util.keystr(path): digest(x) for path, x in _leaves(tree)}
+
+
+def record(runs: dict) -> dict:
+  """The running machine's record of ``runs``."""
+  return {
+      "cpu": cpu_identity(),
+      "platform": platform.platform(),
+      "cpu_count": os.cpu_count(),
+      "runs": runs,
+  }
+
+
+def add_record(
+    path: pathlib.Path, versions: dict, compute: Callable[[], dict]
+) -> None:
+  """Appends this CPU's `record` of ``compute()``'s runs to the fixture at
+  ``path``. Refuses, before computing anything, a fixture of other
+  ``versions`` and a second record for this CPU."""
+  stored = json.loads(path.read_text())
+  if stored["versions"] != versions:
+    raise SystemExit(f"the fixture is of {stored['versions']}.")
+  if any(r["cpu"] == cpu_identity() for r in stored["records"]):
+    raise SystemExit("this CPU has a record already.")
+  stored["records"].append(record(compute()))
+  write_json(path, stored)
+  print(f"added this CPU's record to {path}")
+
+
+def write_json(path: pathlib.Path, payload: dict) -> None:
+  path.write_text(
+      json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
+  )
