@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from maskcon_jax.errors import is_number
+
 # The pseudo-mode of the freshly initialised encoder (never trained).
 UNTRAINED = "untrained"
 
@@ -34,14 +36,6 @@ METRICS = (
     ("fine_map@r", "fine MAP@R"),
     ("linear_probe_fine_top1", "linear probe"),
 )
-
-
-def _finite(value: Any) -> bool:
-  return (
-      isinstance(value, (int, float))
-      and not isinstance(value, bool)
-      and math.isfinite(value)
-  )
 
 
 def paired_difference(
@@ -62,7 +56,7 @@ def paired_difference(
   diffs = [
       values[s] - reference[s]
       for s in values
-      if s in reference and _finite(values[s]) and _finite(reference[s])
+      if s in reference and is_number(values[s]) and is_number(reference[s])
   ]
   if not diffs:
     return None, None, 0
@@ -207,7 +201,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 def _zoomed_limits(values: Sequence[float]) -> tuple[float, float]:
   """Axis limits around ``values`` with a margin, within [0, 1] for values
   that lie there (recalls); (0, 1) without values."""
-  values = [v for v in values if _finite(v)]
+  values = [v for v in values if is_number(v)]
   if not values:
     return 0.0, 1.0
   low, high = min(values), max(values)
@@ -254,7 +248,7 @@ def plot_comparison(
         if row.get("is_reference")
         else "#4c72b0"
     )
-    per_seed = [r.get(metric) for r in row["runs"] if _finite(r.get(metric))]
+    per_seed = [r.get(metric) for r in row["runs"] if is_number(r.get(metric))]
     # Seeds just below the mean's line, so both stay visible.
     ax.scatter(
         per_seed,

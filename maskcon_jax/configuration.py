@@ -18,7 +18,8 @@ from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax.errors import ConfigError, UserError
 from maskcon_jax.input_pipeline import DATASETS
-from maskcon_jax.methods.base import is_number as _is_number
+from maskcon_jax.errors import is_int
+from maskcon_jax.errors import is_number as _is_number
 from maskcon_jax.methods.base import show as _show
 from maskcon_jax.train_step import KEY_BN_MODES, QUERY_BN_MODES
 
@@ -219,11 +220,7 @@ def _choice(config, field: str, choices) -> None:
 
 def _positive(config, field: str, *, integer: bool = False) -> None:
   value = config[field]
-  ok = (
-      (not isinstance(value, bool) and isinstance(value, int))
-      if integer
-      else _is_number(value)
-  )
+  ok = is_int(value) if integer else _is_number(value)
   if not ok or value <= 0:
     what = "a positive integer" if integer else "a positive number"
     raise ConfigError(f"config.{field}={_show(value)} must be {what}.")
@@ -231,9 +228,7 @@ def _positive(config, field: str, *, integer: bool = False) -> None:
 
 def _optional_int(config, field: str, *, minimum: int, what: str) -> None:
   value = config.get(field)
-  if value is not None and (
-      isinstance(value, bool) or not isinstance(value, int) or value < minimum
-  ):
+  if value is not None and (not is_int(value) or value < minimum):
     raise ConfigError(f"config.{field}={_show(value)} must be {what}.")
 
 
@@ -315,7 +310,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if (
       not isinstance(ks, (tuple, list))
       or not ks
-      or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks)
+      or any(not is_int(k) or k < 1 for k in ks)
   ):
     shown = tuple(ks) if isinstance(ks, (tuple, list)) else ks
     raise ConfigError(
@@ -323,11 +318,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "integers, e.g. (1, 2, 5, 10)."
     )
   seed = config.seed
-  if (
-      isinstance(seed, bool)
-      or not isinstance(seed, int)
-      or not (0 <= seed <= _MAX_SEED)
-  ):
+  if not is_int(seed) or not 0 <= seed <= _MAX_SEED:
     raise ConfigError(
         f"config.seed={_show(seed)} must be an integer in " f"[0, {_MAX_SEED}]."
     )
@@ -367,11 +358,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       what="an integer >= 0, or unset to keep the first examples",
   )
   channels = config.get("image_channels")
-  if channels is not None and (
-      isinstance(channels, bool)
-      or not isinstance(channels, int)
-      or channels not in (1, 3)
-  ):
+  if channels is not None and (not is_int(channels) or channels not in (1, 3)):
     raise ConfigError(
         f"config.image_channels={_show(channels)} must be 1 "
         "(gray), 3 (RGB) or unset (the dataset's own channels)."

@@ -4,7 +4,30 @@ Every mistake a user can make (a bad config value, a missing data directory, an
 unwritable workdir) raises a subclass of `UserError` whose message is one line
 saying what to change. The command-line entry points print that line and exit
 with a non-zero status instead of showing a traceback.
+
+`is_int` and `is_number` are the value checks behind those messages, shared
+by every module that validates a setting.
 """
+
+import math
+import numbers
+from typing import Any
+
+
+def is_int(value: Any, *, numpy: bool = False) -> bool:
+  """An int that is not a bool; with ``numpy``, NumPy integers too (values
+  that come from arrays rather than from a config file)."""
+  kind = numbers.Integral if numpy else int
+  return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+  """A finite int or float (bool, NaN and infinities are not numbers here)."""
+  return (
+      not isinstance(value, bool)
+      and isinstance(value, (int, float))
+      and math.isfinite(value)
+  )
 
 
 def first_line(error: BaseException, *, with_type: bool = False) -> str:

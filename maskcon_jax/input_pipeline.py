@@ -55,6 +55,7 @@ from maskcon_jax.datasets.core import Dataset
 from maskcon_jax.datasets.core import LabelHierarchy
 from maskcon_jax.datasets.core import StreamingDataset
 from maskcon_jax.errors import ConfigError
+from maskcon_jax.errors import is_int
 
 # The built-in datasets' names, as this module has always offered them.
 from maskcon_jax.datasets.builtin import DEBIAN_FASHION_MNIST_DIR
@@ -421,11 +422,7 @@ def _open_stream(
   image_size = config.get("image_size")
   if image_size is None:
     image_size = _DEFAULT_IMAGE_SIZE[name]
-  elif (
-      isinstance(image_size, bool)
-      or not isinstance(image_size, (int, np.integer))
-      or image_size < 1
-  ):
+  elif not is_int(image_size, numpy=True) or image_size < 1:
     raise ConfigError(
         f"config.image_size={image_size!r} must be a positive integer."
     )
@@ -435,11 +432,7 @@ def _open_stream(
     shuffle_buffer = config.get("shuffle_buffer")
     if shuffle_buffer is None:
       shuffle_buffer = core.DEFAULT_SHUFFLE_BUFFER
-    elif (
-        isinstance(shuffle_buffer, bool)
-        or not isinstance(shuffle_buffer, (int, np.integer))
-        or shuffle_buffer < 1
-    ):
+    elif not is_int(shuffle_buffer, numpy=True) or shuffle_buffer < 1:
       raise ConfigError(
           f"config.shuffle_buffer={shuffle_buffer!r} must be a "
           "positive integer."
@@ -484,7 +477,7 @@ def _optional_positive_int(
   if value is None:
     return None
   # bool is an int subclass; `True` as an example count is surely a mistake.
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+  if not is_int(value, numpy=True):
     raise ConfigError(
         f"config.{field}={value!r} must be a positive integer or None."
     )
@@ -500,11 +493,7 @@ def _optional_subset_seed(config: ml_collections.ConfigDict) -> int | None:
   value = config.get("subset_seed")
   if value is None:
     return None
-  if (
-      isinstance(value, bool)
-      or not isinstance(value, (int, np.integer))
-      or value < 0
-  ):
+  if not is_int(value, numpy=True) or value < 0:
     raise ConfigError(
         f"config.subset_seed={value!r} must be an integer >= 0, "
         "or None to keep the first examples."
@@ -516,11 +505,7 @@ def _optional_image_channels(config: ml_collections.ConfigDict) -> int | None:
   value = config.get("image_channels")
   if value is None:
     return None
-  if (
-      isinstance(value, bool)
-      or not isinstance(value, (int, np.integer))
-      or value not in (1, 3)
-  ):
+  if not is_int(value, numpy=True) or value not in (1, 3):
     raise ConfigError(
         f"config.image_channels={value!r} must be 1 (gray), 3 "
         "(RGB) or None (the dataset's own channels)."

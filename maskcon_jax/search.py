@@ -35,7 +35,6 @@ queries, `chunk_size_for`). At N = 1M, D = 512: 8.2 GB for the features and
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from typing import Any, Sequence
@@ -52,6 +51,7 @@ from maskcon_jax import embed as embed_lib  # noqa: E402
 from maskcon_jax import evaluation  # noqa: E402
 from maskcon_jax import pretrained  # noqa: E402
 from maskcon_jax.errors import UserError  # noqa: E402
+from maskcon_jax.errors import is_int  # noqa: E402
 
 DEFAULT_MEMORY_MB = 512
 # iter_neighbours' default, and the most queries a chunk holds.
@@ -342,7 +342,7 @@ def run_search(
   Raises:
     UserError: one line saying what to fix.
   """
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+  if not is_int(k) or k < 1:
     raise UserError(f"--k={k!r} must be a positive integer.")
   if not memory_mb or memory_mb <= 0:
     raise UserError(f"--memory_mb={memory_mb!r} must be positive.")

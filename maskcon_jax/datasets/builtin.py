@@ -28,6 +28,7 @@ from maskcon_jax.datasets.core import Dataset
 from maskcon_jax.datasets.core import LabelHierarchy
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import DataError
+from maskcon_jax.errors import is_int
 
 
 def make_dataset(
@@ -430,11 +431,7 @@ def make_synthetic(
       if key in settings and settings[key] is not None:
         values[key] = settings[key]
   for key, value in values.items():
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < 1
-    ):
+    if not is_int(value, numpy=True) or value < 1:
       raise ConfigError(
           f"config.synthetic.{key}={value!r} must be a positive integer."
       )
@@ -444,7 +441,7 @@ def make_synthetic(
         f"config.synthetic.num_coarse={num_coarse} must not "
         f"exceed config.synthetic.num_fine={num_fine}."
     )
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+  if not is_int(seed, numpy=True):
     raise ConfigError(f"config.seed={seed!r} must be an integer.")
 
   hierarchy = LabelHierarchy(

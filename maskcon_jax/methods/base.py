@@ -25,7 +25,6 @@ own; these hooks cover what the seven methods here differ in.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -35,21 +34,11 @@ import ml_collections
 from maskcon_jax import models
 from maskcon_jax.errors import ConfigError
 
+# The value checks, here too for method modules (`base.is_int`).
+from maskcon_jax.errors import is_int  # noqa: F401  pylint: disable=unused-import
+from maskcon_jax.errors import is_number
+
 Array = jax.Array
-
-
-def is_number(value: Any) -> bool:
-  """A finite int or float (bool, NaN and infinities are not numbers here)."""
-  return (
-      not isinstance(value, bool)
-      and isinstance(value, (int, float))
-      and math.isfinite(value)
-  )
-
-
-def is_int(value: Any) -> bool:
-  """An int that is not a bool."""
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def show(value: Any) -> str:
