@@ -3,7 +3,9 @@
 `launch_local` starts ``maskcon_jax.train`` as two processes on localhost
 (`jax.distributed`, gloo CPU collectives), two fake CPU devices each: the
 same program a two-host job runs. Each process has a timeout, so a hang
-fails the test instead of stalling the suite.
+fails the test instead of stalling the suite. Only the first run writes
+TensorBoard events (and checks them); the others run without TensorFlow,
+which saves its import in every process (`tests.cli_without_tensorflow`).
 
 Tolerance between one process of four devices and two of two: the same
 global mesh, batches and per-device BN, so only the order of the
@@ -48,15 +50,30 @@ MONITOR = ["--config.knn_monitor_every_steps=2"]
 _RECALLS = re.compile(r"(fine|coarse)_(within_coarse_)?recall@\d+$")
 
 
-def _launch(workdir, *extra, env=None, **kwargs):
-  kwargs.setdefault("log_dir", str(workdir) + "_logs")
+def _start(args, *, env=None, events=False, **kwargs):
+  """``maskcon_jax.train *args`` as two processes of two devices; without
+  ``events``, without TensorFlow (`tests.cli_without_tensorflow`)."""
+  if events:
+    return launch_local.start(
+        args, num_processes=2, devices_per_process=2, env=env, **kwargs
+    )
+  env = dict(os.environ if env is None else env)
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
+  )
   return launch_local.start(
-      [*TINY, "--workdir", str(workdir), *extra],
+      ["maskcon_jax.train", *args],
       num_processes=2,
       devices_per_process=2,
+      module="tests.cli_without_tensorflow",
       env=env,
       **kwargs,
   )
+
+
+def _launch(workdir, *extra, **kwargs):
+  kwargs.setdefault("log_dir", str(workdir) + "_logs")
+  return _start([*TINY, "--workdir", str(workdir), *extra], **kwargs)
 
 
 def _finish(job, expect=(0, 0)):
@@ -114,7 +131,7 @@ def one_process_run(tmp_path_factory):
 def two_process_run(tmp_path_factory):
   """tiny on two processes with two devices each."""
   workdir = tmp_path_factory.mktemp("two") / "run"
-  logs = _finish(_launch(workdir))
+  logs = _finish(_launch(workdir, events=True))
   return workdir, logs
 
 
@@ -259,10 +276,8 @@ def test_streamed_data_trains_from_per_process_shards(tmp_path):
       + "  return config\n"
   )
   workdir = tmp_path / "run"
-  job = launch_local.start(
+  job = _start(
       ["--config", str(config_file), "--workdir", str(workdir)],
-      num_processes=2,
-      devices_per_process=2,
       log_dir=str(workdir) + "_logs",
   )
   _finish(job)
