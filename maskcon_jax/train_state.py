@@ -141,19 +141,6 @@ def random_queue(
   return queue, labels
 
 
-def encoder_rng(rng: Array) -> Array:
-  """The key `create_train_state` initialises the encoder with."""
-  return jax.random.split(rng, 3)[0]
-
-
-def init_encoder(
-    rng: Array, model, *, image_shape: tuple[int, int, int]
-) -> dict[str, Any]:
-  """The encoder's initial ``{"params", "batch_stats"}`` for ``rng``."""
-  dummy = jnp.zeros((2, *image_shape), jnp.float32)
-  return model.init(rng, dummy, train=False)
-
-
 def create_train_state(
     rng: Array,
     model,
@@ -164,21 +151,18 @@ def create_train_state(
     embed_dim: int,
     num_coarse: int,
     uses_queue: bool = True,
-    variables: dict[str, Any] | None = None,
 ) -> TrainState:
   """Initialises both encoders identically, the optimizer and a random queue.
 
   Without ``uses_queue`` the key encoder and queue are None. The encoder's
-  initial weights and the state's key do not depend on it. ``variables``:
-  the encoder's, if already made by `init_encoder` from `encoder_rng(rng)`
-  (the same values).
+  initial weights and the state's key do not depend on it.
 
   Pure, so it can run under ``jax.jit(..., out_shardings=...)`` to create the
   state directly where it lives.
   """
   init_rng, queue_rng, state_rng = jax.random.split(rng, 3)
-  if variables is None:
-    variables = init_encoder(init_rng, model, image_shape=image_shape)
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  variables = model.init(init_rng, dummy, train=False)
   params, batch_stats = variables["params"], variables["batch_stats"]
   keys = dict(
       target_params=None,

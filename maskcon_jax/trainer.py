@@ -102,25 +102,7 @@ def _make_state(config, model, tx, dataset, mesh):
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(create, rng)
   shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), abstract)
-  # The encoder's random initialisers are nearly all of the state's compile
-  # time (6 of 7 s for configs/tiny.py). Compiled on their own, one program
-  # serves every config with this encoder through JAX's compilation cache
-  # where it is on (the tests' runs share one); the values are the same bits
-  # as inside `create`, since each initialiser stays whole in one program.
-  init_encoder = functools.partial(
-      train_state_lib.init_encoder,
-      model=model,
-      image_shape=create.keywords["image_shape"],
-  )
-  variables = jax.jit(
-      init_encoder,
-      out_shardings=NamedSharding(mesh, P()),
-  )(train_state_lib.encoder_rng(rng))
-
-  def create_train_state(rng, variables):
-    return create(rng, variables=variables)
-
-  state = jax.jit(create_train_state, out_shardings=shardings)(rng, variables)
+  state = jax.jit(create, out_shardings=shardings)(rng)
   # Restoring into this tree places every array replicated on *this* mesh,
   # so a checkpoint written with N devices restores on M.
   abstract = jax.tree.map(

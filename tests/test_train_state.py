@@ -2,7 +2,6 @@
 
 import glob
 import os
-import types
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
 from maskcon_jax import losses
-from maskcon_jax import methods
 from maskcon_jax import train_state as ts
-from maskcon_jax import trainer
 from tests.conftest import GOLDEN_DIR
 
 
@@ -128,25 +124,3 @@ def test_random_queue_rows_are_unit_norm():
       np.linalg.norm(np.asarray(q), axis=1), 1, rtol=1e-5
   )
   assert set(np.unique(np.asarray(l))) <= {0, 1, 2}
-
-
-@pytest.mark.slow
-def test_trainer_state_with_the_encoder_compiled_apart_is_the_same_bits():
-  """The trainer compiles the encoder's initialisation on its own (one
-  program for every config with that encoder); the state must be the one
-  that `create_train_state` makes in one program, bit for bit."""
-  config = tiny.get_config()
-  dataset = types.SimpleNamespace(
-      image_shape=(64, 8, 8, 3),
-      hierarchy=types.SimpleNamespace(num_coarse=2),
-  )
-  model = methods.build_encoder(config, 2)
-  tx = ts.make_optimizer(config, ts.learning_rate_schedule(config, 4))
-  mesh = trainer.make_mesh()
-  state, _, _ = trainer._make_state(config, model, tx, dataset, mesh)
-  create = trainer.state_initializer(config, model, tx, dataset)
-  whole = jax.jit(create)(jax.random.key(config.seed))
-  leaves, want = jax.tree.leaves(state), jax.tree.leaves(whole)
-  assert len(leaves) == len(want) > 40
-  for a, b in zip(leaves, want):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
