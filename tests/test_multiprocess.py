@@ -53,21 +53,15 @@ _RECALLS = re.compile(r"(fine|coarse)_(within_coarse_)?recall@\d+$")
 def _start(args, *, env=None, events=False, **kwargs):
   """``maskcon_jax.train *args`` as two processes of two devices; without
   ``events``, without TensorFlow (`tests.cli_without_tensorflow`)."""
-  if events:
-    return launch_local.start(
-        args, num_processes=2, devices_per_process=2, env=env, **kwargs
+  if not events:
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
     )
-  env = dict(os.environ if env is None else env)
-  env["PYTHONPATH"] = os.pathsep.join(
-      p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
-  )
+    args = ["maskcon_jax.train", *args]
+    kwargs["module"] = "tests.cli_without_tensorflow"
   return launch_local.start(
-      ["maskcon_jax.train", *args],
-      num_processes=2,
-      devices_per_process=2,
-      module="tests.cli_without_tensorflow",
-      env=env,
-      **kwargs,
+      args, num_processes=2, devices_per_process=2, env=env, **kwargs
   )
 
 

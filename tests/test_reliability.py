@@ -65,9 +65,8 @@ def _config(**overrides):
 # needs it and its import adds ~10 s to each launch, so these runs use the
 # log-only writer (as on an image without TensorFlow).
 _CLI = (
-    "import sys; sys.modules['clu.metric_writers'] = None; "
-    "from absl import app; from maskcon_jax import train; "
-    "app.run(train.main, flags_parser=train._parse_flags)"
+    "from tests import cli_without_tensorflow; "
+    "cli_without_tensorflow.run('maskcon_jax.train')"
 )
 
 
