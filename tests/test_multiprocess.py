@@ -5,7 +5,8 @@
 same program a two-host job runs. Each process has a timeout, so a hang
 fails the test instead of stalling the suite. Only the first run writes
 TensorBoard events (and checks them); the others run without TensorFlow,
-which saves its import in every process (`tests.cli_without_tensorflow`).
+which saves its import in every process (`tests.cli_without_tensorflow`,
+which also lets process 1 write the compilation cache).
 
 Tolerance between one process of four devices and two of two: the same
 global mesh, batches and per-device BN, so only the order of the
@@ -51,17 +52,25 @@ _RECALLS = re.compile(r"(fine|coarse)_(within_coarse_)?recall@\d+$")
 
 
 def _start(args, *, env=None, events=False, **kwargs):
-  """``maskcon_jax.train *args`` as two processes of two devices; without
-  ``events``, without TensorFlow (`tests.cli_without_tensorflow`)."""
-  if not events:
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
-    )
-    args = ["maskcon_jax.train", *args]
-    kwargs["module"] = "tests.cli_without_tensorflow"
+  """``maskcon_jax.train *args`` as two processes of two devices, through
+  `tests.cli_without_tensorflow` (every process writes the compilation
+  cache); without ``events``, without TensorFlow."""
+  env = dict(os.environ if env is None else env)
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
+  )
+  args = [
+      *(["--with-tensorflow"] if events else []),
+      "maskcon_jax.train",
+      *args,
+  ]
   return launch_local.start(
-      args, num_processes=2, devices_per_process=2, env=env, **kwargs
+      args,
+      num_processes=2,
+      devices_per_process=2,
+      env=env,
+      module="tests.cli_without_tensorflow",
+      **kwargs,
   )
 
 
