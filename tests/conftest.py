@@ -19,6 +19,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _SESSION_CACHE_DIR = tempfile.mkdtemp(prefix="maskcon_jax_test_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE_DIR
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The suite is compile-bound, and XLA:CPU compiles about twice as fast with
+# its backend optimisations off (`jax_disable_most_optimizations`; CLI runs
+# inherit it), while the tiny programs run about as fast. The tests that
+# compare with bits stored from fully optimised programs carry the
+# `xla_optimized` marker and compile as users' runs do.
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs every test fully optimised.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Eight fake CPU devices and the command-line tools' CPU convolutions, as
 # the stored fixtures were computed (CLI processes inherit XLA_FLAGS).
 from tests.data import fixture_env  # noqa: E402,F401  pylint: disable=unused-import
@@ -33,6 +40,28 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "data" / "golden"
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimization_as_marked(request, monkeypatch):
+  """Compiles an `xla_optimized` test's programs fully optimised."""
+  if request.node.get_closest_marker("xla_optimized") is None:
+    yield
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+
+  name = "jax_disable_most_optimizations"
+  before = jax.config.values[name]
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")  # Subprocesses.
+  jax.config.update(name, False)
+  # The flag is not part of the key of jit's in-memory caches (it is of the
+  # persistent cache's): drop programs compiled under the other setting.
+  jax.clear_caches()
+  try:
+    yield
+  finally:
+    jax.config.update(name, before)
+    jax.clear_caches()
 
 
 def pytest_unconfigure(config):

@@ -91,6 +91,8 @@ def _record_for(name, features):
   )
 
 
+# Compares with stored bits of the optimised programs.
+@pytest.mark.xla_optimized
 @pytest.mark.parametrize("name", NAMES)
 def test_old_run_evaluates_as_it_did(name, tmp_path):
   workdir = _extract(tmp_path, name)
@@ -117,6 +119,8 @@ def test_old_run_evaluates_as_it_did(name, tmp_path):
   assert (state.queue_KxD is None) == (name != "saliency")
 
 
+# Compares with stored bits of the optimised programs.
+@pytest.mark.xla_optimized
 @pytest.mark.parametrize("name", NAMES)
 def test_old_run_resumes_to_the_same_weights(name, tmp_path, capsys):
   workdir = _extract(tmp_path, name)

@@ -33,6 +33,7 @@ pytestmark = [
         "tests/data/make_step_fixture.py after checking a release change)",
     ),
     pytest.mark.slow,
+    pytest.mark.xla_optimized,  # The stored bits are the optimised programs'.
 ]
 
 
