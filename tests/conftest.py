@@ -32,6 +32,8 @@ from tests.data import fixture_env  # noqa: E402,F401  pylint: disable=unused-im
 
 import pytest  # noqa: E402
 
+from tests.data import numerics  # noqa: E402
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Losses computed by the official PyTorch code (see its README.md).
 GOLDEN_DIR = REPO_ROOT / "tests" / "data" / "golden"
@@ -43,25 +45,13 @@ def repo_root() -> pathlib.Path:
 
 
 @pytest.fixture(autouse=True)
-def _xla_optimization_as_marked(request, monkeypatch):
+def _xla_optimization_as_marked(request):
   """Compiles an `xla_optimized` test's programs fully optimised."""
   if request.node.get_closest_marker("xla_optimized") is None:
     yield
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-
-  name = "jax_disable_most_optimizations"
-  before = jax.config.values[name]
-  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")  # Subprocesses.
-  jax.config.update(name, False)
-  # The flag is not part of the key of jit's in-memory caches (it is of the
-  # persistent cache's): drop programs compiled under the other setting.
-  jax.clear_caches()
-  try:
-    yield
-  finally:
-    jax.config.update(name, before)
-    jax.clear_caches()
+  else:
+    with numerics.fully_optimised():
+      yield
 
 
 def pytest_unconfigure(config):

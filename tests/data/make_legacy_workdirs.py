@@ -162,9 +162,6 @@ def main(argv_=None) -> int:
       action="store_true",
       help="append this CPU's record (from the stored archive)",
   )
-  # The stored bits are those of fully optimised programs, as users' runs
-  # compile (the test suite turns most optimisations off: tests/conftest.py).
-  jax.config.update("jax_disable_most_optimizations", False)
   if parser.parse_args(argv_).add_record:
     numerics.add_record(EXPECTED, {"jax": jax.__version__}, _runs_from_archive)
     return 0
@@ -193,4 +190,5 @@ def main(argv_=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with numerics.fully_optimised():  # The stored bits' programs.
+    sys.exit(main())

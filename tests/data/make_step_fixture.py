@@ -256,9 +256,6 @@ def main(argv=None) -> int:
       help="append this machine's record to the stored fixture",
   )
   args = parser.parse_args(argv)
-  # The stored bits are those of fully optimised programs, as users' runs
-  # compile (the test suite turns most optimisations off: tests/conftest.py).
-  jax.config.update("jax_disable_most_optimizations", False)
   if jax.device_count() < max(DEVICE_COUNTS):
     raise SystemExit(f"needs {max(DEVICE_COUNTS)} devices; unset XLA_FLAGS.")
   if args.add_record:
@@ -288,4 +285,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  with numerics.fully_optimised():  # The stored bits' programs.
+    sys.exit(main())

@@ -7,20 +7,26 @@ VMs: an AMD EPYC Zen 4 and the CPU the first fixtures were written on gave
 first-step losses 1e-5 apart (relative), and tiny's 8-device runs (two
 images per device, per-device BatchNorm) amplify that to tens of percent
 within three steps. So the fixtures keep their bits per CPU (`cpu_identity`),
-and tests compare bits only on a CPU that has a record.
+and tests compare bits only on a CPU that has a record. The bits are those of
+fully optimised programs, as training runs compile them (`fully_optimised`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import platform
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
+
+# Most of XLA's optimisations off: the test suite's setting (tests/conftest.py).
+_NO_OPTIMISATIONS = "jax_disable_most_optimizations"
+_NO_OPTIMISATIONS_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 
 # Instruction-set flags of /proc/cpuinfo that decide what XLA:CPU emits.
 _ISA_PREFIXES = ("sse4", "avx", "fma", "amx", "f16c")
@@ -100,3 +106,25 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
   path.write_text(
       json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
   )
+
+
+@contextlib.contextmanager
+def fully_optimised() -> Iterator[None]:
+  """Compiles with XLA's full optimisation inside, in this process and in
+  the processes it starts (the suite turns most of it off, which changes
+  the last bits). jit's in-memory caches ignore the setting, so they are
+  cleared on the way in and out; the persistent cache keys it."""
+  before = jax.config.values[_NO_OPTIMISATIONS]
+  before_env = os.environ.get(_NO_OPTIMISATIONS_ENV)
+  os.environ[_NO_OPTIMISATIONS_ENV] = "0"
+  jax.config.update(_NO_OPTIMISATIONS, False)
+  jax.clear_caches()
+  try:
+    yield
+  finally:
+    if before_env is None:
+      os.environ.pop(_NO_OPTIMISATIONS_ENV, None)
+    else:
+      os.environ[_NO_OPTIMISATIONS_ENV] = before_env
+    jax.config.update(_NO_OPTIMISATIONS, before)
+    jax.clear_caches()
