@@ -21,9 +21,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # The suite is compile-bound, and XLA:CPU compiles about twice as fast with
 # its backend optimisations off (`jax_disable_most_optimizations`; CLI runs
-# inherit it), while the tiny programs run about as fast. The tests that
-# compare with bits stored from fully optimised programs carry the
-# `xla_optimized` marker and compile as users' runs do.
+# inherit it), while the tiny programs run about as fast. The stored-value
+# fixtures hold bits of both levels (tests/data/numerics.py).
 # JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs every test fully optimised.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Eight fake CPU devices and the command-line tools' CPU convolutions, as
@@ -31,8 +30,6 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 from tests.data import fixture_env  # noqa: E402,F401  pylint: disable=unused-import
 
 import pytest  # noqa: E402
-
-from tests.data import numerics  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Losses computed by the official PyTorch code (see its README.md).
@@ -42,16 +39,6 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "data" / "golden"
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
-
-
-@pytest.fixture(autouse=True)
-def _xla_optimization_as_marked(request):
-  """Compiles an `xla_optimized` test's programs fully optimised."""
-  if request.node.get_closest_marker("xla_optimized") is None:
-    yield
-  else:
-    with numerics.fully_optimised():
-      yield
 
 
 def pytest_unconfigure(config):

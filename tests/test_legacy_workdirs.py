@@ -34,14 +34,12 @@ EXPECTED = json.loads(fixture.EXPECTED.read_text())
 NAMES = ("wcl", "selfcon", "saliency")
 # XLA's numbers (the features, the resumed weights) are compared only under
 # the jax release that wrote them: bit for bit on a CPU with a record of
-# them (tests/data/numerics.py; named in it, or recognised by computing its
-# features bit for bit), and on another within what the two recorded CPUs
-# differed by (features 4.2e-7 at most; results equal).
+# them at the XLA optimisation level compiled at (tests/data/numerics.py;
+# named in it, or recognised by computing its features bit for bit), and on
+# another within what the two recorded CPUs differed by (features 4.2e-7 at
+# most; results equal).
 SAME_JAX = EXPECTED["versions"]["jax"] == jax.__version__
 RECORDS = EXPECTED["records"]
-OWN_RECORD = next(
-    (r for r in RECORDS if r["cpu"] == numerics.cpu_identity()), None
-)
 FEATURES_ATOL = 1e-5
 
 
@@ -79,8 +77,9 @@ def _record_for(name, features):
   """The record whose bits this machine computes: its CPU's, or else one
   whose features it reproduces bit for bit (a CPU that wrote a record but
   was not named in it); None if neither."""
-  if OWN_RECORD:
-    return OWN_RECORD
+  own = numerics.own_record(RECORDS)
+  if own is not None:
+    return own
   return next(
       (
           r
@@ -91,8 +90,14 @@ def _record_for(name, features):
   )
 
 
-# Compares with stored bits of the optimised programs.
-@pytest.mark.xla_optimized
+@pytest.fixture(name="recorded_level")
+def _recorded_level():
+  """Compiles at a level this CPU's records can be compared at."""
+  with numerics.at_a_recorded_level(RECORDS):
+    yield
+
+
+@pytest.mark.usefixtures("recorded_level")
 @pytest.mark.parametrize("name", NAMES)
 def test_old_run_evaluates_as_it_did(name, tmp_path):
   workdir = _extract(tmp_path, name)
@@ -119,8 +124,7 @@ def test_old_run_evaluates_as_it_did(name, tmp_path):
   assert (state.queue_KxD is None) == (name != "saliency")
 
 
-# Compares with stored bits of the optimised programs.
-@pytest.mark.xla_optimized
+@pytest.mark.usefixtures("recorded_level")
 @pytest.mark.parametrize("name", NAMES)
 def test_old_run_resumes_to_the_same_weights(name, tmp_path, capsys):
   workdir = _extract(tmp_path, name)

@@ -4,10 +4,11 @@ tests/data/step_identity.json holds, for each mode on 1 and 8 (fake CPU)
 devices, the metrics of three steps of configs/tiny.py and a digest of every
 array of the state after them, written by tests/data/make_step_fixture.py
 from the code before the methods became plug-ins (issue 13), one record per
-CPU (XLA:CPU's last bits depend on it). A refactor that changes nothing
-keeps them; one that changes a number fails here. On a CPU without a record
-only a first-step tripwire is checked (`make_step_fixture.check_run`), and
-the test says so in its output.
+CPU and XLA optimisation level (XLA:CPU's last bits depend on both;
+tests/data/numerics.py). A refactor that changes nothing keeps them; one
+that changes a number fails here. On a CPU without a record only a
+first-step tripwire is checked (`make_step_fixture.check_run`), and the test
+says so in its output.
 """
 
 import json
@@ -33,7 +34,6 @@ pytestmark = [
         "tests/data/make_step_fixture.py after checking a release change)",
     ),
     pytest.mark.slow,
-    pytest.mark.xla_optimized,  # The stored bits are the optimised programs'.
 ]
 
 
@@ -41,7 +41,8 @@ pytestmark = [
 def test_step_is_bit_identical_on_1_and_8_devices(mode, capsys):
   for n in fixture.DEVICE_COUNTS:
     key = f"{mode}/{n}"
-    how, problems = fixture.check_run(STORED, key, fixture.run_mode(mode, n))
+    with numerics.at_a_recorded_level(STORED["records"]):
+      how, problems = fixture.check_run(STORED, key, fixture.run_mode(mode, n))
     assert not problems, f"{key} ({how}): " + "; ".join(problems)
     if how != "bits":
       with capsys.disabled():
@@ -51,6 +52,12 @@ def test_step_is_bit_identical_on_1_and_8_devices(mode, capsys):
 # How the fixture is compared, on stored runs (no training).
 _RECORDED = STORED["records"][-1]
 _KEY = "maskcon/8"
+
+
+def _as_if_recorded_here(monkeypatch, record):
+  monkeypatch.setattr(numerics, "cpu_identity", lambda: record["cpu"])
+  level = record.get("xla_optimisation", "full")
+  monkeypatch.setattr(numerics, "xla_optimisation", lambda: level)
 
 
 def _changed(run, loss_factor=1.0, array=False):
@@ -65,7 +72,7 @@ def _changed(run, loss_factor=1.0, array=False):
 
 
 def test_a_recorded_cpu_requires_its_bits(monkeypatch):
-  monkeypatch.setattr(numerics, "cpu_identity", lambda: _RECORDED["cpu"])
+  _as_if_recorded_here(monkeypatch, _RECORDED)
   run = _RECORDED["runs"][_KEY]
   assert fixture.check_run(STORED, _KEY, run) == ("bits", [])
   how, problems = fixture.check_run(STORED, _KEY, _changed(run, array=True))
@@ -76,6 +83,26 @@ def test_a_recorded_cpu_requires_its_bits(monkeypatch):
   other = STORED["records"][0]["runs"][_KEY]
   how, problems = fixture.check_run(STORED, _KEY, other)
   assert how == "bits" and problems[0] == "metrics differ", problems
+  # Nor are this CPU's bits at the other XLA optimisation level.
+  (same_cpu,) = [
+      r
+      for r in STORED["records"]
+      if r["cpu"] == _RECORDED["cpu"] and r is not _RECORDED
+  ]
+  how, problems = fixture.check_run(STORED, _KEY, same_cpu["runs"][_KEY])
+  assert how == "bits" and problems[0] == "metrics differ", problems
+
+
+def test_records_are_kept_per_cpu_and_level(monkeypatch):
+  kinds = [
+      (r["cpu"], r.get("xla_optimisation", "full")) for r in STORED["records"]
+  ]
+  assert len(set(kinds)) == len(kinds)
+  for record in STORED["records"]:
+    _as_if_recorded_here(monkeypatch, record)
+    assert numerics.own_record(STORED["records"]) is record
+  monkeypatch.setattr(numerics, "xla_optimisation", lambda: "another level")
+  assert numerics.own_record(STORED["records"]) is None
 
 
 def test_another_cpu_gets_bits_or_the_first_step_tripwire(monkeypatch):
@@ -94,3 +121,18 @@ def test_another_cpu_gets_bits_or_the_first_step_tripwire(monkeypatch):
   assert how == "first step"
   assert len(problems) == len(STORED["records"]), problems
   assert all(p.startswith("first step's loss") for p in problems)
+
+
+def test_a_cpu_without_a_record_at_this_level_compiles_fully_optimised(
+    monkeypatch,
+):
+  level = numerics.xla_optimisation()
+  monkeypatch.setattr(numerics, "cpu_identity", lambda: "a CPU not recorded")
+  with numerics.at_a_recorded_level(STORED["records"]):
+    assert numerics.xla_optimisation() == "full"
+  assert numerics.xla_optimisation() == level
+  # A CPU with a record at the running level keeps it.
+  monkeypatch.setattr(numerics, "cpu_identity", lambda: _RECORDED["cpu"])
+  assert numerics.own_record(STORED["records"]) is not None
+  with numerics.at_a_recorded_level(STORED["records"]):
+    assert numerics.xla_optimisation() == level

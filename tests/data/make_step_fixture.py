@@ -23,19 +23,28 @@ other arrays are compared for them.)
 
 XLA:CPU's results depend on the jax/jaxlib release, so the file records the
 versions it was written with and the test is skipped under others. They
-also depend, in the last bits, on the CPU (tests/data/numerics.py), so the
-file holds one record per CPU it was written on, each from 0cadfb0's code:
+also depend, in the last bits, on the CPU and on how far XLA optimises
+(tests/data/numerics.py), so the file holds one record per CPU and level it
+was written on, each from 0cadfb0's code:
 - the first: this project's x86-64 VM of 2026-11-30, whose CPU was not
-  recorded (1 and 2 cores gave the same values);
-- an AMD EPYC Zen 4 (family 25 model 17, AVX-512), written on 2026-12-01 by
-  this script (``--add-record``) run in a checkout of 0cadfb0, with a
-  ``tests/data/fixture_env.py`` that set the same environment.
-On a CPU with a record the test requires that record's bits. On another,
+  recorded (1 and 2 cores gave the same values), fully optimised;
+- an AMD EPYC Zen 4 (family 25 model 17, AVX-512), fully optimised, written
+  on 2026-12-01 by this script (``--add-record``) run in a checkout of
+  0cadfb0, with a ``tests/data/fixture_env.py`` that set the same
+  environment;
+- the same CPU with most optimisations off (the test suite's level,
+  ``JAX_DISABLE_MOST_OPTIMIZATIONS=1``), written the same way on
+  2026-12-01; today's code gave the same bits at both levels (14 of 14
+  runs), and the two levels' bits differ.
+On a CPU with a record at the running level the test requires that
+record's bits; on a CPU with records only of fully optimised programs it
+compiles fully optimised (`numerics.at_a_recorded_level`). On another CPU,
 bits equal to some record pass; otherwise only a tripwire is left
 (`check_run`): the first step's loss (and on one device its gradient norm
 and positive similarity) within 1e-4 of every record's.
-`--add-record` appends the running machine's record (from the code at hand:
-run it in a checkout of the code the fixture describes).
+`--add-record` appends the running machine's record at the level the
+environment sets (from the code at hand: run it in a checkout of the code
+the fixture describes).
 """
 
 from __future__ import annotations
@@ -199,16 +208,16 @@ def check_run(stored: dict, key: str, got: dict) -> tuple[str, list[str]]:
   checked against the ``stored`` fixture ("bits" or "first step"), and the
   problems found (none: it passed).
 
-  On a CPU with a record: that record's bits, every metric and array. On
-  any other CPU (where the bits cannot be known): equal bits to some record
-  pass; otherwise the first step's `FIRST_STEP_METRICS` must be within
+  On a CPU with a record at the running XLA optimisation level
+  (`numerics.own_record`): that record's bits, every metric and array.
+  Otherwise (where the bits cannot be known): equal bits to some record
+  pass; else the first step's `FIRST_STEP_METRICS` must be within
   `FIRST_STEP_RTOL` of every record's, a tripwire for changed arithmetic.
   """
   records = stored["records"]
-  cpu = numerics.cpu_identity()
-  own = [r for r in records if r["cpu"] == cpu]
-  if own:
-    want = own[0]["runs"][key]
+  own = numerics.own_record(records)
+  if own is not None:
+    want = own["runs"][key]
     problems = []
     if got["metrics"] != want["metrics"]:
       problems.append("metrics differ")
@@ -285,5 +294,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  with numerics.fully_optimised():  # The stored bits' programs.
-    sys.exit(main())
+  sys.exit(main())

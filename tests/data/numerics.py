@@ -7,8 +7,14 @@ VMs: an AMD EPYC Zen 4 and the CPU the first fixtures were written on gave
 first-step losses 1e-5 apart (relative), and tiny's 8-device runs (two
 images per device, per-device BatchNorm) amplify that to tens of percent
 within three steps. So the fixtures keep their bits per CPU (`cpu_identity`),
-and tests compare bits only on a CPU that has a record. The bits are those of
-fully optimised programs, as training runs compile them (`fully_optimised`).
+and tests compare bits only on a CPU that has a record.
+
+They also depend on how far XLA optimises (`xla_optimisation`): training
+runs compile fully optimised, the test suite with most optimisations off
+(tests/conftest.py; about twice as fast to compile), and the two give
+different last bits. So a record also names its level, and a CPU may have
+one record at each (`own_record`); `at_a_recorded_level` compiles a test's
+programs at a level that can be compared.
 """
 
 from __future__ import annotations
@@ -76,10 +82,28 @@ def digests(tree) -> dict[str, str]:
   return {jax.tree_util.keystr(path): digest(x) for path, x in _leaves(tree)}
 
 
+def xla_optimisation() -> str:
+  """The level XLA compiles at now: "full" or "most off"."""
+  return "most off" if jax.config.values[_NO_OPTIMISATIONS] else "full"
+
+
+def _kind(record_: dict) -> tuple:
+  # Records written before levels were recorded are of fully optimised
+  # programs.
+  return record_["cpu"], record_.get("xla_optimisation", "full")
+
+
+def own_record(records: list[dict]) -> dict | None:
+  """The record of this CPU at the running level, if there is one."""
+  kind = (cpu_identity(), xla_optimisation())
+  return next((r for r in records if _kind(r) == kind), None)
+
+
 def record(runs: dict) -> dict:
   """The running machine's record of ``runs``."""
   return {
       "cpu": cpu_identity(),
+      "xla_optimisation": xla_optimisation(),
       "platform": platform.platform(),
       "cpu_count": os.cpu_count(),
       "runs": runs,
@@ -89,14 +113,18 @@ def record(runs: dict) -> dict:
 def add_record(
     path: pathlib.Path, versions: dict, compute: Callable[[], dict]
 ) -> None:
-  """Appends this CPU's `record` of ``compute()``'s runs to the fixture at
-  ``path``. Refuses, before computing anything, a fixture of other
-  ``versions`` and a second record for this CPU."""
+  """Appends this CPU's `record` of ``compute()``'s runs, at the running
+  level, to the fixture at ``path``. Refuses, before computing anything, a
+  fixture of other ``versions`` and a second record of this CPU and
+  level."""
   stored = json.loads(path.read_text())
   if stored["versions"] != versions:
     raise SystemExit(f"the fixture is of {stored['versions']}.")
-  if any(r["cpu"] == cpu_identity() for r in stored["records"]):
-    raise SystemExit("this CPU has a record already.")
+  if own_record(stored["records"]) is not None:
+    raise SystemExit(
+        f"this CPU has a record at XLA optimisation {xla_optimisation()!r}"
+        " already."
+    )
   stored["records"].append(record(compute()))
   write_json(path, stored)
   print(f"added this CPU's record to {path}")
@@ -109,11 +137,22 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
 
 
 @contextlib.contextmanager
+def at_a_recorded_level(records: list[dict]) -> Iterator[None]:
+  """Compiles at the running level where this CPU has a record of it, and
+  otherwise fully optimised: every CPU with records has one at that level,
+  and the first CPU's (not named in it) is known only by its bits."""
+  if own_record(records) is not None:
+    yield
+  else:
+    with fully_optimised():
+      yield
+
+
+@contextlib.contextmanager
 def fully_optimised() -> Iterator[None]:
   """Compiles with XLA's full optimisation inside, in this process and in
-  the processes it starts (the suite turns most of it off, which changes
-  the last bits). jit's in-memory caches ignore the setting, so they are
-  cleared on the way in and out; the persistent cache keys it."""
+  the processes it starts. jit's in-memory caches ignore the setting, so
+  they are cleared on the way in and out; the persistent cache keys it."""
   before = jax.config.values[_NO_OPTIMISATIONS]
   before_env = os.environ.get(_NO_OPTIMISATIONS_ENV)
   os.environ[_NO_OPTIMISATIONS_ENV] = "0"
