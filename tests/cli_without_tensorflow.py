@@ -8,8 +8,8 @@ clu's TensorBoard writer imports TensorFlow, about 5 s of every process's
 start on a small CPU; with ``clu.metric_writers`` hidden, the tools log
 their metrics only, as on an image without TensorFlow. For launches that
 check no event files (`tests/test_multiprocess.py`,
-`tests/test_reliability.py`); ``--with-tensorflow`` (first argument) keeps
-the writer.
+`tests/test_reliability.py`, the first run of `tests/test_train.py`'s
+resume); ``--with-tensorflow`` (first argument) keeps the writer.
 
 Every process of a multi-process launch also writes the persistent
 compilation cache the suite shares (`cache_from_every_process`).

@@ -70,7 +70,6 @@ def test_adding_a_method_example_works_as_written(tmp_path):
       "__init__.py",
       "conftest.py",
       "data/fixture_env.py",
-      "data/numerics.py",
   ):
     (repo / "tests" / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "tests" / name, repo / "tests" / name)
