@@ -139,8 +139,9 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
 @contextlib.contextmanager
 def at_a_recorded_level(records: list[dict]) -> Iterator[None]:
   """Compiles at the running level where this CPU has a record of it, and
-  otherwise fully optimised: every CPU with records has one at that level,
-  and the first CPU's (not named in it) is known only by its bits."""
+  otherwise fully optimised, the level of which every recorded CPU has a
+  record (the first CPU, not named in its record, is known only by its
+  bits, so this is the level that can find them)."""
   if own_record(records) is not None:
     yield
   else:
