@@ -55,8 +55,8 @@ _KEY = "maskcon/8"
 
 
 def _as_if_recorded_here(monkeypatch, record):
-  monkeypatch.setattr(numerics, "cpu_identity", lambda: record["cpu"])
-  level = record.get("xla_optimisation", "full")
+  cpu, level = numerics.record_kind(record)
+  monkeypatch.setattr(numerics, "cpu_identity", lambda: cpu)
   monkeypatch.setattr(numerics, "xla_optimisation", lambda: level)
 
 
@@ -94,9 +94,7 @@ def test_a_recorded_cpu_requires_its_bits(monkeypatch):
 
 
 def test_records_are_kept_per_cpu_and_level(monkeypatch):
-  kinds = [
-      (r["cpu"], r.get("xla_optimisation", "full")) for r in STORED["records"]
-  ]
+  kinds = [numerics.record_kind(r) for r in STORED["records"]]
   assert len(set(kinds)) == len(kinds)
   for record in STORED["records"]:
     _as_if_recorded_here(monkeypatch, record)

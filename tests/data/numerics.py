@@ -87,7 +87,8 @@ def xla_optimisation() -> str:
   return "most off" if jax.config.values[_NO_OPTIMISATIONS] else "full"
 
 
-def _kind(record_: dict) -> tuple:
+def record_kind(record_: dict) -> tuple[str | None, str]:
+  """A record's CPU and XLA optimisation level."""
   # Records written before levels were recorded are of fully optimised
   # programs.
   return record_["cpu"], record_.get("xla_optimisation", "full")
@@ -96,7 +97,7 @@ def _kind(record_: dict) -> tuple:
 def own_record(records: list[dict]) -> dict | None:
   """The record of this CPU at the running level, if there is one."""
   kind = (cpu_identity(), xla_optimisation())
-  return next((r for r in records if _kind(r) == kind), None)
+  return next((r for r in records if record_kind(r) == kind), None)
 
 
 def record(runs: dict) -> dict:
