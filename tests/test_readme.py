@@ -66,11 +66,7 @@ def test_adding_a_method_example_works_as_written(tmp_path):
         ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
     )
   (repo / "tests").mkdir()
-  for name in (
-      "__init__.py",
-      "conftest.py",
-      "data/fixture_env.py",
-  ):
+  for name in ("__init__.py", "conftest.py", "data/fixture_env.py"):
     (repo / "tests" / name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "tests" / name, repo / "tests" / name)
   for path, text in files.items():

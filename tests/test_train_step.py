@@ -39,14 +39,14 @@ pytestmark = [
 
 @pytest.mark.parametrize("mode", fixture.MODES)
 def test_step_is_bit_identical_on_1_and_8_devices(mode, capsys):
-  for n in fixture.DEVICE_COUNTS:
-    key = f"{mode}/{n}"
-    with numerics.at_a_recorded_level(STORED["records"]):
+  with numerics.at_a_recorded_level(STORED["records"]):
+    for n in fixture.DEVICE_COUNTS:
+      key = f"{mode}/{n}"
       how, problems = fixture.check_run(STORED, key, fixture.run_mode(mode, n))
-    assert not problems, f"{key} ({how}): " + "; ".join(problems)
-    if how != "bits":
-      with capsys.disabled():
-        print(f"\n{key}: no record for this CPU, first step checked only")
+      assert not problems, f"{key} ({how}): " + "; ".join(problems)
+      if how != "bits":
+        with capsys.disabled():
+          print(f"\n{key}: no record for this CPU, first step checked only")
 
 
 # How the fixture is compared, on stored runs (no training).
