@@ -14,13 +14,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from maskcon_jax import augment
+from maskcon_jax import input_pipeline
 from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax.errors import ConfigError, UserError
 from maskcon_jax.input_pipeline import DATASETS
 from maskcon_jax.errors import is_int
 from maskcon_jax.errors import is_number as _is_number
-from maskcon_jax.methods.base import show as _show
+from maskcon_jax.errors import show as _show
 from maskcon_jax.train_step import KEY_BN_MODES, QUERY_BN_MODES
 
 QUEUE_INITS = ("prefill", "random")
@@ -351,24 +352,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config.force_unlock={_show(force_unlock)} must be True or False."
     )
-  _optional_int(
-      config,
-      "subset_seed",
-      minimum=0,
-      what="an integer >= 0, or unset to keep the first examples",
-  )
-  channels = config.get("image_channels")
-  if channels is not None and (not is_int(channels) or channels not in (1, 3)):
-    raise ConfigError(
-        f"config.image_channels={_show(channels)} must be 1 "
-        "(gray), 3 (RGB) or unset (the dataset's own channels)."
-    )
-  coarse_map = config.get("coarse_map")
-  if coarse_map is not None and not isinstance(coarse_map, str):
-    raise ConfigError(
-        f"config.coarse_map={_show(coarse_map)} must be the path "
-        "of a CSV or JSON fine -> coarse map, or unset."
-    )
+  # The data loader checks these too (it can run without this function).
+  input_pipeline.optional_subset_seed(config, numpy=False)
+  input_pipeline.optional_image_channels(config, numpy=False)
+  input_pipeline.optional_coarse_map(config)
   init_from = config.get("init_from")
   if init_from is not None and (
       not isinstance(init_from, str) or not init_from

@@ -5,13 +5,16 @@ unwritable workdir) raises a subclass of `UserError` whose message is one line
 saying what to change. The command-line entry points print that line and exit
 with a non-zero status instead of showing a traceback.
 
-`is_int` and `is_number` are the value checks behind those messages, shared
-by every module that validates a setting.
+`is_int` and `is_number` are the value checks behind those messages, and
+`show` the way they quote a value, shared by every module that validates a
+setting.
 """
 
 import math
 import numbers
 from typing import Any
+
+import ml_collections
 
 
 def is_int(value: Any, *, numpy: bool = False) -> bool:
@@ -78,3 +81,10 @@ class Interrupted(Exception):
     super().__init__(message)
     self.signal_name = signal_name
     self.step = step
+
+
+def show(value: Any) -> str:
+  """``repr(value)`` on one line (a nested ConfigDict's repr spans several)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return " ".join(repr(value).split())

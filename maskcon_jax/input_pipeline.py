@@ -56,6 +56,7 @@ from maskcon_jax.datasets.core import LabelHierarchy
 from maskcon_jax.datasets.core import StreamingDataset
 from maskcon_jax.errors import ConfigError
 from maskcon_jax.errors import is_int
+from maskcon_jax.errors import show
 
 # The built-in datasets' names, as this module has always offered them.
 from maskcon_jax.datasets.builtin import DEBIAN_FASHION_MNIST_DIR
@@ -233,9 +234,9 @@ def load_dataset(
   streaming = is_streaming(config)
   max_train = _optional_positive_int(config, "max_train_examples")
   max_test = _optional_positive_int(config, "max_test_examples")
-  subset_seed = _optional_subset_seed(config)
-  channels = _optional_image_channels(config)
-  coarse_map = _optional_coarse_map(config)
+  subset_seed = optional_subset_seed(config)
+  channels = optional_image_channels(config)
+  coarse_map = optional_coarse_map(config)
   if streaming and subset_seed is not None:
     raise ConfigError(
         f"config.subset_seed={subset_seed} needs the data in "
@@ -489,37 +490,47 @@ def _optional_positive_int(
   return int(value)
 
 
-def _optional_subset_seed(config: ml_collections.ConfigDict) -> int | None:
+def optional_subset_seed(
+    config: ml_collections.ConfigDict, *, numpy: bool = True
+) -> int | None:
+  """``config.subset_seed``: None, or an integer >= 0 (with ``numpy``, NumPy
+  integers too; `configuration.validate_config` wants plain ints, which a
+  config.json can hold)."""
   value = config.get("subset_seed")
   if value is None:
     return None
-  if not is_int(value, numpy=True) or value < 0:
+  if not is_int(value, numpy=numpy) or value < 0:
     raise ConfigError(
-        f"config.subset_seed={value!r} must be an integer >= 0, "
-        "or None to keep the first examples."
+        f"config.subset_seed={show(value)} must be an integer >= 0, "
+        "or unset to keep the first examples."
     )
   return int(value)
 
 
-def _optional_image_channels(config: ml_collections.ConfigDict) -> int | None:
+def optional_image_channels(
+    config: ml_collections.ConfigDict, *, numpy: bool = True
+) -> int | None:
+  """``config.image_channels``: None, 1 or 3 (``numpy`` as in
+  `optional_subset_seed`)."""
   value = config.get("image_channels")
   if value is None:
     return None
-  if not is_int(value, numpy=True) or value not in (1, 3):
+  if not is_int(value, numpy=numpy) or value not in (1, 3):
     raise ConfigError(
-        f"config.image_channels={value!r} must be 1 (gray), 3 "
-        "(RGB) or None (the dataset's own channels)."
+        f"config.image_channels={show(value)} must be 1 (gray), 3 "
+        "(RGB) or unset (the dataset's own channels)."
     )
   return int(value)
 
 
-def _optional_coarse_map(config: ml_collections.ConfigDict) -> str | None:
+def optional_coarse_map(config: ml_collections.ConfigDict) -> str | None:
+  """``config.coarse_map``: a path, or None (unset or empty)."""
   value = config.get("coarse_map")
   if value is None or value == "":
     return None
   if not isinstance(value, str):
     raise ConfigError(
-        f"config.coarse_map={value!r} must be the path of a CSV "
-        "or JSON fine -> coarse map, or None."
+        f"config.coarse_map={show(value)} must be the path of a CSV "
+        "or JSON fine -> coarse map, or unset."
     )
   return value

@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import tiny
+from maskcon_jax import configuration
 from maskcon_jax import input_pipeline
 from maskcon_jax.datasets import builtin
 from maskcon_jax.errors import ConfigError
@@ -782,16 +784,41 @@ def test_real_fashion_mnist_parity_subsets(monkeypatch, tmp_path):
         (dict(subset_seed="0"), "subset_seed='0'"),
         (dict(image_channels=2), r"image_channels=2 must be 1 \(gray\), 3"),
         (dict(image_channels=3.0), "image_channels=3.0"),
+        (dict(coarse_map=3), "coarse_map=3 must be the path of a CSV"),
         (
             dict(image_channels=3, synthetic=dict(channels=2)),
             "has 2-channel images",
         ),
     ],
 )
-def test_bad_subset_seed_or_channels_is_a_config_error(fields, match):
+def test_bad_subset_seed_channels_or_coarse_map_is_a_config_error(
+    fields, match
+):
+  config = _config(dataset="synthetic", **fields)
   with pytest.raises(ConfigError, match=match) as info:
-    input_pipeline.load_dataset(_config(dataset="synthetic", **fields))
+    input_pipeline.load_dataset(config)
   assert "\n" not in str(info.value)
+  if "synthetic" not in fields:
+    # The loader and the config check say the same (one check serves both).
+    # Built from a dict, as from a config.json: any type can arrive.
+    full = ml_collections.ConfigDict(
+        {**tiny.get_config().to_dict(), "dataset": "synthetic", **fields}
+    )
+    with pytest.raises(ConfigError) as checked:
+      configuration.validate_config(full)
+    assert str(checked.value) == str(info.value)
+
+
+@pytest.mark.parametrize("field", ["subset_seed", "image_channels"])
+def test_loader_takes_numpy_ints_and_the_config_check_plain_ones(field):
+  value = np.int64(1)
+  config = _config(dataset="synthetic", **{field: value})
+  assert input_pipeline.load_dataset(config).num_train > 0
+  full = ml_collections.ConfigDict(
+      {**tiny.get_config().to_dict(), "dataset": "synthetic", field: value}
+  )
+  with pytest.raises(ConfigError, match=f"config.{field}=np.int64\\(1\\)"):
+    configuration.validate_config(full)
 
 
 @pytest.mark.parametrize(

@@ -37,15 +37,9 @@ from maskcon_jax.errors import ConfigError
 # The value checks, here too for method modules (`base.is_int`).
 from maskcon_jax.errors import is_int  # noqa: F401  pylint: disable=unused-import
 from maskcon_jax.errors import is_number
+from maskcon_jax.errors import show
 
 Array = jax.Array
-
-
-def show(value: Any) -> str:
-  """``repr(value)`` on one line (a nested ConfigDict's repr spans several)."""
-  if isinstance(value, ml_collections.ConfigDict):
-    value = value.to_dict()
-  return " ".join(repr(value).split())
 
 
 class Method:
