@@ -55,6 +55,8 @@ Writes ``WORKDIR/comparison.md`` (the tables, also printed),
 ``WORKDIR/comparison.png`` (fine Recall@1 per entry: one dot per seed, mean
 ± std, the untrained encoder as a dashed line; the value axis zoomed to the
 data) and ``WORKDIR/comparison.json`` (the rows, per-seed numbers included).
+Wall times are per seed, with the machine they were measured on
+(`machine_description`; a run resumed on another machine names both).
 ``--noevaluate`` skips the extra evaluation (kNN, MAP@R, the probe and R@K
 beyond the config's ``retrieval_ks`` then read n/a), which on large training
 splits can take longer than a short training run.
@@ -76,6 +78,7 @@ import ast
 import itertools
 import json
 import os
+import platform
 import re
 import sys
 import time
@@ -86,6 +89,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
 import maskcon_jax  # noqa: E402
@@ -105,7 +109,8 @@ MARKDOWN_FILE = "comparison.md"
 PLOT_FILE = "comparison.png"
 JSON_FILE = "comparison.json"
 # Per-run bookkeeping next to the run's results.json: wall time spent on it by
-# this harness, kept so a skipped (already finished) run still reports it.
+# this harness and the machines it ran on, kept so a skipped (already
+# finished) run still reports them.
 TIMING_FILE = "comparison_timing.json"
 
 
@@ -402,6 +407,31 @@ def _is_finished(run_dir: str, config: ml_collections.ConfigDict) -> bool:
   )
 
 
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description() -> str:
+  """The machine a run's wall time is measured on, in one line: its JAX
+  devices (or the CPU), the host's CPU and cores, and the JAX version."""
+  devices = jax.devices()
+  host = f"{_cpu_model()}, {os.cpu_count()} cores"
+  if devices[0].platform == "cpu":
+    where = f"CPU ({host})"
+  else:
+    where = f"{len(devices)} x {devices[0].device_kind} (host {host})"
+  if jax.process_count() > 1:
+    where = f"{jax.process_count()} processes, {where}"
+  return f"{where}, jax {jax.__version__}"
+
+
 def _train_one(
     config, run_dir: str, evaluate: bool, untrained: bool = False
 ) -> dict[str, Any]:
@@ -423,6 +453,10 @@ def _train_one(
     else:
       results = trainer.train_and_evaluate(config, run_dir)
     timing["wall_seconds"] += time.time() - start
+    # A run resumed elsewhere adds its time there: each machine is named.
+    machines = timing.setdefault("machines", [])
+    if machine_description() not in machines:
+      machines.append(machine_description())
     trained = True
     workdir_io.write_json_atomic(timing_path, timing)
   eval_path = os.path.join(run_dir, "eval_test.json")
@@ -449,6 +483,9 @@ def _train_one(
       "complete": results.get("complete"),
       "wall_seconds": round(timing["wall_seconds"], 2),
       "eval_seconds": round(timing["eval_seconds"], 2),
+      # Where wall_seconds was spent ([] for a run timed before they were
+      # recorded).
+      "machines": timing.get("machines", []),
       **{key: metrics.get(key) for key, _ in METRICS},
   }
 

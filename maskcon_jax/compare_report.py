@@ -111,6 +111,25 @@ def _delta_cell(row: dict[str, Any], key: str) -> str:
   return f"{mean:+.3f}" if se is None else f"{mean:+.3f} ± {se:.3f}"
 
 
+def _machines_clause(rows: Sequence[dict[str, Any]]) -> str:
+  """ ", on <machine>" for the wall times, naming every machine they were
+  measured on (a resumed run may add another's); "" where none is known."""
+  machines = []
+  for row in rows:
+    for run in row.get("runs", []):
+      for machine in run.get("machines", []):
+        if machine not in machines:
+          machines.append(machine)
+  if not machines:
+    return ""
+  if len(machines) == 1:
+    return f", on {machines[0]}"
+  return (
+      ", on several machines (comparison.json names each run's): "
+      + "; ".join(machines)
+  )
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   """The comparison as Markdown: the metrics per entry, the paired
   differences to the reference entry, and a note saying what they show."""
@@ -157,7 +176,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
       "(Musgrave et al.); the linear probe is a softmax classifier of "
       "the fine labels on frozen training features. Wall time: seconds "
       "in training (compilation, queue pre-fill, training and its final "
-      "evaluation), per seed."
+      "evaluation), per seed" + _machines_clause(rows) + "."
   )
   if any(row["mode"] == UNTRAINED for row in rows):
     note += (

@@ -98,6 +98,7 @@ def test_writes_table_plot_and_json(compared):
   for line in body[2:]:
     assert re.search(r"\| [+-]\d\.\d{3} ± \d\.\d{3} \|$", line), line
   assert "seeds 3, 4" in table
+  assert f"per seed, on {compare.machine_description()}." in table
   assert "untrained: the freshly initialised encoder" in table
   # The second table: every metric's paired difference to the reference.
   paired = table[table.index("Paired differences to maskcon") :]
@@ -125,6 +126,7 @@ def test_rows_are_mean_and_sample_std_of_the_runs(compared):
     for run, seed in zip(row["runs"], SEEDS):
       run_dir = workdir / name / f"seed_{seed}"
       assert run["workdir"] == str(run_dir)
+      assert run["machines"] == [compare.machine_description()]
       results = json.loads((run_dir / "results.json").read_text())
       saved = json.loads((run_dir / "config.json").read_text())
       assert saved["seed"] == seed
@@ -204,6 +206,21 @@ def test_untrained_refuses_a_trained_workdir(compared, tmp_path):
   ):
     trainer.evaluate_untrained(config, str(run_dir))
   assert json.loads((run_dir / "results.json").read_text())["mode"] == "maskcon"
+
+
+@pytest.mark.slow
+def test_a_run_resumed_elsewhere_names_both_machines(tmp_path):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  # Time spent on another machine before (the run did not finish there).
+  (run_dir / compare.TIMING_FILE).write_text(
+      json.dumps(
+          {"wall_seconds": 5.0, "eval_seconds": 0.0, "machines": ["other"]}
+      )
+  )
+  run = compare._train_one(_config(), str(run_dir), False, untrained=True)
+  assert run["machines"] == ["other", compare.machine_description()]
+  assert run["wall_seconds"] > 5.0
 
 
 @pytest.mark.slow

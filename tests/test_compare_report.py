@@ -119,3 +119,41 @@ def test_plot_is_zoomed_to_the_data(tmp_path):
       0,
       1,
   )
+
+
+@pytest.mark.parametrize(
+    "machines_per_run,clause",
+    [
+        ([[], []], "per seed."),
+        (
+            [["CPU (X, 2 cores), jax 1"], ["CPU (X, 2 cores), jax 1"]],
+            "per seed, on CPU (X, 2 cores), jax 1.",
+        ),
+        # A run resumed on another machine: both are named.
+        (
+            [
+                ["CPU (X, 2 cores), jax 1"],
+                ["CPU (X, 2 cores), jax 1", "1 x H200"],
+            ],
+            "per seed, on several machines (comparison.json names each run's): "
+            "CPU (X, 2 cores), jax 1; 1 x H200.",
+        ),
+    ],
+)
+def test_table_names_the_machines_of_the_wall_times(machines_per_run, clause):
+  row = {
+      "label": "maskcon",
+      "mode": "maskcon",
+      "seeds": [1, 2],
+      "steps": [4],
+      "wall_seconds_mean": 1.0,
+      "runs": [{"machines": m} for m in machines_per_run],
+      **{
+          f"{key}_{stat}": 0.5
+          for key, _ in compare_report.METRICS
+          for stat in ("mean", "std")
+      },
+  }
+  table = compare_report.markdown_table([row])
+  assert clause in table
+  assert table.count("per seed") == 1
