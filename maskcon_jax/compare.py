@@ -420,7 +420,12 @@ def _cpu_model() -> str:
 
 def machine_description() -> str:
   """The machine a run's wall time is measured on, in one line: its JAX
-  devices (or the CPU), the host's CPU and cores, and the JAX version."""
+  devices (or the CPU), the host's CPU and cores, and the JAX version.
+
+  benchmarks/common.py prints its own machine line: the benchmark of an
+  exported encoder runs with this package's imports blocked, so that module
+  cannot use this one (nor this package a script folder's module).
+  """
   devices = jax.devices()
   host = f"{_cpu_model()}, {os.cpu_count()} cores"
   if devices[0].platform == "cpu":
@@ -454,9 +459,9 @@ def _train_one(
       results = trainer.train_and_evaluate(config, run_dir)
     timing["wall_seconds"] += time.time() - start
     # A run resumed elsewhere adds its time there: each machine is named.
-    machines = timing.setdefault("machines", [])
-    if machine_description() not in machines:
-      machines.append(machine_description())
+    machines, machine = timing.setdefault("machines", []), machine_description()
+    if machine not in machines:
+      machines.append(machine)
     trained = True
     workdir_io.write_json_atomic(timing_path, timing)
   eval_path = os.path.join(run_dir, "eval_test.json")

@@ -18,7 +18,6 @@ from maskcon_jax import input_pipeline
 from maskcon_jax import methods
 from maskcon_jax import models
 from maskcon_jax.errors import ConfigError, UserError
-from maskcon_jax.input_pipeline import DATASETS
 from maskcon_jax.errors import is_int
 from maskcon_jax.errors import is_number as _is_number
 from maskcon_jax.errors import show as _show
@@ -255,7 +254,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f"config.{old} is now config.{name}.{field}; rename it."
       )
   method = methods.get(config.mode)
-  _choice(config, "dataset", DATASETS)
+  _choice(config, "dataset", input_pipeline.DATASETS)
   _choice(config, "arch", tuple(models.ARCHITECTURES))
   _choice(config, "precision", tuple(models.DTYPES))
   _choice(config, "queue_init", QUEUE_INITS)

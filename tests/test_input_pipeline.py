@@ -34,6 +34,14 @@ def _config(**fields) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def _full_config(**fields) -> ml_collections.ConfigDict:
+  """tiny's training config on synthetic data with ``fields``; built from a
+  dict, as from a config.json, so values of any type arrive."""
+  return ml_collections.ConfigDict(
+      {**tiny.get_config().to_dict(), "dataset": "synthetic", **fields}
+  )
+
+
 def _idx_bytes(array: np.ndarray) -> bytes:
   array = np.asarray(array, dtype=np.uint8)
   header = struct.pack(">i", 0x0800 + array.ndim)
@@ -800,12 +808,8 @@ def test_bad_subset_seed_channels_or_coarse_map_is_a_config_error(
   assert "\n" not in str(info.value)
   if "synthetic" not in fields:
     # The loader and the config check say the same (one check serves both).
-    # Built from a dict, as from a config.json: any type can arrive.
-    full = ml_collections.ConfigDict(
-        {**tiny.get_config().to_dict(), "dataset": "synthetic", **fields}
-    )
     with pytest.raises(ConfigError) as checked:
-      configuration.validate_config(full)
+      configuration.validate_config(_full_config(**fields))
     assert str(checked.value) == str(info.value)
 
 
@@ -814,11 +818,8 @@ def test_loader_takes_numpy_ints_and_the_config_check_plain_ones(field):
   value = np.int64(1)
   config = _config(dataset="synthetic", **{field: value})
   assert input_pipeline.load_dataset(config).num_train > 0
-  full = ml_collections.ConfigDict(
-      {**tiny.get_config().to_dict(), "dataset": "synthetic", field: value}
-  )
   with pytest.raises(ConfigError, match=f"config.{field}=np.int64\\(1\\)"):
-    configuration.validate_config(full)
+    configuration.validate_config(_full_config(**{field: value}))
 
 
 @pytest.mark.parametrize(
